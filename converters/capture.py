@@ -1,0 +1,283 @@
+"""Capture a PyTorch model into ONNX with every recurrent state as an explicit graph input/output.
+
+How it works (checked on torch 2.13 / onnxscript 0.7):
+
+1. Each ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in the model is wrapped in :class:`StatefulRecurrent`.
+   A probe run records which layers are called without an initial state: those get *lifted*, i.e.
+   their initial state comes from a graph input and their final state goes to a graph output.
+2. :class:`StateLifter` is the module that is exported: ``forward(*data, *states)`` returns
+   ``(*outputs, *new_states)``. States the model already takes explicitly (``forward(x, state)``)
+   pass straight through it.
+3. During ``torch.onnx.export(dynamo=True)`` the wrapped layers call placeholder custom operators
+   (``edgernn::recurrent``, ``edgernn::recurrent_lstm``) that the custom translation table turns
+   into one ``edgernn.Recurrent`` node each. The exporter handles everything else (frontends,
+   heads); ``recurrent.py`` lowers the placeholders to real ONNX afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import onnx
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from edgernn.converters.recurrent import RecurrentLayerSpec
+from edgernn.errors import ExportError
+
+DOMAIN = "edgernn"
+_ACTIVE: dict[int, RecurrentLayerSpec] = {}  # layer id -> spec, only while capturing
+
+
+def _register_onnx_schemas() -> None:
+    from onnx.defs import OpSchema
+
+    for name, n_state in (("Recurrent", 1), ("RecurrentLSTM", 2)):
+        if onnx.defs.has(name, DOMAIN):
+            continue
+        states = ["initial_h", "initial_c"][:n_state]
+        outs = ["Y_h", "Y_c"][:n_state]
+        onnx.defs.register_schema(OpSchema(
+            name, DOMAIN, 1,
+            doc="edgernn placeholder for one PyTorch recurrent layer; lowered before the file is written",
+            inputs=[OpSchema.FormalParameter(n, "T") for n in ["X", *states]],
+            outputs=[OpSchema.FormalParameter(n, "T") for n in ["Y", *outs]],
+            type_constraints=[("T", ["tensor(float)"], "float tensors")],
+            attributes=[OpSchema.Attribute("layer", OpSchema.AttrType.INT, "index into the layer table")],
+        ))
+
+
+_register_onnx_schemas()
+
+
+def _fake_outputs(x: torch.Tensor, states: Sequence[torch.Tensor], layer: int):
+    spec = _ACTIVE[layer]
+    y = x.new_empty(x.shape[0], x.shape[1], spec.directions * spec.output_size)
+    return (y, *(torch.empty_like(s) for s in states))
+
+
+@torch.library.custom_op("edgernn::recurrent", mutates_args=())
+def recurrent_op(x: torch.Tensor, h0: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholder for an RNN/GRU layer (time-major ``x``); only its fake version runs in capture."""
+    raise RuntimeError("edgernn::recurrent is a capture placeholder and has no eager kernel")
+
+
+@recurrent_op.register_fake
+def _(x, h0, layer):
+    return _fake_outputs(x, [h0], layer)
+
+
+@torch.library.custom_op("edgernn::recurrent_lstm", mutates_args=())
+def recurrent_lstm_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, layer: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Placeholder for an LSTM layer (time-major ``x``)."""
+    raise RuntimeError("edgernn::recurrent_lstm is a capture placeholder and has no eager kernel")
+
+
+@recurrent_lstm_op.register_fake
+def _(x, h0, c0, layer):
+    return _fake_outputs(x, [h0, c0], layer)
+
+
+def _translation_table() -> dict:
+    from onnxscript.values import Opset
+
+    E = Opset(DOMAIN, 1)
+
+    def recurrent(x, h0, layer: int):
+        return E.Recurrent(x, h0, layer=layer)
+
+    def recurrent_lstm(x, h0, c0, layer: int):
+        return E.RecurrentLSTM(x, h0, c0, layer=layer)
+
+    return {torch.ops.edgernn.recurrent.default: recurrent,
+            torch.ops.edgernn.recurrent_lstm.default: recurrent_lstm}
+
+
+class StatefulRecurrent(nn.Module):
+    """Wraps a recurrent layer so that its state can be lifted and its body replaced in capture."""
+
+    def __init__(self, layer: nn.RNNBase, path: str, layer_id: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.path = path
+        self.layer_id = layer_id
+        self.spec = RecurrentLayerSpec.from_module(path, layer)
+        self.lifted: tuple[torch.Tensor, ...] | None = None  # set by StateLifter before each call
+        self.final: tuple[torch.Tensor, ...] | None = None
+        self.calls_without_state = 0
+        self.calls = 0
+        self.capturing = False
+
+    def forward(self, x, hx=None):
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            raise ExportError(f"layer {self.path!r} received a PackedSequence; streaming export needs padded tensors")
+        self.calls += 1
+        use_lifted = hx is None and self.lifted is not None
+        if hx is None:
+            self.calls_without_state += 1
+        if use_lifted:
+            hx = self.lifted if self.spec.kind == "lstm" else self.lifted[0]
+        if x.dim() == 2:
+            raise ExportError(f"layer {self.path!r} received an unbatched 2-D input; feed [batch, time, features] "
+                              "or [time, batch, features]")
+        if self.capturing:
+            out, hn = self._placeholder(x, hx)
+        else:
+            out, hn = self.layer(x, hx)
+        if use_lifted:
+            self.final = tuple(hn) if isinstance(hn, tuple) else (hn,)
+        return out, hn
+
+    def _placeholder(self, x, hx):
+        spec = self.spec
+        if spec.batch_first:
+            x = x.transpose(0, 1)
+        if hx is None:
+            batch = x.shape[1]
+            hx = tuple(x.new_zeros(spec.num_layers * spec.directions, batch, spec.state_size(p))
+                       for p in spec.state_parts)
+            if spec.kind != "lstm":
+                hx = hx[0]
+        if spec.kind == "lstm":
+            y, h, c = torch.ops.edgernn.recurrent_lstm(x, hx[0], hx[1], self.layer_id)
+            hn = (h, c)
+        else:
+            y, hn = torch.ops.edgernn.recurrent(x, hx, self.layer_id)
+        if spec.batch_first:
+            y = y.transpose(0, 1)
+        return y, hn
+
+
+def wrap_recurrent_layers(model: nn.Module) -> list[StatefulRecurrent]:
+    """Replace every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in ``model`` (in place) by a wrapper."""
+    wrappers: list[StatefulRecurrent] = []
+    if isinstance(model, nn.RNNBase):
+        raise TypeError("wrap the bare layer in a parent module first")
+    for path, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.RNNBase) and not isinstance(child, StatefulRecurrent):
+                full = f"{path}.{child_name}" if path else child_name
+                w = StatefulRecurrent(child, full, len(wrappers))
+                setattr(module, child_name, w)
+                wrappers.append(w)
+    return wrappers
+
+
+@dataclass
+class LiftedState:
+    """One lifted state: ``name`` (module path + part), the wrapper and which part it is."""
+
+    name: str
+    wrapper: StatefulRecurrent
+    part: int
+
+    def example(self, batch: int) -> torch.Tensor:
+        s = self.wrapper.spec
+        p = s.state_parts[self.part]
+        return torch.zeros(s.num_layers * s.directions, batch, s.state_size(p))
+
+
+class StateLifter(nn.Module):
+    """``forward(*data, *explicit_states, *lifted_states) -> (*outputs, *new_explicit, *new_lifted)``.
+
+    ``explicit`` describes the state arguments the model already takes: their forward-argument
+    names and the pytree structure of each (a tensor, or a tuple of tensors).
+    """
+
+    def __init__(self, model: nn.Module, n_data: int, explicit: Sequence[tuple[str, Any]],
+                 lifted: Sequence[LiftedState]) -> None:
+        super().__init__()
+        self.model = model
+        self.n_data = n_data
+        self.explicit = list(explicit)  # (arg name, treespec)
+        self.lifted = list(lifted)
+        self.output_spec: Any = None
+
+    @property
+    def n_explicit_leaves(self) -> int:
+        return sum(spec.num_leaves for _, spec in self.explicit)
+
+    def forward(self, *flat: torch.Tensor):
+        data = list(flat[: self.n_data])
+        rest = list(flat[self.n_data:])
+        state_args = []
+        for _, spec in self.explicit:
+            n = spec.num_leaves
+            state_args.append(pytree.tree_unflatten(rest[:n], spec))
+            rest = rest[n:]
+        parts: dict[int, dict[int, torch.Tensor]] = {}
+        for st, value in zip(self.lifted, rest):
+            parts.setdefault(id(st.wrapper), {})[st.part] = value
+        for st in self.lifted:
+            by_part = parts[id(st.wrapper)]
+            st.wrapper.lifted = tuple(by_part[k] for k in sorted(by_part))
+            st.wrapper.final = None
+        try:
+            out = self.model(*data, *state_args)
+        finally:
+            finals = [st.wrapper.final for st in self.lifted]
+            for st in self.lifted:
+                st.wrapper.lifted = None
+        leaves, self.output_spec = pytree.tree_flatten(out)
+        new_lifted = []
+        for st, final in zip(self.lifted, finals):
+            if final is None:
+                raise ExportError(f"recurrent layer {st.wrapper.path!r} was not called in forward; cannot lift its state")
+            new_lifted.append(final[st.part])
+        return (*leaves, *new_lifted)
+
+
+@contextlib.contextmanager
+def capturing(wrappers: Sequence[StatefulRecurrent]) -> Iterator[dict[int, RecurrentLayerSpec]]:
+    """Switch wrappers to placeholder ops and publish their specs to the fake kernels."""
+    _ACTIVE.clear()
+    for w in wrappers:
+        w.capturing = True
+        _ACTIVE[w.layer_id] = w.spec
+    try:
+        yield dict(_ACTIVE)
+    finally:
+        for w in wrappers:
+            w.capturing = False
+        _ACTIVE.clear()
+
+
+def reset_counters(wrappers: Sequence[StatefulRecurrent]) -> None:
+    for w in wrappers:
+        w.calls = w.calls_without_state = 0
+
+
+def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], example: Sequence[torch.Tensor],
+                 input_names: Sequence[str], output_names: Sequence[str],
+                 dynamic_shapes: Sequence[dict[int, Any]], opset: int) -> onnx.ModelProto:
+    """Run ``torch.onnx.export(dynamo=True)`` with the placeholders; return the raw ModelProto."""
+    with capturing(wrappers), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                lifter, tuple(example), dynamo=True, opset_version=opset,
+                input_names=list(input_names), output_names=list(output_names),
+                dynamic_shapes=(tuple(dynamic_shapes),), custom_translation_table=_translation_table(),
+                optimize=True, verify=False, report=False,
+            )
+        except ExportError:
+            raise
+        except Exception as e:  # the exporter's errors are long; keep the first meaningful line
+            raise ExportError(f"torch.onnx.export could not capture the model: {_first_line(e)}") from e
+    return program.model_proto
+
+
+def _first_line(e: BaseException) -> str:
+    while e.__cause__ is not None and not str(e).strip():
+        e = e.__cause__
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip() or str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:400]

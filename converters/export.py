@@ -1,0 +1,112 @@
+"""``export``: PyTorch module -> verified streaming ONNX file (the pipeline in ``passes.py``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+from torch import nn
+
+from edgernn.converters.io import InputSpec, parse_input
+from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
+from edgernn.converters.verify import ParityReport
+from edgernn.contract import Contract
+from edgernn.errors import EdgernnError, ExportError, ParityError
+
+
+@dataclass
+class ExportReport:
+    """What an export produced: the contract, parity with PyTorch, size, and what each pass did."""
+
+    contract: Contract
+    parity: ParityReport | None
+    path: str | None
+    size_bytes: int
+    passes: list[PassRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is None or self.parity.passed
+
+    def to_json(self) -> dict:
+        c = self.contract
+        return {
+            "path": self.path,
+            "mode": c.mode,
+            "size_bytes": self.size_bytes,
+            "inputs": [t.to_json() for t in c.inputs],
+            "outputs": [t.to_json() for t in c.outputs],
+            "states": [s.to_json() for s in c.states],
+            "parity": self.parity.to_json() if self.parity else None,
+            "passes": [{"name": p.name, "detail": p.detail, "seconds": round(p.seconds, 3)} for p in self.passes],
+            "notes": self.notes,
+        }
+
+
+def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: str = "chunk", opset: int = 18,
+           inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
+           output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
+           progress: Callable[[str], None] | None = None) -> ExportReport:
+    """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
+
+    Args:
+        model: the PyTorch module (not modified; a copy is exported in eval mode).
+        output: where to write the ``.onnx`` file (``None``: keep it in the report only). The file
+            is written only if parity passes, through a temporary file and a rename.
+        mode: ``chunk`` (any number of frames per call), ``step`` (one frame, MatMul cells) or
+            ``sequence`` (whole sequences; needed for bidirectional layers).
+        opset: ONNX opset of the graph.
+        inputs: data inputs as ``NAME:DTYPE:DIMS`` (e.g. ``"x:float32:B,T,40"``) or
+            :class:`InputSpec`; inferred from the model's first layer when empty. A forward
+            argument that is a state may be declared the same way to give its shape.
+        state_args: forward arguments that carry state; default: arguments after the first whose
+            names contain state, hidden or memory (see ``docs/state-contract.md``).
+        output_names: names of the data outputs (default ``y`` or ``y.0``, ``y.1``...).
+        verify: run the parity check (on by default).
+        tolerance: largest allowed error relative to each tensor's scale.
+        progress: called with each pass's name as it starts.
+
+    Raises:
+        ExportError: the model cannot be exported as asked (the message says why).
+        ParityError: the export does not match PyTorch; ``error.report`` holds the numbers.
+    """
+    if mode not in ("chunk", "step", "sequence"):
+        raise ExportError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
+    target = Path(output) if output is not None else None
+    if target is not None and not target.parent.is_dir():
+        raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
+    specs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
+    options = ExportOptions(mode=mode, opset=opset, inputs=specs, state_args=state_args,
+                            output_names=output_names, verify=verify, tolerance=tolerance)
+    ctx = run_pipeline(ExportContext(model, options), PIPELINE, progress)
+    data = ctx.onnx_model.SerializeToString()
+    report = ExportReport(ctx.contract, ctx.parity, None, len(data), ctx.records, ctx.notes, ctx.onnx_model)
+    if not report.passed:
+        err = ParityError(f"the export does not match PyTorch: {ctx.parity.summary()}; no file was written")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    if target is not None:
+        write_atomic(target, data)
+        report.path = str(target)
+    return report
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["export", "ExportReport", "EdgernnError", "write_atomic"]

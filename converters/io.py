@@ -1,0 +1,144 @@
+"""Data inputs of a model: parsed from ``--input`` or inferred from the model's first layer.
+
+``--input NAME:DTYPE:DIMS`` declares one forward argument, e.g. ``x:float32:B,T,40``. In DIMS,
+``B`` (or ``batch``) marks the batch axis and ``T`` (or ``time``) the time axis; other entries
+are fixed sizes. If no ``B`` is given, axis 0 is the batch axis (axis 1 when ``T`` is axis 0)
+and the number written there is only the size used for tracing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgernn.contract import BATCH, TIME, TensorSpec
+from edgernn.errors import ExportError
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "float16": torch.float16, "float64": torch.float64,
+    "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One data input (or explicitly given state): name, dtype, dims with ``batch``/``time``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    high: int | None = None  # exclusive upper bound of integer inputs (vocabulary size)
+
+    @property
+    def batch_axis(self) -> int | None:
+        return self.shape.index(BATCH) if BATCH in self.shape else None
+
+    @property
+    def time_axis(self) -> int | None:
+        return self.shape.index(TIME) if TIME in self.shape else None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def concrete(self, batch: int, time: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else time if d == TIME else int(d) for d in self.shape)
+
+    def random(self, batch: int, time: int, generator: torch.Generator) -> torch.Tensor:
+        shape = self.concrete(batch, time)
+        if self.torch_dtype.is_floating_point:
+            return torch.randn(shape, generator=generator).to(self.torch_dtype)
+        if self.torch_dtype == torch.bool:
+            return torch.randint(0, 2, shape, generator=generator).bool()
+        return torch.randint(0, self.high or 2, shape, generator=generator, dtype=self.torch_dtype)
+
+    def step_shape(self) -> tuple[int | str, ...]:
+        """The shape in step mode: the time axis is fixed to 1."""
+        return tuple(1 if d == TIME else d for d in self.shape)
+
+    def to_tensor_spec(self, step: bool) -> TensorSpec:
+        shape = self.step_shape() if step else self.shape
+        return TensorSpec(self.name, tuple(shape), self.dtype, self.batch_axis, self.time_axis)
+
+
+def parse_input(text: str) -> InputSpec:
+    """Parse ``NAME:DTYPE:DIMS`` (see module docstring)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise ExportError(f"--input {text!r} is not NAME:DTYPE:DIMS (for example x:float32:B,T,40)")
+    name, dtype, dims = parts
+    if dtype not in _DTYPES:
+        raise ExportError(f"--input {text!r} has dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
+    shape: list[int | str] = []
+    for d in dims.split(","):
+        d = d.strip()
+        if d in ("B", "batch"):
+            shape.append(BATCH)
+        elif d in ("T", "time"):
+            shape.append(TIME)
+        elif re.fullmatch(r"\d+", d) and int(d) > 0:
+            shape.append(int(d))
+        else:
+            raise ExportError(f"--input {text!r} has dimension {d!r}; expected B, T or a positive integer")
+    if shape.count(BATCH) > 1 or shape.count(TIME) > 1:
+        raise ExportError(f"--input {text!r} marks B or T more than once")
+    if BATCH not in shape:
+        axis = 1 if shape and shape[0] == TIME else 0
+        if axis >= len(shape):
+            raise ExportError(f"--input {text!r} has no batch axis")
+        shape[axis] = BATCH
+    canon = {"float": "float32", "long": "int64"}.get(dtype, dtype)
+    return InputSpec(name, canon, tuple(shape))
+
+
+def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    """Positional parameters of ``model.forward`` (without ``self``)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def infer_data_input(model: nn.Module, name: str) -> InputSpec:
+    """Infer the one data input from the first layer that consumes it.
+
+    Rules: the first ``Embedding`` / ``Linear`` / ``Conv1d`` / recurrent layer or cell in module
+    order decides dtype and feature size; the first ``nn.RNN``/``nn.LSTM``/``nn.GRU`` decides the
+    layout (``batch_first``). A model with recurrent cells but no recurrent layers takes one frame
+    per call (no time axis).
+    """
+    first = next((m for m in model.modules()
+                  if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv1d, nn.RNNBase, nn.RNNCellBase))), None)
+    layer = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+    hint = f"pass --input {name}:DTYPE:DIMS (for example {name}:float32:B,T,40)"
+    if first is None:
+        raise ExportError(f"cannot infer the input of {type(model).__name__}: it has no Embedding, Linear, Conv1d or "
+                          f"recurrent layer to read sizes from; {hint}")
+    if layer is None:  # cells only: one frame per call
+        if isinstance(first, nn.Embedding):
+            return InputSpec(name, "int64", (BATCH,), high=first.num_embeddings)
+        if isinstance(first, nn.Linear):
+            return InputSpec(name, "float32", (BATCH, first.in_features))
+        if isinstance(first, nn.RNNCellBase):
+            return InputSpec(name, "float32", (BATCH, first.input_size))
+        raise ExportError(f"cannot infer the frame size of {type(model).__name__}'s input "
+                          f"(its first layer is {type(first).__name__}); {hint}")
+    bt = (BATCH, TIME) if layer.batch_first else (TIME, BATCH)
+    if isinstance(first, nn.Embedding):
+        return InputSpec(name, "int64", bt, high=first.num_embeddings)
+    if isinstance(first, nn.Conv1d):
+        return InputSpec(name, "float32", (BATCH, first.in_channels, TIME))
+    size = first.in_features if isinstance(first, nn.Linear) else first.input_size
+    return InputSpec(name, "float32", (*bt, size))
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    return np.dtype({"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
+                     "int32": np.int32, "bool": np.bool_}[dtype])

@@ -1,0 +1,517 @@
+"""The export pipeline: named passes run in order over one :class:`ExportContext`.
+
+``PIPELINE`` lists them; each pass has one job, checks its preconditions up front and raises an
+:class:`~edgernn.errors.ExportError` with a sentence when it cannot apply. A test can run them one
+by one (see ``tests/converters/test_passes.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from edgernn.converters import capture
+from edgernn.converters.io import InputSpec, forward_parameters, infer_data_input
+from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, lower_sequence, lower_step
+from edgernn.contract import BATCH, FORMAT_VERSION, TIME, Contract, StateSpec, TensorSpec, write_metadata
+from edgernn.errors import ExportError
+
+TRACE_BATCH, TRACE_TIME = 2, 5
+STATE_ARG = re.compile(r"(state|hidden|memory|carry|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
+INIT_HOOKS = ("initial_state", "init_state", "init_hidden", "zero_state")
+
+
+@dataclass
+class ExportOptions:
+    """How to export. ``inputs`` declares data inputs (and, by name, explicit state arguments);
+    ``state_args`` names the forward arguments that are states (else found by :data:`STATE_ARG`)."""
+
+    mode: str = "chunk"
+    opset: int = 18
+    inputs: Sequence[InputSpec] = ()
+    state_args: Sequence[str] | None = None
+    output_names: Sequence[str] | None = None
+    verify: bool = True
+    tolerance: float = 1e-5
+
+
+@dataclass
+class ExplicitState:
+    """A forward argument that already carries state (``forward(x, state)``)."""
+
+    arg: str
+    treespec: Any
+    leaf_names: list[str]
+    batch_axes: list[int | None]
+    make: Callable[[int], Any]  # batch -> initial value (pytree of tensors)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    changed: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class ExportContext:
+    """Everything the passes share. ``original`` is the user's model (never modified);
+    ``model`` is a private copy that the passes wrap and capture."""
+
+    original: nn.Module
+    options: ExportOptions
+    model: nn.Module = field(init=False)
+    data: list[InputSpec] = field(default_factory=list)
+    explicit: list[ExplicitState] = field(default_factory=list)
+    wrappers: list[capture.StatefulRecurrent] = field(default_factory=list)
+    lifted: list[capture.LiftedState] = field(default_factory=list)
+    lifter: capture.StateLifter | None = None
+    output_names: list[str] = field(default_factory=list)
+    output_axes: list[tuple[int | None, int | None]] = field(default_factory=list)  # (batch, time)
+    layer_specs: dict[int, RecurrentLayerSpec] = field(default_factory=dict)
+    onnx_model: onnx.ModelProto | None = None
+    contract: Contract | None = None
+    parity: Any = None
+    notes: list[str] = field(default_factory=list)
+    records: list[PassRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.model = copy.deepcopy(self.original).eval()
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def streams_time(self) -> bool:
+        """True when data inputs have a time axis (not a one-frame-per-call model)."""
+        return any(s.time_axis is not None for s in self.data)
+
+    @property
+    def state_names(self) -> list[str]:
+        return [n for e in self.explicit for n in e.leaf_names] + [s.name for s in self.lifted]
+
+    def initial_states(self, batch: int, generator: torch.Generator | None = None, scale: float = 0.0
+                       ) -> list[torch.Tensor]:
+        """Flat state tensors (explicit, then lifted) for ``batch``: init values, plus noise if asked."""
+        leaves: list[torch.Tensor] = []
+        for e in self.explicit:
+            leaves += pytree.tree_leaves(e.make(batch))
+        leaves += [s.example(batch) for s in self.lifted]
+        if scale and generator is not None:
+            leaves = [t + scale * torch.randn(t.shape, generator=generator).to(t.dtype)
+                      if t.dtype.is_floating_point else t for t in leaves]
+        return leaves
+
+    def example_data(self, batch: int, time: int, generator: torch.Generator) -> list[torch.Tensor]:
+        return [s.random(batch, time, generator) for s in self.data]
+
+    def run_lifter(self, data: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return list(self.lifter(*data, *states))
+
+
+class ResolveInputs:
+    """Decide the data inputs (from ``--input`` or the model) and which forward arguments are states."""
+
+    name = "resolve-inputs"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        if ctx.mode not in ("chunk", "step", "sequence"):
+            raise ExportError(f"mode {ctx.mode!r} is unknown; expected chunk, step or sequence")
+        params = forward_parameters(ctx.model)
+        declared = {s.name: s for s in ctx.options.inputs}
+        names = [p.name for p in params]
+        for n in declared:
+            if n not in names and names:
+                raise ExportError(f"--input {n!r} is not an argument of {type(ctx.original).__name__}.forward "
+                                  f"({', '.join(names)})")
+        if ctx.options.state_args is not None:
+            bad = [a for a in ctx.options.state_args if a not in names]
+            if bad:
+                raise ExportError(f"state argument {bad[0]!r} is not an argument of "
+                                  f"{type(ctx.original).__name__}.forward ({', '.join(names)})")
+            state_args = list(ctx.options.state_args)
+        else:
+            state_args = [p.name for p in params[1:] if STATE_ARG.search(p.name)]
+        data_params = [p for p in params if p.name not in state_args]
+        required = [p for p in data_params if p.default is p.empty or p.name in declared]
+        if not required:
+            raise ExportError(f"{type(ctx.original).__name__}.forward takes no data input")
+        for p in required:
+            ctx.data.append(declared[p.name] if p.name in declared
+                            else _only_inferred(ctx.model, p.name, len(required)))
+        self._explicit(ctx, state_args, declared)
+        has_bidi = any(isinstance(m, nn.RNNBase) and m.bidirectional for m in ctx.model.modules())
+        if has_bidi and ctx.mode != "sequence":
+            raise ExportError("bidirectional layers cannot stream: they need the future of the sequence; "
+                              "export with --mode sequence")
+        if not ctx.streams_time and ctx.mode != "step":
+            raise ExportError(f"{type(ctx.original).__name__} takes one frame per call (its input has no time axis); "
+                              "export it with --mode step")
+        desc = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in ctx.data)
+        if ctx.explicit:
+            desc += "; explicit states: " + ", ".join(n for e in ctx.explicit for n in e.leaf_names)
+        return desc
+
+    def _explicit(self, ctx: ExportContext, state_args: list[str], declared: dict[str, InputSpec]) -> None:
+        hook = next((getattr(ctx.model, h) for h in INIT_HOOKS if callable(getattr(ctx.model, h, None))), None)
+        for i, arg in enumerate(state_args):
+            if arg in declared:
+                spec = declared[arg]
+                make = (lambda s: lambda b: torch.zeros(s.concrete(b, TRACE_TIME), dtype=s.torch_dtype))(spec)
+            elif hook is not None:
+                make = (lambda i: lambda b: _nth_state(hook(b), i, len(state_args), arg))(i)
+            else:
+                make = self._probe_state(ctx, i, len(state_args), arg)
+            v2, v3 = make(2), make(3)
+            leaves2, treespec = pytree.tree_flatten(v2)
+            leaves3 = pytree.tree_leaves(v3)
+            if not leaves2 or not all(isinstance(t, torch.Tensor) for t in leaves2):
+                raise ExportError(f"state argument {arg!r} must be a tensor or a tuple of tensors")
+            axes = [_changed_axis(a.shape, b.shape, 2, 3) for a, b in zip(leaves2, leaves3)]
+            names = [arg] if len(leaves2) == 1 and isinstance(v2, torch.Tensor) else [
+                f"{arg}.{k}" for k in range(len(leaves2))]
+            ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make))
+
+    def _probe_state(self, ctx: ExportContext, index: int, count: int, arg: str) -> Callable[[int], Any]:
+        """No init hook and no ``--input``: call the model with the state argument left out (its
+        default) and take the state's structure from the new state it returns."""
+        params = {p.name: p for p in forward_parameters(ctx.model)}
+        if params[arg].default is params[arg].empty:
+            raise ExportError(f"cannot tell the shape of state argument {arg!r}: give the model an "
+                              f"initial_state(batch_size) method, or pass --input {arg}:float32:DIMS with B "
+                              "marking the batch axis")
+        gen = torch.Generator().manual_seed(0)
+
+        def make(batch: int):
+            data = ctx.example_data(batch, TRACE_TIME, gen)
+            with torch.no_grad():
+                out = ctx.model(*data)
+            if not isinstance(out, tuple) or len(out) <= count:
+                raise ExportError(f"{type(ctx.original).__name__}.forward must return (outputs..., new states...) "
+                                  f"with one new state per state argument; it returned {type(out).__name__}")
+            return pytree.tree_map(torch.zeros_like, out[len(out) - count + index])
+        return make
+
+
+def _nth_state(value: Any, i: int, count: int, arg: str) -> Any:
+    if count == 1:
+        return value
+    if not isinstance(value, (tuple, list)) or len(value) != count:
+        raise ExportError(f"the model's initial_state() must return one value per state argument ({count})")
+    return value[i]
+
+
+def _only_inferred(model: nn.Module, name: str, n_required: int) -> InputSpec:
+    if n_required > 1:
+        raise ExportError(f"{type(model).__name__}.forward takes {n_required} data inputs; declare each with "
+                          f"--input NAME:DTYPE:DIMS (missing: {name})")
+    return infer_data_input(model, name)
+
+
+def _changed_axis(a: Sequence[int], b: Sequence[int], va: int, vb: int) -> int | None:
+    axes = [k for k, (x, y) in enumerate(zip(a, b)) if x == va and y == vb]
+    return axes[0] if len(axes) == 1 else None
+
+
+class LiftState:
+    """Wrap recurrent layers, find those called without a state, and make their states I/O."""
+
+    name = "lift-state"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        model = ctx.model
+        if isinstance(model, nn.RNNBase):
+            raise ExportError("internal: bare layers are wrapped by edgernn.load before export")
+        ctx.wrappers = capture.wrap_recurrent_layers(model)
+        gen = torch.Generator().manual_seed(0)
+        time_len = 1 if ctx.mode == "step" else TRACE_TIME
+        data = ctx.example_data(TRACE_BATCH, time_len, gen)
+        explicit = [e.make(TRACE_BATCH) for e in ctx.explicit]
+        capture.reset_counters(ctx.wrappers)
+        with torch.no_grad():
+            try:
+                model(*data, *explicit)
+            except ExportError:
+                raise
+            except Exception as e:
+                raise ExportError(f"{type(ctx.original).__name__} failed on example inputs "
+                                  f"{[list(t.shape) for t in data]}: {str(e).splitlines()[0][:300]}") from None
+        lifted = []
+        for w in ctx.wrappers:
+            if w.calls_without_state > 1:
+                raise ExportError(f"recurrent layer {w.path!r} is called {w.calls_without_state} times per forward "
+                                  "without a state; lifting its state needs exactly one call")
+            if w.calls_without_state == 1:
+                base = w.path if w.path else w.spec.kind
+                lifted += [capture.LiftedState(f"{base}.{part}", w, k) for k, part in enumerate(w.spec.state_parts)]
+            if w.spec.bidirectional and ctx.mode != "sequence":
+                raise ExportError(f"layer {w.path!r} is bidirectional and cannot stream; export with --mode sequence")
+        ctx.lifted = sorted(lifted, key=lambda s: s.name)
+        ctx.lifter = capture.StateLifter(model, len(ctx.data), [(e.arg, e.treespec) for e in ctx.explicit],
+                                         ctx.lifted)
+        self._describe_outputs(ctx)
+        dup = {n for n in ctx.state_names if ctx.state_names.count(n) > 1}
+        if dup:
+            raise ExportError(f"two states are both named {sorted(dup)[0]!r}")
+        return ", ".join(s.name for s in ctx.lifted) or "no layer called without a state"
+
+    def _describe_outputs(self, ctx: ExportContext) -> None:
+        gen = torch.Generator().manual_seed(1)
+        n_states = len(ctx.state_names)
+        t1, t2 = (1, 1) if ctx.mode == "step" else (TRACE_TIME, TRACE_TIME + 2)
+        outs = {}
+        for b, t in ((TRACE_BATCH, t1), (TRACE_BATCH + 1, t2)):
+            try:
+                outs[(b, t)] = ctx.run_lifter(ctx.example_data(b, t, gen), ctx.initial_states(b))
+            except ExportError:
+                raise
+            except Exception as e:
+                raise ExportError(f"{type(ctx.original).__name__} failed on example inputs of batch {b}: "
+                                  f"{str(e).splitlines()[0][:300]}") from None
+        (k1, o1), (k2, o2) = outs.items()
+        n_out = len(o1) - n_states
+        if n_out < 1:
+            raise ExportError(f"{type(ctx.original).__name__}.forward returns no data output")
+        given = list(ctx.options.output_names or [])
+        if given and len(given) != n_out:
+            raise ExportError(f"--output-names gives {len(given)} names but the model returns {n_out} outputs")
+        ctx.output_names = given or (["y"] if n_out == 1 else [f"y.{k}" for k in range(n_out)])
+        ctx.output_axes = []
+        for a, b in zip(o1[:n_out], o2[:n_out]):
+            batch_axis = _changed_axis(a.shape, b.shape, k1[0], k2[0])
+            time_axis = _changed_axis(a.shape, b.shape, k1[1], k2[1]) if ctx.mode != "step" else None
+            if ctx.mode == "step" and ctx.streams_time:
+                time_axis = self._step_time_axis(a.shape, batch_axis)
+            ctx.output_axes.append((batch_axis, time_axis))
+        for e, leaves2 in zip(ctx.explicit, _split_explicit(ctx, o1[n_out:])):
+            for name, t, axis in zip(e.leaf_names, leaves2, e.batch_axes):
+                if axis is not None and t.shape[axis] != k1[0]:
+                    raise ExportError(f"the new value of state {name!r} has shape {list(t.shape)}, which does not "
+                                      "match the state argument's batch; forward must return (outputs..., new states...)"
+                                      " in argument order")
+
+    @staticmethod
+    def _step_time_axis(shape: Sequence[int], batch_axis: int | None) -> int | None:
+        # in step mode an output keeps a time axis of size 1 next to the batch axis when it has one
+        if batch_axis is None:
+            return None
+        for k in (batch_axis + 1, batch_axis - 1):
+            if 0 <= k < len(shape) and shape[k] == 1:
+                return k
+        return None
+
+
+def _split_explicit(ctx: ExportContext, leaves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    out = []
+    for e in ctx.explicit:
+        out.append(list(leaves[: len(e.leaf_names)]))
+        leaves = leaves[len(e.leaf_names):]
+    return out
+
+
+class Capture:
+    """``torch.onnx.export(dynamo=True)`` of the state lifter, recurrent layers as placeholders."""
+
+    name = "capture"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        assert ctx.lifter is not None
+        gen = torch.Generator().manual_seed(2)
+        time_len = 1 if ctx.mode == "step" else TRACE_TIME
+        example = [*ctx.example_data(TRACE_BATCH, time_len, gen), *ctx.initial_states(TRACE_BATCH)]
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        time_dim = torch.export.Dim("time", min=1, max=1 << 24)
+        dyn: list[dict[int, Any]] = []
+        for s in ctx.data:
+            d = {}
+            if s.batch_axis is not None:
+                d[s.batch_axis] = batch
+            if s.time_axis is not None and ctx.mode != "step":
+                d[s.time_axis] = time_dim
+            dyn.append(d)
+        for e in ctx.explicit:
+            dyn += [{a: batch} if a is not None else {} for a in e.batch_axes]
+        dyn += [{1: batch} for _ in ctx.lifted]
+        input_names = [s.name for s in ctx.data] + [f"state_in.{n}" for n in ctx.state_names]
+        output_names = list(ctx.output_names) + [f"state_out.{n}" for n in ctx.state_names]
+        ctx.onnx_model = capture.export_graph(ctx.lifter, ctx.wrappers, example, input_names, output_names,
+                                              dyn, ctx.options.opset)
+        ctx.layer_specs = {w.layer_id: w.spec for w in ctx.wrappers}
+        n = len(ctx.onnx_model.graph.node)
+        return f"{n} nodes, {sum(1 for x in ctx.onnx_model.graph.node if x.domain == capture.DOMAIN)} placeholders"
+
+
+class LowerRecurrentLayers:
+    """Replace each placeholder by ONNX RNN/LSTM/GRU ops (chunk, sequence) or MatMul cells (step)."""
+
+    name = "lower-recurrent"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        assert ctx.onnx_model is not None
+        graph = ctx.onnx_model.graph
+        new_nodes, inits, lowered = [], [], []
+        for node in graph.node:
+            if node.domain != capture.DOMAIN:
+                new_nodes.append(node)
+                continue
+            layer = next(a.i for a in node.attribute if a.name == "layer")
+            spec = ctx.layer_specs[layer]
+            g = GraphBuilder(spec.path or spec.kind)
+            x, h0, *c0 = node.input
+            y, hn, *cn = node.output
+            lower = lower_step if ctx.mode == "step" else lower_sequence
+            lower(g, spec, x, h0, c0[0] if c0 else None, y, hn, cn[0] if cn else None)
+            new_nodes += g.nodes
+            inits += g.initializers
+            kinds = sorted({n.op_type for n in g.nodes} & {"GRU", "LSTM", "RNN", "Scan", "MatMul"})
+            lowered.append(f"{spec.path or spec.kind} ({spec.kind}) -> {'/'.join(kinds)}")
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        graph.initializer.extend(inits)
+        keep = [o for o in ctx.onnx_model.opset_import if o.domain != capture.DOMAIN]
+        del ctx.onnx_model.opset_import[:]
+        ctx.onnx_model.opset_import.extend(keep)
+        return "; ".join(lowered) or "no recurrent layers"
+
+
+class DescribeStateIO:
+    """Name dims (``batch``, ``time``) on graph I/O and write the contract into metadata_props."""
+
+    name = "describe-state-io"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        assert ctx.onnx_model is not None
+        step = ctx.mode == "step"
+        inputs = tuple(s.to_tensor_spec(step) for s in ctx.data)
+        graph = ctx.onnx_model.graph
+        outs_by_name = {o.name: o for o in graph.output}
+        outputs = []
+        for name, (b, t) in zip(ctx.output_names, ctx.output_axes):
+            vi = outs_by_name[name]
+            shape = _graph_shape(vi)
+            if b is not None:
+                shape[b] = BATCH
+            if t is not None:
+                shape[t] = 1 if step else TIME
+            outputs.append(TensorSpec(name, tuple(shape), _dtype_name(vi), b, t))
+        states = []
+        lifted_leaves = {s.name: s for s in ctx.lifted}
+        explicit_axes = {n: a for e in ctx.explicit for n, a in zip(e.leaf_names, e.batch_axes)}
+        ins_by_name = {i.name: i for i in graph.input}
+        for name in ctx.state_names:
+            vi = ins_by_name[f"state_in.{name}"]
+            shape = _graph_shape(vi)
+            axis = 1 if name in lifted_leaves else explicit_axes[name]
+            if axis is not None:
+                shape[axis] = BATCH
+            states.append(StateSpec(name, tuple(shape), _dtype_name(vi), axis))
+        ctx.contract = Contract(ctx.mode, inputs, outputs, tuple(states))  # type: ignore[arg-type]
+        for vi, spec in [*((ins_by_name[s.name], s) for s in inputs), *((outs_by_name[s.name], s) for s in outputs),
+                         *((ins_by_name[s.input], s) for s in states), *((outs_by_name[s.output], s) for s in states)]:
+            _set_dims(vi, spec.shape)
+        write_metadata(ctx.onnx_model, ctx.contract)
+        ctx.onnx_model.producer_name = "edgernn"
+        return f"format {FORMAT_VERSION}, mode {ctx.mode}, {len(states)} state pairs"
+
+
+def _graph_shape(vi: onnx.ValueInfoProto) -> list[int | str]:
+    dims = vi.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def _set_dims(vi: onnx.ValueInfoProto, shape: Sequence[int | str]) -> None:
+    tt = vi.type.tensor_type
+    del tt.shape.dim[:]
+    for d in shape:
+        dim = tt.shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = d
+
+
+def _dtype_name(vi: onnx.ValueInfoProto) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+
+
+class Optimize:
+    """onnxscript's optimizer (constant folding, dead code) on the lowered graph."""
+
+    name = "optimize"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        import onnxscript.optimizer
+
+        before = len(ctx.onnx_model.graph.node)
+        optimized = onnxscript.optimizer.optimize(ctx.onnx_model)
+        # the optimizer keeps metadata_props; keep I/O order and names exactly as they were
+        if [i.name for i in optimized.graph.input] != [i.name for i in ctx.onnx_model.graph.input]:
+            return "skipped: the optimizer changed graph inputs"
+        ctx.onnx_model = optimized
+        return f"{before} -> {len(optimized.graph.node)} nodes"
+
+
+class CheckAndInferShapes:
+    """onnx.checker (full) and shape inference; graph I/O must follow the contract's names."""
+
+    name = "check"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        model = onnx.shape_inference.infer_shapes(ctx.onnx_model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(model, full_check=True)
+        names_in = [i.name for i in model.graph.input]
+        names_out = [o.name for o in model.graph.output]
+        want_in = [s.name for s in ctx.contract.inputs] + [s.input for s in ctx.contract.states]
+        want_out = [s.name for s in ctx.contract.outputs] + [s.output for s in ctx.contract.states]
+        if names_in != want_in or names_out != want_out:
+            raise ExportError(f"graph I/O {names_in} -> {names_out} does not follow the contract "
+                              f"{want_in} -> {want_out}")
+        ctx.onnx_model = model
+        return f"ir {model.ir_version}, opset {next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}"
+
+
+class Verify:
+    """Numerical parity with PyTorch through onnxruntime (see ``verify.py``)."""
+
+    name = "verify"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        from edgernn.converters.verify import verify_parity
+
+        if not ctx.options.verify:
+            ctx.notes.append("parity was not checked (--no-verify)")
+            return "skipped"
+        ctx.parity = verify_parity(ctx)
+        return ctx.parity.summary()
+
+
+PIPELINE: tuple = (ResolveInputs(), LiftState(), Capture(), LowerRecurrentLayers(), DescribeStateIO(),
+                   Optimize(), CheckAndInferShapes(), Verify())
+
+
+def run_pipeline(ctx: ExportContext, passes: Sequence = PIPELINE, progress: Callable[[str], None] | None = None
+                 ) -> ExportContext:
+    """Run ``passes`` in order, recording what each did."""
+    for p in passes:
+        if progress:
+            progress(p.name)
+        t0 = time.perf_counter()
+        detail = p(ctx)
+        ctx.records.append(PassRecord(p.name, True, detail, time.perf_counter() - t0))
+    return ctx
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,162 @@
+"""Numerical verification of an export against PyTorch, through onnxruntime.
+
+Never trust one exporter: every export is run at batch sizes and lengths other than the traced
+ones, from zero and from random initial states, in calls of several sizes that carry state, and
+compared with PyTorch on the whole sequence. The error of a tensor is ``max|onnx - torch|``
+divided by ``max(1, max|torch|)`` (error relative to the output's scale, floored at 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edgernn.errors import ExportError
+
+# (batch, chunk sizes, random initial state) per mode; lengths differ from the traced 5 frames
+CASES = {
+    "chunk": [(1, [4, 1, 6], False), (3, [9], True), (4, [1, 1, 1, 10], True)],
+    "sequence": [(1, [9], True), (3, [3], False), (2, [12], True)],
+    "step": [(1, [1] * 6, False), (3, [1] * 7, True)],
+}
+
+
+@dataclass
+class TensorError:
+    name: str
+    kind: str  # "output" or "state"
+    max_abs: float
+    scale: float
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / max(1.0, self.scale)
+
+
+@dataclass
+class ParityReport:
+    """Worst error per output and per final state over all cases."""
+
+    tolerance: float
+    cases: list[str] = field(default_factory=list)
+    errors: list[TensorError] = field(default_factory=list)
+
+    @property
+    def max_error(self) -> float:
+        return max((e.rel for e in self.errors), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return all(np.isfinite(e.rel) and e.rel <= self.tolerance for e in self.errors)
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return f"{verdict}: max error {self.max_error:.2e} over {len(self.cases)} cases (tolerance {self.tolerance:g})"
+
+    def to_json(self) -> dict:
+        return {"tolerance": self.tolerance, "passed": self.passed, "max_error": self.max_error,
+                "cases": self.cases,
+                "errors": [{**asdict(e), "rel": e.rel} for e in self.errors]}
+
+    def _add(self, name: str, kind: str, got: np.ndarray, want: np.ndarray) -> None:
+        if got.shape != want.shape:
+            raise ExportError(f"{kind} {name!r} has shape {list(got.shape)} in ONNX but {list(want.shape)} in PyTorch")
+        err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0
+        if not np.isfinite(err):
+            err = float("inf")
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        for e in self.errors:
+            if e.name == name and e.kind == kind:
+                e.max_abs, e.scale = max(e.max_abs, err), max(e.scale, scale)
+                return
+        self.errors.append(TensorError(name, kind, err, scale))
+
+
+def verify_parity(ctx) -> ParityReport:
+    """Run the cases of ``ctx.mode`` through onnxruntime and PyTorch; return the worst errors."""
+    from edgernn.runtimes.session import StreamingSession
+
+    session = StreamingSession(ctx.onnx_model.SerializeToString())
+    report = ParityReport(ctx.options.tolerance)
+    gen = torch.Generator().manual_seed(1234)
+    n_out = len(ctx.output_names)
+    for batch, chunks, random_init in CASES[ctx.mode]:
+        total = sum(chunks)
+        init = ctx.initial_states(batch, gen, scale=0.5 if random_init else 0.0)
+        if ctx.streams_time:
+            data = ctx.example_data(batch, total, gen)
+            ref, how = _reference_sequence(ctx, data, init, total)
+            frames = [_slice_time(ctx, data, start, size) for start, size in _spans(chunks)]
+        else:  # one frame per call: the stream is a list of frames
+            frames = [ctx.example_data(batch, 1, gen) for _ in range(total)]
+            ref, how = _reference_frames(ctx, frames, init), "frame by frame"
+        session.reset(state={n: t.numpy() for n, t in zip(ctx.state_names, init)})
+        pieces: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+        for frame in frames:
+            out = session.step(*[t.numpy() for t in frame])
+            for k, name in enumerate(ctx.output_names):
+                pieces[k].append(out[name])
+        for k, name in enumerate(ctx.output_names):
+            _, time_axis = ctx.output_axes[k]
+            if not ctx.streams_time:
+                got = np.stack(pieces[k], axis=0)
+            elif time_axis is not None:
+                got = np.concatenate(pieces[k], axis=time_axis)
+            else:
+                got = pieces[k][-1]
+            report._add(name, "output", got, ref[k])
+        final = session.state
+        for name, want in zip(ctx.state_names, ref[n_out:]):
+            report._add(name, "state", final[name], want)
+        report.cases.append(f"batch {batch}, {total} frames in calls of {_fmt_chunks(chunks)}, "
+                            f"{'random' if random_init else 'zero'} initial state, PyTorch {how}")
+    return report
+
+
+def _reference_sequence(ctx, data, init, total) -> tuple[list[np.ndarray], str]:
+    try:
+        out = ctx.run_lifter(data, init)
+        return [t.numpy() for t in out], "on the whole sequence"
+    except Exception:
+        if ctx.mode != "step":
+            raise
+    frames = [_slice_time(ctx, data, t, 1) for t in range(total)]
+    n_out = len(ctx.output_names)
+    out = _reference_frames(ctx, frames, init, stack=False)
+    merged = []
+    for k in range(n_out):
+        _, axis = ctx.output_axes[k]
+        merged.append(np.concatenate(out[k], axis=axis) if axis is not None else out[k][-1])
+    return merged + out[n_out:], "frame by frame"
+
+
+def _reference_frames(ctx, frames, init, stack: bool = True) -> list:
+    """PyTorch one frame per call, carrying state; outputs stacked on a new leading axis."""
+    n_out = len(ctx.output_names)
+    states = list(init)
+    outs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+    for frame in frames:
+        res = ctx.run_lifter(frame, states)
+        for k in range(n_out):
+            outs[k].append(res[k].numpy())
+        states = res[n_out:]
+    merged = [np.stack(o, axis=0) for o in outs] if stack else outs
+    return merged + [s.numpy() for s in states]
+
+
+def _spans(chunks: Sequence[int]):
+    start = 0
+    for size in chunks:
+        yield start, size
+        start += size
+
+
+def _slice_time(ctx, data, start: int, size: int) -> list[torch.Tensor]:
+    return [t.narrow(s.time_axis, start, size) if s.time_axis is not None else t for s, t in zip(ctx.data, data)]
+
+
+def _fmt_chunks(chunks: Sequence[int]) -> str:
+    return "1 frame" if set(chunks) == {1} else "+".join(map(str, chunks))

@@ -1,0 +1,190 @@
+"""The state I/O contract: the one place that defines names and metadata of exported graphs.
+
+Every graph edgernn writes is self-describing. Each recurrent state is a pair of graph input
+``state_in.<name>`` and graph output ``state_out.<name>`` with the same shape and dtype, and
+the file's ``metadata_props`` hold:
+
+``edgernn.format``   version of this contract (:data:`FORMAT_VERSION`)
+``edgernn.mode``     ``step`` | ``chunk`` | ``sequence``
+``edgernn.inputs``   JSON list of :class:`TensorSpec` (data inputs)
+``edgernn.outputs``  JSON list of :class:`TensorSpec` (data outputs)
+``edgernn.states``   JSON list of :class:`StateSpec`
+
+The JSON schema of these entries ships as ``edgernn/schema/metadata.schema.json`` and is
+documented in ``docs/state-contract.md``. Exporters write the contract with
+:func:`write_metadata`; runtimes read it with :func:`read_metadata`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from edgernn.errors import EdgernnError
+
+FORMAT_VERSION = "1"
+STATE_IN = "state_in."
+STATE_OUT = "state_out."
+MODES = ("chunk", "step", "sequence")
+BATCH = "batch"
+TIME = "time"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "metadata.schema.json"
+
+Mode = Literal["chunk", "step", "sequence"]
+Dim = int | str
+
+
+def state_input_name(name: str) -> str:
+    """Graph input name of the state called ``name``."""
+    return STATE_IN + name
+
+
+def state_output_name(name: str) -> str:
+    """Graph output name of the state called ``name``."""
+    return STATE_OUT + name
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A data input or output: name, shape (ints, ``"batch"``, ``"time"``), dtype and axes."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    batch_axis: int | None = None
+    time_axis: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("batch_axis"), d.get("time_axis"))
+
+    def concrete_shape(self, batch: int, time: int = 1) -> tuple[int, ...]:
+        """The shape with ``batch`` and ``time`` filled in (other symbols become 1)."""
+        out = []
+        for d in self.shape:
+            out.append(batch if d == BATCH else time if d == TIME else d if isinstance(d, int) else 1)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state pair. ``init`` is ``"zeros"`` or ``{"initializer": NAME}``."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    batch_axis: int | None
+    init: str | dict[str, str] = "zeros"
+    input: str = field(default="")
+    output: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            object.__setattr__(self, "input", state_input_name(self.name))
+        if not self.output:
+            object.__setattr__(self, "output", state_output_name(self.name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input": self.input,
+            "output": self.output,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "batch_axis": self.batch_axis,
+            "init": self.init,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StateSpec:
+        return cls(
+            name=d["name"],
+            shape=tuple(d["shape"]),
+            dtype=d["dtype"],
+            batch_axis=d.get("batch_axis"),
+            init=d.get("init", "zeros"),
+            input=d["input"],
+            output=d["output"],
+        )
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else d if isinstance(d, int) else 1 for d in self.shape)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a runtime needs to stream a file: mode, data inputs/outputs and state pairs."""
+
+    mode: Mode
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    states: tuple[StateSpec, ...]
+    extra: Mapping[str, str] = field(default_factory=dict)
+    format: str = FORMAT_VERSION
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` entries (string to string) that describe this contract."""
+        props = {
+            "edgernn.format": self.format,
+            "edgernn.mode": self.mode,
+            "edgernn.inputs": json.dumps([t.to_json() for t in self.inputs]),
+            "edgernn.outputs": json.dumps([t.to_json() for t in self.outputs]),
+            "edgernn.states": json.dumps([s.to_json() for s in self.states]),
+        }
+        props.update(self.extra)
+        return props
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "the model") -> Contract:
+        """Parse ``metadata_props``; raise :class:`ContractError` naming what is missing or bad."""
+        if "edgernn.format" not in props:
+            raise ContractError(
+                f"{source} has no edgernn metadata (metadata_props 'edgernn.format' is missing); "
+                "export it with `edgernn export` or name its state pairs yourself"
+            )
+        if props["edgernn.format"] != FORMAT_VERSION:
+            raise ContractError(
+                f"{source} uses edgernn contract version {props['edgernn.format']!r}; "
+                f"this edgernn reads version {FORMAT_VERSION!r}"
+            )
+        try:
+            mode = props["edgernn.mode"]
+            inputs = tuple(TensorSpec.from_json(d) for d in json.loads(props["edgernn.inputs"]))
+            outputs = tuple(TensorSpec.from_json(d) for d in json.loads(props["edgernn.outputs"]))
+            states = tuple(StateSpec.from_json(d) for d in json.loads(props["edgernn.states"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ContractError(f"{source} has malformed edgernn metadata ({e})") from None
+        if mode not in MODES:
+            raise ContractError(f"{source} has edgernn.mode {mode!r}; expected one of {', '.join(MODES)}")
+        extra = {k: v for k, v in props.items() if k.startswith("edgernn.") and k not in _CORE_KEYS}
+        return cls(mode, inputs, outputs, states, extra)  # type: ignore[arg-type]
+
+
+_CORE_KEYS = {"edgernn.format", "edgernn.mode", "edgernn.inputs", "edgernn.outputs", "edgernn.states"}
+
+
+class ContractError(EdgernnError):
+    """A file does not follow the state I/O contract."""
+
+
+def write_metadata(model: Any, contract: Contract) -> None:
+    """Write ``contract`` into an ``onnx.ModelProto``'s ``metadata_props`` (replacing old entries)."""
+    props = contract.to_metadata()
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def read_metadata(model: Any, source: str = "the model") -> Contract:
+    """Read the contract from an ``onnx.ModelProto``."""
+    return Contract.from_metadata({p.key: p.value for p in model.metadata_props}, source)

@@ -1,0 +1,218 @@
+"""Streaming execution of edgernn ONNX files with onnxruntime: state is carried for you."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edgernn.contract import Contract, StateSpec, TensorSpec
+from edgernn.errors import EdgernnError
+
+_NP = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
+       "int32": np.int32, "bool": np.bool_}
+
+
+class StreamError(EdgernnError):
+    """Data fed to a stream does not fit the model."""
+
+
+def session_options(threads: int | None = 1):
+    """onnxruntime options suited to streaming at small batch: ``threads`` intra-op threads
+    (1 by default: a step is too small to split), sequential execution, all graph optimizations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+class StreamingSession:
+    """One onnxruntime session over an edgernn file, carrying the recurrent state between calls.
+
+    >>> s = StreamingSession("gru.onnx")
+    >>> y = s.step(frames)["y"]      # frames: [batch, T, features] (layout as in `edgernn info`)
+    >>> s.state["gru.h"]             # the carried state, by name
+    >>> s.reset()                    # start a new stream (states back to their init values)
+
+    ``step`` feeds one call's worth of data: one frame in ``step`` mode, any number of frames in
+    ``chunk`` mode, a whole sequence in ``sequence`` mode. ``stream`` splits long arrays into
+    calls of ``chunk`` frames and joins the outputs along their time axes.
+    """
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = 1,
+                 providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        source = "the model" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes):
+            path = Path(model)
+            if not path.is_file():
+                raise EdgernnError(f"{path} does not exist or is not a file")
+            model = str(path)
+        try:
+            self.session = ort.InferenceSession(model, session_options(threads),
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:
+            raise EdgernnError(f"onnxruntime cannot load {source}: {str(e).splitlines()[0][:300]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.contract: Contract = Contract.from_metadata(meta, source)
+        self.inputs: tuple[TensorSpec, ...] = self.contract.inputs
+        self.outputs: tuple[TensorSpec, ...] = self.contract.outputs
+        self.states: tuple[StateSpec, ...] = self.contract.states
+        self._output_names = [t.name for t in self.outputs] + [s.output for s in self.states]
+        self._state: dict[str, np.ndarray] = {}
+        self.batch_size: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.contract.mode
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state by name (a copy; empty before the first call or after ``reset``)."""
+        return {k: v.copy() for k, v in self._state.items()}
+
+    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Each state's ``init`` value for ``batch_size`` streams."""
+        out = {}
+        for s in self.states:
+            if s.init != "zeros":
+                raise StreamError(f"state {s.name!r} has init {s.init!r}, which this runtime does not read yet")
+            out[s.name] = np.zeros(s.concrete_shape(batch_size), dtype=_NP[s.dtype])
+        return out
+
+    def reset(self, batch_size: int | None = None, state: Mapping[str, np.ndarray] | None = None) -> None:
+        """Start new streams: states go back to their init values (or to ``state``, if given).
+        Without ``batch_size`` the batch is taken from the next call's input."""
+        self.batch_size = batch_size
+        self._state = self.initial_state(batch_size) if batch_size else {}
+        if state is not None:
+            self.set_state(state)
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace the carried state (every state by name, with this model's shapes and dtypes)."""
+        specs = {s.name: s for s in self.states}
+        unknown = set(state) - set(specs)
+        if unknown:
+            raise StreamError(f"unknown state {sorted(unknown)[0]!r}; this model's states are {sorted(specs)}")
+        missing = set(specs) - set(state)
+        if missing:
+            raise StreamError(f"state {sorted(missing)[0]!r} is missing; give every state of the model")
+        batch = None
+        for name, value in state.items():
+            spec = specs[name]
+            value = np.asarray(value)
+            b = self._check("state", spec.name, value, spec.shape, spec.dtype, spec.batch_axis)
+            if batch is not None and b != batch:
+                raise StreamError(f"state {name!r} has batch {b} but other states have batch {batch}")
+            batch = b
+        self._state = {k: np.array(v, copy=True) for k, v in state.items()}
+        self.batch_size = batch
+
+    def _check(self, what: str, name: str, value: np.ndarray, shape: Sequence, dtype: str,
+               batch_axis: int | None) -> int | None:
+        if value.dtype != np.dtype(_NP[dtype]):
+            raise StreamError(f"{what} {name!r} has dtype {value.dtype}; expected {dtype}")
+        if value.ndim != len(shape):
+            raise StreamError(f"{what} {name!r} has shape {list(value.shape)}; expected {len(shape)} axes "
+                              f"{list(shape)}")
+        for axis, (got, want) in enumerate(zip(value.shape, shape)):
+            if isinstance(want, int) and got != want:
+                raise StreamError(f"{what} {name!r} has shape {list(value.shape)}; expected {list(shape)} "
+                                  f"(axis {axis} must be {want})")
+        return value.shape[batch_axis] if batch_axis is not None else None
+
+    def step(self, *inputs: np.ndarray, **named: np.ndarray) -> dict[str, np.ndarray]:
+        """Feed one call (positional arrays in input order, or by name); return outputs by name."""
+        feeds = self._feeds(inputs, named)
+        batch = None
+        for spec in self.inputs:
+            b = self._check("input", spec.name, feeds[spec.name], spec.shape, spec.dtype, spec.batch_axis)
+            batch = batch if b is None else b
+        if not self._state:
+            self.reset(batch or 1)
+        elif batch is not None and self.batch_size is not None and batch != self.batch_size:
+            raise StreamError(f"input has batch {batch} but the carried state has batch {self.batch_size}; "
+                              "call reset() to start streams of another batch size")
+        for s in self.states:
+            feeds[s.input] = self._state[s.name]
+        results = self.session.run(self._output_names, feeds)
+        n = len(self.outputs)
+        self._state = {s.name: r for s, r in zip(self.states, results[n:])}
+        return {t.name: r for t, r in zip(self.outputs, results[:n])}
+
+    def _feeds(self, inputs: Sequence[np.ndarray], named: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [t.name for t in self.inputs]
+        if len(inputs) > len(names):
+            raise StreamError(f"got {len(inputs)} inputs; the model takes {len(names)} ({', '.join(names)})")
+        feeds = dict(zip(names, (np.asarray(a) for a in inputs)))
+        for k, v in named.items():
+            if k not in names:
+                raise StreamError(f"unknown input {k!r}; the model's inputs are {', '.join(names)}")
+            feeds[k] = np.asarray(v)
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise StreamError(f"input {missing[0]!r} is missing; the model's inputs are {', '.join(names)}")
+        return feeds
+
+    def stream(self, *inputs: np.ndarray, chunk: int = 1, **named: np.ndarray) -> dict[str, np.ndarray]:
+        """Feed whole streams ``chunk`` frames per call, carrying state; join outputs along time.
+
+        Inputs keep the model's layout; an input that has no time axis in the model (a per-frame
+        model) takes an extra leading time axis here. Outputs without a time axis are those of the
+        last call. The state is not reset first: call ``reset()`` to start afresh.
+        """
+        if chunk < 1:
+            raise StreamError(f"chunk must be at least 1 frame, got {chunk}")
+        if self.mode == "step" and chunk != 1:
+            raise StreamError(f"this model was exported in step mode and takes one frame per call; use chunk 1, "
+                              f"not {chunk}")
+        feeds = self._feeds(inputs, named)
+        lengths = {}
+        for spec in self.inputs:
+            axis = self._stream_axis(spec)
+            arr = feeds[spec.name]
+            if arr.ndim <= axis:
+                raise StreamError(f"input {spec.name!r} has shape {list(arr.shape)}; expected a stream with "
+                                  f"time on axis {axis} of {_stream_shape(spec)}")
+            lengths[spec.name] = arr.shape[axis]
+        if len(set(lengths.values())) > 1:
+            raise StreamError(f"inputs have different stream lengths {lengths}")
+        total = next(iter(lengths.values()))
+        pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in self.outputs}
+        for start in range(0, total, chunk):
+            call = {}
+            for spec in self.inputs:
+                arr = feeds[spec.name]
+                axis = self._stream_axis(spec)
+                part = np.take(arr, range(start, min(start + chunk, total)), axis=axis)
+                if spec.time_axis is None:
+                    part = part[0] if part.shape[0] == 1 else part
+                call[spec.name] = part
+            out = self.step(**call)
+            for t in self.outputs:
+                pieces[t.name].append(out[t.name])
+        result = {}
+        for t in self.outputs:
+            if t.time_axis is not None:
+                result[t.name] = np.concatenate(pieces[t.name], axis=t.time_axis)
+            elif any(i.time_axis is None for i in self.inputs):
+                result[t.name] = np.stack(pieces[t.name], axis=0)
+            else:
+                result[t.name] = pieces[t.name][-1]
+        return result
+
+    @staticmethod
+    def _stream_axis(spec: TensorSpec) -> int:
+        return 0 if spec.time_axis is None else spec.time_axis
+
+
+def _stream_shape(spec: TensorSpec) -> list:
+    return list(spec.shape) if spec.time_axis is not None else ["time", *spec.shape]
