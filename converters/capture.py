@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -257,6 +258,7 @@ def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], exa
                  input_names: Sequence[str], output_names: Sequence[str],
                  dynamic_shapes: Sequence[dict[int, Any]], opset: int) -> onnx.ModelProto:
     """Run ``torch.onnx.export(dynamo=True)`` with the placeholders; return the raw ModelProto."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
     with capturing(wrappers), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
+import torch
 from torch import nn
 
 from edgernn.converters.io import InputSpec, parse_input
 from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
 from edgernn.converters.verify import ParityReport
+from edgernn.architectures import RecurrentLayer
 from edgernn.contract import Contract
 from edgernn.errors import EdgernnError, ExportError, ParityError
 
@@ -81,6 +83,10 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
     target = Path(output) if output is not None else None
     if target is not None and not target.parent.is_dir():
         raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ExportError("TorchScript modules cannot be captured by torch.export; export the eager model")
+    if isinstance(model, nn.RNNBase):
+        model = RecurrentLayer(model)
     specs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     options = ExportOptions(mode=mode, opset=opset, inputs=specs, state_args=state_args,
                             output_names=output_names, verify=verify, tolerance=tolerance)

@@ -1,0 +1,158 @@
+"""File-level operations behind the CLI: export a model file, describe an ONNX file, stream data.
+
+Each returns a report object; the CLI prints it (a table, or JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgernn.contract import Contract, ContractError
+from edgernn.errors import EdgernnError
+
+
+def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "chunk",
+                opset: int = 18, class_path: str | None = None, config: Any = None, allow_pickle: bool = False,
+                nonlinearity: str | None = None, batch_first: bool | None = None, inputs: Sequence[str] = (),
+                state_args: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                verify: bool = True, tolerance: float = 1e-5, progress: Callable[[str], None] | None = None):
+    """Load ``model_path`` (see :func:`edgernn.load`), export it to ``output`` (default: the model
+    path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes)."""
+    from edgernn.checkpoints import load
+    from edgernn.converters.export import export
+
+    src = Path(model_path)
+    target = Path(output) if output is not None else src.with_suffix(".onnx")
+    if target.exists() and src.exists() and target.resolve() == src.resolve():
+        raise EdgernnError(f"output {target} is the input file; choose another path with -o")
+    if not target.parent.is_dir():
+        raise EdgernnError(f"cannot write {target}: folder {target.parent} does not exist")
+    if mode not in ("chunk", "step", "sequence"):
+        raise EdgernnError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
+    if progress:
+        progress("load")
+    loaded = load(src, class_path=class_path, config=config, allow_pickle=allow_pickle,
+                  nonlinearity=nonlinearity, batch_first=batch_first)
+    report = export(loaded.module, target, mode=mode, opset=opset, inputs=inputs, state_args=state_args,
+                    output_names=output_names, verify=verify, tolerance=tolerance, progress=progress)
+    report.notes[:0] = [f"loaded {loaded.description}", *loaded.notes]
+    return report
+
+
+@dataclass
+class InfoReport:
+    """What an edgernn ONNX file declares: its contract, size and graph summary."""
+
+    path: str
+    size_bytes: int
+    contract: Contract
+    opset: int
+    producer: str
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        c = self.contract
+        return {"path": self.path, "size_bytes": self.size_bytes, "format": c.format, "mode": c.mode,
+                "opset": self.opset, "producer": self.producer,
+                "inputs": [t.to_json() for t in c.inputs], "outputs": [t.to_json() for t in c.outputs],
+                "states": [s.to_json() for s in c.states], "op_counts": self.op_counts,
+                "metadata": dict(c.extra)}
+
+
+def read_onnx(path: str | os.PathLike):
+    """Load an ONNX file with a clear sentence when it is missing or not ONNX."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgernnError(f"{p} does not exist or is not a file")
+    try:
+        return onnx.load(str(p))
+    except Exception:
+        raise EdgernnError(f"{p} is not an ONNX model (onnx.load could not parse it)") from None
+
+
+def info(path: str | os.PathLike) -> InfoReport:
+    """Describe an edgernn ONNX file from its metadata."""
+    from edgernn.contract import read_metadata
+
+    model = read_onnx(path)
+    contract = read_metadata(model, str(path))
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return InfoReport(str(path), Path(path).stat().st_size, contract, opset, model.producer_name,
+                      dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+
+
+@dataclass
+class RunReport:
+    """A streamed run: how many frames in how many calls, output shapes, and where they went."""
+
+    path: str
+    frames: int
+    calls: int
+    chunk: int
+    outputs: dict[str, tuple[int, ...]]
+    saved_to: str | None
+    final_state: dict[str, tuple[int, ...]]
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "frames": self.frames, "calls": self.calls, "chunk": self.chunk,
+                "outputs": {k: list(v) for k, v in self.outputs.items()}, "saved_to": self.saved_to,
+                "final_state": {k: list(v) for k, v in self.final_state.items()}}
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise EdgernnError(f"input {p} does not exist")
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception:
+        raise EdgernnError(f"input {p} is not a .npy array file") from None
+
+
+def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
+        output: str | os.PathLike | None = None, threads: int | None = 1) -> tuple[RunReport, dict[str, np.ndarray]]:
+    """Stream ``inputs`` through the model ``chunk`` frames per call (default: 1 in step mode, the
+    whole stream otherwise), carrying state; optionally save outputs to ``output`` (``.npy`` for
+    one output, ``.npz`` for several). Returns the report and the outputs."""
+    from edgernn.converters.export import write_atomic
+    from edgernn.runtimes.session import StreamingSession
+
+    out_path = Path(output) if output is not None else None
+    if out_path is not None and not out_path.parent.is_dir():
+        raise EdgernnError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+    session = StreamingSession(path, threads=threads)
+    arrays = dict(inputs) if isinstance(inputs, Mapping) else {session.inputs[0].name: inputs}
+    if not isinstance(inputs, Mapping) and len(session.inputs) != 1:
+        raise EdgernnError(f"{path} takes {len(session.inputs)} inputs; give each by name")
+    spec = session.inputs[0]
+    axis = spec.time_axis if spec.time_axis is not None else 0
+    first = np.asarray(arrays.get(spec.name, next(iter(arrays.values()))))
+    total = first.shape[axis] if first.ndim > axis else 0
+    if chunk is None:
+        chunk = 1 if session.mode == "step" else max(total, 1)
+    outputs = session.stream(chunk=chunk, **arrays)
+    if out_path is not None:
+        import io
+
+        buf = io.BytesIO()
+        if len(outputs) == 1 and out_path.suffix != ".npz":
+            np.save(buf, next(iter(outputs.values())))
+        else:
+            np.savez(buf, **outputs)
+        write_atomic(out_path, buf.getvalue())
+    report = RunReport(str(path), total, -(-total // chunk), chunk, {k: v.shape for k, v in outputs.items()},
+                       str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()})
+    return report, outputs
+
+
+__all__ = ["export_file", "info", "InfoReport", "run", "RunReport", "read_onnx", "load_array", "ContractError"]

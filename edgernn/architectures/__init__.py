@@ -1,0 +1,45 @@
+"""Architectures edgernn knows by name, so that its checkpoints hold a name and a config, not code.
+
+``ARCHITECTURES`` maps a name to a constructor taking the config as keyword arguments. Bare
+``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` are registered as ``rnn`` / ``lstm`` / ``gru``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from edgernn.architectures.recurrent import FrameClassifier, RecurrentLayer, layer_config
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "rnn": nn.RNN,
+    "lstm": nn.LSTM,
+    "gru": nn.GRU,
+    "frame_classifier": FrameClassifier,
+}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make ``name`` loadable from edgernn checkpoints."""
+
+    def deco(cls: type) -> type:
+        ARCHITECTURES[name] = cls
+        return cls
+    return deco
+
+
+def describe(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """(name, config) of a model whose class is registered and whose config is known, else None."""
+    if isinstance(model, RecurrentLayer):
+        model = model.layer
+    if isinstance(model, nn.RNNBase):
+        name = {"LSTM": "lstm", "GRU": "gru"}.get(model.mode, "rnn")
+        return name, layer_config(model)
+    for name, cls in ARCHITECTURES.items():
+        if type(model) is cls and isinstance(getattr(model, "config", None), dict):
+            return name, dict(model.config)
+    return None
+
+
+__all__ = ["ARCHITECTURES", "register", "describe", "FrameClassifier", "RecurrentLayer", "layer_config"]

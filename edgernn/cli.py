@@ -1,0 +1,228 @@
+"""The ``edgernn`` command line: a thin typer layer over :mod:`edgernn.api`.
+
+Each command parses its arguments, calls one library function and prints the report it returns
+(rich tables, or JSON with ``--json``). Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="edgernn",
+    help="Export recurrent PyTorch models to streaming ONNX with explicit state I/O, verified against "
+         "PyTorch, and run them with onnxruntime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Print library errors as one sentence on stderr and exit 1 (no traceback)."""
+    from edgernn.errors import EdgernnError
+
+    try:
+        yield
+    except EdgernnError as e:
+        report = getattr(e, "report", None)
+        if report is not None:
+            _print_export(report)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _fmt_shape(shape) -> str:
+    from rich.markup import escape
+
+    return escape("[" + ", ".join(str(d) for d in shape) + "]")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _io_table(title: str, contract) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("kind", "name", "shape", "dtype", "batch axis", "time axis / output"):
+        t.add_column(col)
+    for spec in contract.inputs:
+        t.add_row("input", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), str(spec.time_axis))
+    for spec in contract.outputs:
+        t.add_row("output", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), str(spec.time_axis))
+    for s in contract.states:
+        t.add_row("state", s.name, _fmt_shape(s.shape), s.dtype, str(s.batch_axis), f"{s.input} -> {s.output}")
+    return t
+
+
+def _print_export(report) -> None:
+    out.print(_io_table(f"edgernn export ({report.contract.mode} mode)", report.contract))
+    if report.parity is not None:
+        t = Table(title="parity with PyTorch", title_justify="left")
+        for col in ("tensor", "kind", "max abs error", "scale", "error / max(1, scale)", "ok"):
+            t.add_column(col)
+        for e in report.parity.errors:
+            ok = e.rel <= report.parity.tolerance
+            t.add_row(e.name, e.kind, f"{e.max_abs:.2e}", f"{e.scale:.3g}", f"{e.rel:.2e}",
+                      "[green]yes[/]" if ok else "[red]NO[/]")
+        out.print(t)
+        for case in report.parity.cases:
+            out.print(f"  checked: {case}", highlight=False)
+        out.print(f"parity {report.parity.summary()}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
+    where = report.path or "(not written)"
+    out.print(f"wrote {where} ({_size(report.size_bytes)})" if report.path else f"file: {where}", highlight=False)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator:
+    if not enabled:
+        yield None
+        return
+    with err.status("exporting...") as status:
+        yield lambda name: status.update(f"export: {name}...")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model file: edgernn checkpoint, state_dict of nn.RNN/LSTM/GRU, a "
+                                           "state_dict with --class, TorchScript, or a pickle with --allow-pickle."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write [default: MODEL.onnx]."),
+    mode: str = typer.Option("chunk", "--mode", "-m", help="chunk: any number of frames per call; step: one frame "
+                             "per call, cells as MatMul; sequence: whole sequences (bidirectional)."),
+    opset: int = typer.Option(18, help="ONNX opset."),
+    class_path: Optional[str] = typer.Option(None, "--class", help="pkg.module:Name of the model class for a "
+                                             "state_dict (imported from the current folder or installed packages)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file of constructor arguments for --class."),
+    inputs: Optional[List[str]] = typer.Option(None, "--input", help="Declare a forward argument as NAME:DTYPE:DIMS, "
+                                               "B = batch axis, T = time axis, e.g. x:float32:B,T,40. Repeatable."),
+    states: Optional[List[str]] = typer.Option(None, "--state", help="Forward argument that carries state "
+                                               "(default: names with state/hidden/memory, hx, h0, c0). Repeatable."),
+    output_names: Optional[str] = typer.Option(None, "--output-names", help="Comma-separated data output names."),
+    batch_first: Optional[bool] = typer.Option(None, "--batch-first/--time-major", help="For bare layer "
+                                               "state_dicts, which do not record it [default: time-major]."),
+    nonlinearity: Optional[str] = typer.Option(None, help="tanh or relu, for bare nn.RNN state_dicts."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow unpickling a whole nn.Module. This "
+                                      "RUNS CODE FROM THE FILE: use only for files you trust."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check parity with PyTorch (on by default)."),
+    tolerance: float = typer.Option(1e-5, help="Largest error allowed, relative to max(1, |output|)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Export MODEL to ONNX with explicit state inputs/outputs, verify it against PyTorch, and report.
+
+    Exits non-zero (and writes nothing) if the export does not match PyTorch.
+    """
+    from edgernn.api import export_file
+
+    if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
+        err.print(f"[bold red]error:[/] --nonlinearity {nonlinearity!r} is unknown; expected tanh or relu")
+        raise typer.Exit(2)
+    with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
+        report = export_file(model, output, mode=mode, opset=opset, class_path=class_path, config=config,
+                             allow_pickle=allow_pickle, nonlinearity=nonlinearity, batch_first=batch_first,
+                             inputs=inputs or (), state_args=states or None,
+                             output_names=output_names.split(",") if output_names else None,
+                             verify=verify, tolerance=tolerance, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_export(report)
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="An ONNX file written by edgernn."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show a file's data inputs/outputs and state pairs, read from its edgernn metadata."""
+    from edgernn.api import info as info_fn
+
+    with _user_errors():
+        report = info_fn(model)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    c = report.contract
+    out.print(_io_table(f"{report.path}: edgernn format {c.format}, {c.mode} mode, opset {report.opset}, "
+                        f"{_size(report.size_bytes)}", c))
+    ops = ", ".join(f"{k} x{v}" for k, v in report.op_counts.items())
+    out.print(f"ops: {ops}", highlight=False)
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="An ONNX file written by edgernn."),
+    input: List[Path] = typer.Option(..., "--input", "-i", help="A .npy array in the model's input layout (a "
+                                     "per-frame model takes a leading time axis). For several inputs: "
+                                     "NAME=FILE.npy, repeated."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", "-c", help="Frames per call [default: 1 in step mode, "
+                                        "the whole stream otherwise]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Save outputs (.npy for one output, .npz "
+                                          "for several)."),
+    threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
+    from edgernn.api import load_array, run as run_fn
+
+    with _user_errors():
+        arrays = {}
+        for item in input:
+            text = str(item)
+            if "=" in text:
+                name, _, file = text.partition("=")
+                arrays[name] = load_array(file)
+            else:
+                arrays[""] = load_array(item)
+        if "" in arrays:
+            if len(arrays) > 1:
+                from edgernn.errors import EdgernnError
+
+                raise EdgernnError("give either one unnamed --input or NAME=FILE.npy for every input")
+            report, _ = run_fn(model, arrays[""], chunk=chunk, output=output, threads=threads)
+        else:
+            report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    out.print(f"streamed {report.frames} frames through {report.path} in {report.calls} calls of "
+              f"{report.chunk} frame(s)", highlight=False)
+    for name, shape in report.outputs.items():
+        out.print(f"  output {name}: {_fmt_shape(shape)}", highlight=False)
+    for name, shape in report.final_state.items():
+        out.print(f"  final state {name}: {_fmt_shape(shape)}", highlight=False)
+    if report.saved_to:
+        out.print(f"saved outputs to {report.saved_to}", highlight=False)
+
+
+@app.callback(invoke_without_command=True)
+def _main(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        from edgernn import __version__
+
+        print(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
