@@ -268,20 +268,14 @@ class LiftState:
         return ", ".join(s.name for s in ctx.lifted) or "no layer called without a state"
 
     def _describe_outputs(self, ctx: ExportContext) -> None:
-        gen = torch.Generator().manual_seed(1)
-        n_states = len(ctx.state_names)
-        t1, t2 = (1, 1) if ctx.mode == "step" else (TRACE_TIME, TRACE_TIME + 2)
-        outs = {}
-        for b, t in ((TRACE_BATCH, t1), (TRACE_BATCH + 1, t2)):
-            try:
-                outs[(b, t)] = ctx.run_lifter(ctx.example_data(b, t, gen), ctx.initial_states(b))
-            except ExportError:
-                raise
-            except Exception as e:
-                raise ExportError(f"{type(ctx.original).__name__} failed on example inputs of batch {b}: "
-                                  f"{str(e).splitlines()[0][:300]}") from None
+        """Run the lifter at two batch sizes and two lengths; axes that follow them are the outputs'
+        batch and time axes. A step-mode model that only takes one frame is probed at length 1."""
+        outs = self._probe(ctx, TRACE_TIME, TRACE_TIME + 2) if ctx.streams_time else None
+        one_frame = outs is None
+        if one_frame:
+            outs = self._probe(ctx, 1, 1, must=True)
         (k1, o1), (k2, o2) = outs.items()
-        n_out = len(o1) - n_states
+        n_out = len(o1) - len(ctx.state_names)
         if n_out < 1:
             raise ExportError(f"{type(ctx.original).__name__}.forward returns no data output")
         given = list(ctx.options.output_names or [])
@@ -291,9 +285,9 @@ class LiftState:
         ctx.output_axes = []
         for a, b in zip(o1[:n_out], o2[:n_out]):
             batch_axis = _changed_axis(a.shape, b.shape, k1[0], k2[0])
-            time_axis = _changed_axis(a.shape, b.shape, k1[1], k2[1]) if ctx.mode != "step" else None
-            if ctx.mode == "step" and ctx.streams_time:
-                time_axis = self._step_time_axis(a.shape, batch_axis)
+            time_axis = None if one_frame else _changed_axis(a.shape, b.shape, k1[1], k2[1])
+            if one_frame and ctx.streams_time:
+                time_axis = self._step_time_axis(ctx, a.shape, batch_axis)
             ctx.output_axes.append((batch_axis, time_axis))
         for e, leaves2 in zip(ctx.explicit, _split_explicit(ctx, o1[n_out:])):
             for name, t, axis in zip(e.leaf_names, leaves2, e.batch_axes):
@@ -303,14 +297,29 @@ class LiftState:
                                       " in argument order")
 
     @staticmethod
-    def _step_time_axis(shape: Sequence[int], batch_axis: int | None) -> int | None:
-        # in step mode an output keeps a time axis of size 1 next to the batch axis when it has one
+    def _probe(ctx: ExportContext, t1: int, t2: int, must: bool = False) -> dict | None:
+        gen = torch.Generator().manual_seed(1)
+        outs = {}
+        for b, t in ((TRACE_BATCH, t1), (TRACE_BATCH + 1, t2)):
+            try:
+                outs[(b, t)] = ctx.run_lifter(ctx.example_data(b, t, gen), ctx.initial_states(b))
+            except ExportError:
+                raise
+            except Exception as e:
+                if not must and ctx.mode == "step":
+                    return None  # a one-frame model: probe it at length 1
+                raise ExportError(f"{type(ctx.original).__name__} failed on example inputs of batch {b} and "
+                                  f"{t} frames: {str(e).splitlines()[0][:300]}") from None
+        return outs
+
+    @staticmethod
+    def _step_time_axis(ctx: ExportContext, shape: Sequence[int], batch_axis: int | None) -> int | None:
+        # a one-frame output keeps a size-1 time axis on the same side of batch as the input's
         if batch_axis is None:
             return None
-        for k in (batch_axis + 1, batch_axis - 1):
-            if 0 <= k < len(shape) and shape[k] == 1:
-                return k
-        return None
+        data = ctx.data[0]
+        k = batch_axis - 1 if data.time_axis < data.batch_axis else batch_axis + 1
+        return k if 0 <= k < len(shape) and shape[k] == 1 else None
 
 
 def _split_explicit(ctx: ExportContext, leaves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
