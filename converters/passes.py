@@ -106,7 +106,7 @@ class ExportContext:
         """Flat state tensors (explicit, then lifted) for ``batch``: init values, plus noise if asked."""
         leaves: list[torch.Tensor] = []
         for e in self.explicit:
-            leaves += pytree.tree_leaves(e.make(batch))
+            leaves += [t.detach() for t in pytree.tree_leaves(e.make(batch))]  # a learned init may need grad
         leaves += [s.example(batch) for s in self.lifted]
         if scale and generator is not None:
             leaves = [t + scale * torch.randn(t.shape, generator=generator).to(t.dtype)
@@ -182,6 +182,11 @@ class ResolveInputs:
             axes = [_changed_axis(a.shape, b.shape, 2, 3) for a, b in zip(leaves2, leaves3)]
             names = [arg] if len(leaves2) == 1 and isinstance(v2, torch.Tensor) else [
                 f"{arg}.{k}" for k in range(len(leaves2))]
+            nonzero = [n for n, t in zip(names, leaves2) if t.is_floating_point() and bool(t.detach().any())]
+            if nonzero:  # the contract (format 1) records init "zeros" only; do not write a file that lies
+                raise ExportError(f"state {nonzero[0]!r} starts from nonzero values ({type(ctx.original).__name__}."
+                                  f"{hook.__name__}() returns them), but edgernn files start every state at zeros; "
+                                  "return zeros there and pass the learned start with session.reset(state=...)")
             ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make))
 
     def _probe_state(self, ctx: ExportContext, index: int, count: int, arg: str) -> Callable[[int], Any]:
@@ -426,7 +431,7 @@ class DescribeStateIO:
             if axis is not None:
                 shape[axis] = BATCH
             states.append(StateSpec(name, tuple(shape), _dtype_name(vi), axis))
-        ctx.contract = Contract(ctx.mode, inputs, outputs, tuple(states))  # type: ignore[arg-type]
+        ctx.contract = Contract(ctx.mode, inputs, tuple(outputs), tuple(states))  # type: ignore[arg-type]
         for vi, spec in [*((ins_by_name[s.name], s) for s in inputs), *((outs_by_name[s.name], s) for s in outputs),
                          *((ins_by_name[s.input], s) for s in states), *((outs_by_name[s.output], s) for s in states)]:
             _set_dims(vi, spec.shape)

@@ -27,17 +27,19 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
     from edgernn.converters.export import export
 
     src = Path(model_path)
-    target = Path(output) if output is not None else src.with_suffix(".onnx")
-    if target.exists() and src.exists() and target.resolve() == src.resolve():
-        raise EdgernnError(f"output {target} is the input file; choose another path with -o")
-    if not target.parent.is_dir():
-        raise EdgernnError(f"cannot write {target}: folder {target.parent} does not exist")
     if mode not in ("chunk", "step", "sequence"):
         raise EdgernnError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
     if progress:
         progress("load")
+    # load first: it says what is wrong with a missing file or a folder, of which no default
+    # output path can be made
     loaded = load(src, class_path=class_path, config=config, allow_pickle=allow_pickle,
                   nonlinearity=nonlinearity, batch_first=batch_first)
+    target = Path(output) if output is not None else src.with_suffix(".onnx")
+    if target.exists() and target.resolve() == src.resolve():
+        raise EdgernnError(f"output {target} is the input file; choose another path with -o")
+    if not target.parent.is_dir():
+        raise EdgernnError(f"cannot write {target}: folder {target.parent} does not exist")
     report = export(loaded.module, target, mode=mode, opset=opset, inputs=inputs, state_args=state_args,
                     output_names=output_names, verify=verify, tolerance=tolerance, progress=progress)
     report.notes[:0] = [f"loaded {loaded.description}", *loaded.notes]

@@ -18,6 +18,7 @@ import importlib
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import zipfile
@@ -135,11 +136,11 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        text = str(e)
-        pickled = isinstance(e, __import__("pickle").UnpicklingError) and (
-            "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text)
-        if not pickled:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load says: {_line(e)})") from None
+        # a refused GLOBAL means a valid pickle that names Python objects (classes, functions);
+        # other failures (random bytes, text, a truncated file) mean it is no PyTorch file at all
+        if not (isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e)):
+            raise CheckpointError(f"{path} is not a PyTorch model file (torch.load cannot read it); expected a file "
+                                  "written by torch.save, torch.jit.save or edgernn.save") from None
     if not allow_pickle:
         raise CheckpointError(
             f"{path} holds pickled Python objects (for example a whole nn.Module), and unpickling runs code from "

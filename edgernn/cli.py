@@ -24,8 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -99,7 +99,8 @@ def _progress(enabled: bool) -> Iterator:
 def export(
     model: Path = typer.Argument(..., help="Model file: edgernn checkpoint, state_dict of nn.RNN/LSTM/GRU, a "
                                            "state_dict with --class, TorchScript, or a pickle with --allow-pickle."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write [default: MODEL.onnx]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write.",
+                                          show_default="MODEL.onnx"),
     mode: str = typer.Option("chunk", "--mode", "-m", help="chunk: any number of frames per call; step: one frame "
                              "per call, cells as MatMul; sequence: whole sequences (bidirectional)."),
     opset: int = typer.Option(18, help="ONNX opset."),
@@ -112,7 +113,8 @@ def export(
                                                "(default: names with state/hidden/memory, hx, h0, c0). Repeatable."),
     output_names: Optional[str] = typer.Option(None, "--output-names", help="Comma-separated data output names."),
     batch_first: Optional[bool] = typer.Option(None, "--batch-first/--time-major", help="For bare layer "
-                                               "state_dicts, which do not record it [default: time-major]."),
+                                               "state_dicts, which do not record it.",
+                                               show_default="time-major"),
     nonlinearity: Optional[str] = typer.Option(None, help="tanh or relu, for bare nn.RNN state_dicts."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow unpickling a whole nn.Module. This "
                                       "RUNS CODE FROM THE FILE: use only for files you trust."),
@@ -167,8 +169,8 @@ def run(
     input: List[Path] = typer.Option(..., "--input", "-i", help="A .npy array in the model's input layout (a "
                                      "per-frame model takes a leading time axis). For several inputs: "
                                      "NAME=FILE.npy, repeated."),
-    chunk: Optional[int] = typer.Option(None, "--chunk", "-c", help="Frames per call [default: 1 in step mode, "
-                                        "the whole stream otherwise]."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", "-c", help="Frames per call.",
+                                        show_default="1 in step mode, the whole stream otherwise"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Save outputs (.npy for one output, .npz "
                                           "for several)."),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),

@@ -11,8 +11,8 @@ the file's ``metadata_props`` hold:
 ``edgernn.states``   JSON list of :class:`StateSpec`
 
 The JSON schema of these entries ships as ``edgernn/schema/metadata.schema.json`` and is
-documented in ``docs/state-contract.md``. Exporters write the contract with
-:func:`write_metadata`; runtimes read it with :func:`read_metadata`.
+documented in ``docs/state-contract.md``; :func:`decoded_metadata` gives the object it describes.
+Exporters write the contract with :func:`write_metadata`; runtimes read it with :func:`read_metadata`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from edgernn.errors import EdgernnError
 
@@ -129,6 +129,11 @@ class Contract:
     extra: Mapping[str, str] = field(default_factory=dict)
     format: str = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        # tuples whatever the caller passed (lists too), so that equal contracts compare equal
+        for name in ("inputs", "outputs", "states"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` entries (string to string) that describe this contract."""
         props = {
@@ -144,27 +149,66 @@ class Contract:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "the model") -> Contract:
         """Parse ``metadata_props``; raise :class:`ContractError` naming what is missing or bad."""
-        if "edgernn.format" not in props:
-            raise ContractError(
-                f"{source} has no edgernn metadata (metadata_props 'edgernn.format' is missing); "
-                "export it with `edgernn export` or name its state pairs yourself"
-            )
-        if props["edgernn.format"] != FORMAT_VERSION:
-            raise ContractError(
-                f"{source} uses edgernn contract version {props['edgernn.format']!r}; "
-                f"this edgernn reads version {FORMAT_VERSION!r}"
-            )
-        try:
-            mode = props["edgernn.mode"]
-            inputs = tuple(TensorSpec.from_json(d) for d in json.loads(props["edgernn.inputs"]))
-            outputs = tuple(TensorSpec.from_json(d) for d in json.loads(props["edgernn.outputs"]))
-            states = tuple(StateSpec.from_json(d) for d in json.loads(props["edgernn.states"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ContractError(f"{source} has malformed edgernn metadata ({e})") from None
-        if mode not in MODES:
-            raise ContractError(f"{source} has edgernn.mode {mode!r}; expected one of {', '.join(MODES)}")
+        d = decoded_metadata(props, source)
+        if d["mode"] not in MODES:
+            raise ContractError(f"{source} has edgernn.mode {d['mode']!r}; expected one of {', '.join(MODES)}")
+        inputs = _parse_entries(source, "inputs", d["inputs"], TensorSpec.from_json)
+        outputs = _parse_entries(source, "outputs", d["outputs"], TensorSpec.from_json)
+        states = _parse_entries(source, "states", d["states"], StateSpec.from_json)
+        for s in states:
+            want = (state_input_name(s.name), state_output_name(s.name))
+            if (s.input, s.output) != want:
+                raise ContractError(f"{source} names the graph I/O of state {s.name!r} {s.input!r} -> {s.output!r}; "
+                                    f"the contract expects {want[0]!r} -> {want[1]!r}")
         extra = {k: v for k, v in props.items() if k.startswith("edgernn.") and k not in _CORE_KEYS}
-        return cls(mode, inputs, outputs, states, extra)  # type: ignore[arg-type]
+        return cls(d["mode"], inputs, outputs, states, extra)
+
+
+def decoded_metadata(props: Mapping[str, str], source: str = "the model") -> dict[str, Any]:
+    """The contract's ``metadata_props`` entries with their JSON decoded: ``{"format", "mode",
+    "inputs", "outputs", "states"}``, the object that ``metadata.schema.json`` describes.
+
+    Raises :class:`ContractError` when an entry is missing, of another format version, or not a
+    JSON list of objects; the fields of each object are checked by :meth:`Contract.from_metadata`.
+    """
+    if "edgernn.format" not in props:
+        raise ContractError(
+            f"{source} has no edgernn metadata (metadata_props 'edgernn.format' is missing); "
+            "export it with `edgernn export` or name its state pairs yourself"
+        )
+    if props["edgernn.format"] != FORMAT_VERSION:
+        raise ContractError(
+            f"{source} uses edgernn contract version {props['edgernn.format']!r}; "
+            f"this edgernn reads version {FORMAT_VERSION!r}"
+        )
+    missing = [k for k in _CORE_KEYS if k not in props]
+    if missing:
+        raise ContractError(f"{source} has edgernn metadata without {sorted(missing)[0]!r}; "
+                            f"expected all of {', '.join(sorted(_CORE_KEYS))}")
+    decoded: dict[str, Any] = {"format": props["edgernn.format"], "mode": props["edgernn.mode"]}
+    for key in ("inputs", "outputs", "states"):
+        try:
+            value = json.loads(props[f"edgernn.{key}"])
+        except ValueError as e:
+            raise ContractError(f"{source} has edgernn.{key} that is not valid JSON ({e})") from None
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ContractError(f"{source} has edgernn.{key} of type {type(value).__name__}; "
+                                "expected a JSON list of objects")
+        decoded[key] = value
+    return decoded
+
+
+def _parse_entries(source: str, key: str, entries: list[dict[str, Any]],
+                   parse: Callable[[Mapping[str, Any]], Any]) -> tuple:
+    out = []
+    for k, entry in enumerate(entries):
+        try:
+            out.append(parse(entry))
+        except KeyError as e:
+            raise ContractError(f"{source} has an entry in edgernn.{key} (number {k}) without the field {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ContractError(f"{source} has a malformed entry in edgernn.{key} (number {k}: {e})") from None
+    return tuple(out)
 
 
 _CORE_KEYS = {"edgernn.format", "edgernn.mode", "edgernn.inputs", "edgernn.outputs", "edgernn.states"}

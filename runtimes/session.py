@@ -186,6 +186,9 @@ class StreamingSession:
         if len(set(lengths.values())) > 1:
             raise StreamError(f"inputs have different stream lengths {lengths}")
         total = next(iter(lengths.values()))
+        if total == 0:
+            raise StreamError(f"input {next(iter(lengths))!r} has no frames (its time axis has length 0); "
+                              "expected at least one frame")
         pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in self.outputs}
         for start in range(0, total, chunk):
             call = {}
