@@ -14,6 +14,7 @@ What ``load`` accepts, in the order it tries:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -24,7 +25,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -148,7 +149,8 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
             "--class pkg.module:Name, save with edgernn.save(model, path), or save TorchScript (torch.jit.save); "
             "if you trust this file, pass --allow-pickle")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with _cwd_on_path():  # a pickle names its classes by module, as `python -m` would find them
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{path} could not be unpickled ({_line(e)}); is the model's code importable?") from None
     if not isinstance(obj, (nn.Module, Mapping)):
@@ -206,10 +208,9 @@ def import_class(class_path: str) -> type:
     if ":" not in class_path:
         raise CheckpointError(f"--class {class_path!r} is not pkg.module:Name")
     mod_name, _, attr = class_path.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        mod = importlib.import_module(mod_name)
+        with _cwd_on_path():
+            mod = importlib.import_module(mod_name)
     except Exception as e:
         raise CheckpointError(f"--class {class_path!r}: cannot import module {mod_name!r} ({_line(e)})") from None
     cls = mod
@@ -220,6 +221,20 @@ def import_class(class_path: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise CheckpointError(f"--class {class_path!r} is not an nn.Module class")
     return cls
+
+
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    """Let imports find modules in the current folder (as ``python -m`` does), for this call only."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def read_config(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
