@@ -80,6 +80,9 @@ def _print_export(report) -> None:
         for case in report.parity.cases:
             out.print(f"  checked: {case}", highlight=False)
         out.print(f"parity {report.parity.summary()}", highlight=False)
+    if report.passes:
+        steps = ", ".join(f"{p.name} {p.seconds:.1f}s" for p in report.passes)
+        out.print(f"passes: {steps}", highlight=False)
     for note in report.notes:
         out.print(f"note: {note}", highlight=False)
     where = report.path or "(not written)"
