@@ -9,6 +9,8 @@ During capture each recurrent layer becomes one placeholder node (see ``capture.
   with ``proj_size`` has no ONNX operator, so it becomes a ``Scan`` over the step cell below.
 * ``step`` mode: one frame per call, every cell decomposed into ``MatMul``, ``Add`` and
   elementwise ops, the form int8 quantizers and small edge runtimes need.
+* :func:`scan_layer`: the same cells over any number of frames (input projection hoisted out of
+  a ``Scan`` that does only the recurrence); the quantizers lower ONNX ops to it.
 
 Written by hand because no exporter emits these with the state wiring we need: the dynamo
 exporter has frozen the time axis or mis-set GRU attributes in several releases.
@@ -117,7 +119,8 @@ class GraphBuilder:
 
 
 # ---------------------------------------------------------------------------------------------
-# step cells: x [B, I], h [B, H_out], c [B, H]  ->  h' (and c')
+# cells, in two halves: the input projection (any leading axes: one frame, or all T frames at
+# once outside a Scan) and the recurrence (one frame: h [B, H_out], c [B, H]).
 # ---------------------------------------------------------------------------------------------
 
 def _linear(g: GraphBuilder, x: str, weight: np.ndarray, hint: str, bias: np.ndarray | None = None) -> str:
@@ -134,22 +137,31 @@ def _cell_inputs(spec: RecurrentLayerSpec, layer: int, reverse: bool):
     return sfx, spec.w("weight_ih", layer, reverse), spec.w("weight_hh", layer, reverse), b_ih, b_hh
 
 
-def rnn_cell(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str,
-             reverse: bool = False) -> str:
+def input_projection(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, reverse: bool = False) -> str:
+    """W_ih x + bias for every gate. GRU keeps b_hh for the recurrence (it sits inside r * (..));
+    RNN and LSTM fold both biases in here."""
+    sfx, w_ih, _, b_ih, b_hh = _cell_inputs(spec, layer, reverse)
+    if b_ih is None:
+        bias = None
+    else:
+        bias = b_ih if spec.kind == "gru" else b_ih + b_hh
+    return _linear(g, x, w_ih, f"weight_ih_{sfx}", bias)
+
+
+def rnn_recurrence(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, gi: str, h: str,
+                   reverse: bool = False) -> str:
     """Elman cell: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
-    sfx, w_ih, w_hh, b_ih, b_hh = _cell_inputs(spec, layer, reverse)
-    bias = None if b_ih is None else b_ih + b_hh
-    pre = g.op1("Add", [_linear(g, x, w_ih, f"weight_ih_{sfx}", bias), _linear(g, h, w_hh, f"weight_hh_{sfx}")])
+    sfx, _, w_hh, _, _ = _cell_inputs(spec, layer, reverse)
+    pre = g.op1("Add", [gi, _linear(g, h, w_hh, f"weight_hh_{sfx}")])
     return g.op1("Tanh" if spec.kind == "rnn_tanh" else "Relu", [pre])
 
 
-def gru_cell(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str,
-             reverse: bool = False) -> str:
+def gru_recurrence(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, gi: str, h: str,
+                   reverse: bool = False) -> str:
     """GRU cell as in PyTorch: r,z = sigmoid(..); n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
     h' = (1 - z) * n + z * h, computed as n + z * (h - n)."""
-    sfx, w_ih, w_hh, b_ih, b_hh = _cell_inputs(spec, layer, reverse)
+    sfx, _, w_hh, _, b_hh = _cell_inputs(spec, layer, reverse)
     H = spec.hidden_size
-    gi = _linear(g, x, w_ih, f"weight_ih_{sfx}", b_ih)
     gh = _linear(g, h, w_hh, f"weight_hh_{sfx}", b_hh)
     split = g.ints("split_2h_h", [2 * H, H])
     gi_rz, gi_n = g.op("Split", [gi, split], 2, axis=-1)
@@ -160,12 +172,11 @@ def gru_cell(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: s
     return g.op1("Add", [n, g.op1("Mul", [z, g.op1("Sub", [h, n])])])
 
 
-def lstm_cell(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str, c: str,
-              reverse: bool = False) -> tuple[str, str]:
+def lstm_recurrence(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, gi: str, h: str, c: str,
+                    reverse: bool = False) -> tuple[str, str]:
     """LSTM cell as in PyTorch (gates i,f,g,o; optional projection h' = W_hr (o * tanh(c')))."""
-    sfx, w_ih, w_hh, b_ih, b_hh = _cell_inputs(spec, layer, reverse)
-    bias = None if b_ih is None else b_ih + b_hh
-    gates = g.op1("Add", [_linear(g, x, w_ih, f"weight_ih_{sfx}", bias), _linear(g, h, w_hh, f"weight_hh_{sfx}")])
+    sfx, _, w_hh, _, _ = _cell_inputs(spec, layer, reverse)
+    gates = g.op1("Add", [gi, _linear(g, h, w_hh, f"weight_hh_{sfx}")])
     H = spec.hidden_size
     i, f, gg, o = g.op("Split", [gates, g.ints("split_4h", [H] * 4)], 4, axis=-1)
     i, f, o = (g.op1("Sigmoid", [t]) for t in (i, f, o))
@@ -177,11 +188,17 @@ def lstm_cell(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: 
     return h_new, c_new
 
 
-def _step_cell(g, spec, layer, x, h, c, reverse=False):
+def recurrence(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, gi: str, h: str, c: str | None,
+               reverse: bool = False) -> tuple[str, str | None]:
+    """One step of the layer's cell from its projected input ``gi``: (h', c' or None)."""
     if spec.kind == "lstm":
-        return lstm_cell(g, spec, layer, x, h, c, reverse)
-    cell = gru_cell if spec.kind == "gru" else rnn_cell
-    return cell(g, spec, layer, x, h, reverse), None
+        return lstm_recurrence(g, spec, layer, gi, h, c, reverse)
+    cell = gru_recurrence if spec.kind == "gru" else rnn_recurrence
+    return cell(g, spec, layer, gi, h, reverse), None
+
+
+def _step_cell(g, spec, layer, x, h, c, reverse=False):
+    return recurrence(g, spec, layer, input_projection(g, spec, layer, x, reverse), h, c, reverse)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +245,7 @@ def lower_sequence(g: GraphBuilder, spec: RecurrentLayerSpec, x: str, h0: str, c
         h = g.op1("Slice", [h0, *sl])
         c = g.op1("Slice", [c0, *sl]) if c0 else None
         if spec.proj_size:
-            Y, Yh, Yc = _projected_lstm_layer(g, spec, layer, inp, h, c)
+            Y, Yh, Yc = scan_layer(g, spec, layer, inp, h, c)
         else:
             Y, Yh, Yc = _onnx_rnn_op(g, spec, layer, inp, h, c)
         hs.append(Yh)
@@ -276,31 +293,39 @@ def _onnx_rnn_op(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, 
     return Y, Yh, None
 
 
-def _projected_lstm_layer(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str, c: str):
-    """LSTM with proj_size (no ONNX op has a projection): a Scan over the step cell per direction.
-    h, c are [D, B, .]; returns Y [T, D, B, P], Yh [D, B, P], Yc [D, B, H] like the ONNX op."""
+def scan_layer(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str, c: str | None):
+    """One layer as MatMul cells: the input projection of all T frames at once (one big MatMul),
+    then a Scan over time doing only the recurrence, per direction. h, c are [D, B, .]; returns
+    Y [T, D, B, H_out], Y_h [D, B, H_out], Y_c [D, B, H] (or None) like the ONNX ops."""
     ys, yhs, ycs = [], [], []
+    axis0, axis1 = g.ints("axis0", [0]), g.ints("axis1", [1])
     for reverse in range(spec.directions):
+        gi = input_projection(g, spec, layer, x, bool(reverse))
         idx = g.scalar("dir", reverse)
-        h_d = g.op1("Gather", [h, idx], axis=0)
-        c_d = g.op1("Gather", [c, idx], axis=0)
+        states = [g.op1("Gather", [h, idx], axis=0)]
+        if c is not None:
+            states.append(g.op1("Gather", [c, idx], axis=0))
         body = GraphBuilder(f"{g.prefix}/scan_l{layer}{'_reverse' if reverse else ''}")
-        h_new, c_new = lstm_cell(body, spec, layer, "x_t", "h_prev", "c_prev", bool(reverse))
+        h_new, c_new = recurrence(body, spec, layer, "gi_t", "h_prev", "c_prev" if c is not None else None,
+                                  bool(reverse))
+        body_in, body_out = ["h_prev"], ["h_next"]
         body.op("Identity", [h_new], outputs=["h_next"])
-        body.op("Identity", [c_new], outputs=["c_next"])
+        if c_new is not None:
+            body.op("Identity", [c_new], outputs=["c_next"])
+            body_in.append("c_prev")
+            body_out.append("c_next")
         body.op("Identity", [h_new], outputs=["y_t"])
         vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
-        graph = helper.make_graph(
-            body.nodes, f"lstm_proj_l{layer}_{reverse}",
-            [vi("h_prev"), vi("c_prev"), vi("x_t")], [vi("h_next"), vi("c_next"), vi("y_t")],
-            initializer=body.initializers,
-        )
-        hT, cT, Y = g.op("Scan", [h_d, c_d, x], 3, body=graph, num_scan_inputs=1,
-                         scan_input_directions=[reverse], scan_output_directions=[reverse])
-        axis = g.ints("axis", [0])
-        ys.append(g.op1("Unsqueeze", [Y, g.ints("axis1", [1])]))
-        yhs.append(g.op1("Unsqueeze", [hT, axis]))
-        ycs.append(g.op1("Unsqueeze", [cT, axis]))
+        graph = helper.make_graph(body.nodes, f"{spec.kind}_l{layer}_{reverse}",
+                                  [vi(n) for n in [*body_in, "gi_t"]], [vi(n) for n in [*body_out, "y_t"]],
+                                  initializer=body.initializers)
+        outs = g.op("Scan", [*states, gi], len(states) + 1, body=graph, num_scan_inputs=1,
+                    scan_input_directions=[reverse], scan_output_directions=[reverse])
+        ys.append(g.op1("Unsqueeze", [outs[-1], axis1]))
+        yhs.append(g.op1("Unsqueeze", [outs[0], axis0]))
+        if c is not None:
+            ycs.append(g.op1("Unsqueeze", [outs[1], axis0]))
     if spec.directions == 1:
-        return ys[0], yhs[0], ycs[0]
-    return (g.op1("Concat", ys, axis=1), g.op1("Concat", yhs, axis=0), g.op1("Concat", ycs, axis=0))
+        return ys[0], yhs[0], (ycs[0] if ycs else None)
+    return (g.op1("Concat", ys, axis=1), g.op1("Concat", yhs, axis=0),
+            g.op1("Concat", ycs, axis=0) if ycs else None)
