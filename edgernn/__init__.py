@@ -8,6 +8,7 @@ Public API::
     y = session.step(frames)["y"]; session.state; session.reset()
     model = edgernn.load("gru.pt").module                      # checkpoints, state_dicts...
     edgernn.save(model, "gru.pt")                              # edgernn's own checkpoint
+    q = edgernn.quantize("gru.onnx", method="dynamic")        # int8, with an accuracy report
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgernn.checkpoints import LoadedModel, load, save
+    from edgernn.converters.quantize import QuantizeReport, quantize
     from edgernn.converters.export import ExportReport, export
     from edgernn.runtimes.session import StreamingSession
 
@@ -31,6 +33,8 @@ _LAZY = {
     "info": ("edgernn.api", "info"),
     "run": ("edgernn.api", "run"),
     "export_file": ("edgernn.api", "export_file"),
+    "quantize": ("edgernn.converters.quantize", "quantize"),
+    "QuantizeReport": ("edgernn.converters.quantize", "QuantizeReport"),
 }
 
 
@@ -51,5 +55,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgernn' has no attribute {name!r}")
 
 
-__all__ = ["export", "ExportReport", "StreamingSession", "open", "load", "save", "LoadedModel", "info", "run",
+__all__ = ["export", "ExportReport", "quantize", "QuantizeReport", "StreamingSession", "open", "load", "save", "LoadedModel", "info", "run",
            "export_file", "__version__"]

@@ -48,7 +48,9 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
 
 @dataclass
 class InfoReport:
-    """What an edgernn ONNX file declares: its contract, size and graph summary."""
+    """What an ONNX file declares (its contract, size and graph summary). ``contract_from`` is
+    ``"metadata"`` for an edgernn file, ``"inferred"`` for a file from another exporter, whose
+    contract :func:`~edgernn.contract.infer_contract` built (``inferred`` then says how)."""
 
     path: str
     size_bytes: int
@@ -56,14 +58,20 @@ class InfoReport:
     opset: int
     producer: str
     op_counts: dict[str, int] = field(default_factory=dict)
+    contract_from: str = "metadata"
+    inferred: dict | None = None
 
     def to_json(self) -> dict:
+        from edgernn.foreign import INFERRED_KEY
+
         c = self.contract
-        return {"path": self.path, "size_bytes": self.size_bytes, "format": c.format, "mode": c.mode,
-                "opset": self.opset, "producer": self.producer,
+        from_metadata = self.contract_from == "metadata"
+        metadata = {k: v for k, v in c.extra.items() if from_metadata or k != INFERRED_KEY}
+        return {"path": self.path, "size_bytes": self.size_bytes, "format": c.format if from_metadata else None,
+                "mode": c.mode, "opset": self.opset, "producer": self.producer,
                 "inputs": [t.to_json() for t in c.inputs], "outputs": [t.to_json() for t in c.outputs],
                 "states": [s.to_json() for s in c.states], "op_counts": self.op_counts,
-                "metadata": dict(c.extra)}
+                "metadata": metadata, "contract_from": self.contract_from, "inferred": self.inferred}
 
 
 def read_onnx(path: str | os.PathLike):
@@ -79,18 +87,26 @@ def read_onnx(path: str | os.PathLike):
         raise EdgernnError(f"{p} is not an ONNX model (onnx.load could not parse it)") from None
 
 
-def info(path: str | os.PathLike) -> InfoReport:
-    """Describe an edgernn ONNX file from its metadata."""
-    from edgernn.contract import read_metadata
+def info(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) -> InfoReport:
+    """Describe an ONNX file: an edgernn file from its metadata; a stateful file from another
+    exporter (no edgernn metadata), or any file when ``state_pairs`` (graph input name -> graph
+    output name) is given, from its graph by :func:`~edgernn.contract.infer_contract`."""
+    from edgernn.contract import infer_contract, read_metadata
+    from edgernn.foreign import inferred_record
 
     model = read_onnx(path)
-    contract = read_metadata(model, str(path))
+    has_metadata = any(p.key == "edgernn.format" for p in model.metadata_props)
+    if has_metadata and state_pairs is None:
+        contract, origin, record = read_metadata(model, str(path)), "metadata", None
+    else:
+        contract = infer_contract(model, state_pairs, source=str(path))
+        origin, record = "inferred", inferred_record(contract)
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return InfoReport(str(path), Path(path).stat().st_size, contract, opset, model.producer_name,
-                      dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), origin, record)
 
 
 @dataclass
@@ -122,21 +138,25 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
 
 
 def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
-        output: str | os.PathLike | None = None, threads: int | None = 1) -> tuple[RunReport, dict[str, np.ndarray]]:
+        output: str | os.PathLike | None = None, threads: int | None = 1,
+        state_pairs: Mapping[str, str] | None = None) -> tuple[RunReport, dict[str, np.ndarray]]:
     """Stream ``inputs`` through the model ``chunk`` frames per call (default: 1 in step mode, the
     whole stream otherwise), carrying state; optionally save outputs to ``output`` (``.npy`` for
-    one output, ``.npz`` for several). Returns the report and the outputs."""
+    one output, ``.npz`` for several). Returns the report and the outputs. A file without edgernn
+    metadata is read as :func:`info` reads it (``state_pairs`` as there); its inputs with neither a
+    batch nor a time axis (a scalar such as silero-vad's ``sr``) are fed whole to every call."""
     from edgernn.converters.export import write_atomic
     from edgernn.runtimes.session import StreamingSession
 
     out_path = Path(output) if output is not None else None
     if out_path is not None and not out_path.parent.is_dir():
         raise EdgernnError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    session = StreamingSession(path, threads=threads)
+    session = StreamingSession(path, threads=threads, state_pairs=state_pairs)
     arrays = dict(inputs) if isinstance(inputs, Mapping) else {session.inputs[0].name: inputs}
     if not isinstance(inputs, Mapping) and len(session.inputs) != 1:
-        raise EdgernnError(f"{path} takes {len(session.inputs)} inputs; give each by name")
-    spec = session.inputs[0]
+        names = ", ".join(t.name for t in session.inputs)
+        raise EdgernnError(f"{path} takes {len(session.inputs)} inputs ({names}); give each by name")
+    spec = next((t for t in session.inputs if t.batch_axis is not None or t.time_axis is not None), session.inputs[0])
     axis = spec.time_axis if spec.time_axis is not None else 0
     first = np.asarray(arrays.get(spec.name, next(iter(arrays.values()))))
     total = first.shape[axis] if first.ndim > axis else 0

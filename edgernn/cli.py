@@ -38,7 +38,7 @@ def _user_errors() -> Iterator[None]:
     except EdgernnError as e:
         report = getattr(e, "report", None)
         if report is not None:
-            _print_export(report)
+            (_print_quantize if hasattr(report, "method") else _print_export)(report)
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -146,29 +146,45 @@ def export(
         _print_export(report)
 
 
+_STATE_PAIR_HELP = ("IN=OUT: a graph input and the output it pairs with, for files without edgernn metadata "
+                    "(default: found by name, see docs/state-contract.md). Repeatable.")
+
+
 @app.command()
 def info(
-    model: Path = typer.Argument(..., help="An ONNX file written by edgernn."),
+    model: Path = typer.Argument(..., help="An ONNX file: an edgernn export, or a stateful file from another "
+                                           "exporter."),
+    state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help=_STATE_PAIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Show a file's data inputs/outputs and state pairs, read from its edgernn metadata."""
+    """Show a file's data inputs/outputs and state pairs, read from its edgernn metadata or inferred from its graph."""
     from edgernn.api import info as info_fn
 
     with _user_errors():
-        report = info_fn(model)
+        report = info_fn(model, state_pairs=_parse_pairs(state_pair))
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
     c = report.contract
-    out.print(_io_table(f"{report.path}: edgernn format {c.format}, {c.mode} mode, opset {report.opset}, "
+    where = (f"edgernn format {c.format}" if report.contract_from == "metadata"
+             else "no edgernn metadata, contract inferred from the graph")
+    out.print(_io_table(f"{report.path}: {where}, {c.mode} mode, opset {report.opset}, "
                         f"{_size(report.size_bytes)}", c))
+    if report.inferred is not None:
+        for pair in report.inferred.get("pairs", []):
+            rule = "given with --state-pair" if pair["rule"] == "given" else f"rule {pair['rule']}"
+            out.print(f"inferred: state {pair['name']} = {pair['input']} -> {pair['output']} ({rule})",
+                      highlight=False)
+        out.print(f"inferred: batch axis: {report.inferred.get('batch')}", highlight=False)
+        out.print(f"inferred: time axis: {report.inferred.get('time')}", highlight=False)
     ops = ", ".join(f"{k} x{v}" for k, v in report.op_counts.items())
     out.print(f"ops: {ops}", highlight=False)
 
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="An ONNX file written by edgernn."),
+    model: Path = typer.Argument(..., help="An ONNX file: an edgernn export, or a stateful file from another "
+                                           "exporter."),
     input: List[Path] = typer.Option(..., "--input", "-i", help="A .npy array in the model's input layout (a "
                                      "per-frame model takes a leading time axis). For several inputs: "
                                      "NAME=FILE.npy, repeated."),
@@ -177,12 +193,14 @@ def run(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Save outputs (.npy for one output, .npz "
                                           "for several)."),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
+    state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help=_STATE_PAIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
     from edgernn.api import load_array, run as run_fn
 
     with _user_errors():
+        pairs = _parse_pairs(state_pair)
         arrays = {}
         for item in input:
             text = str(item)
@@ -196,9 +214,9 @@ def run(
                 from edgernn.errors import EdgernnError
 
                 raise EdgernnError("give either one unnamed --input or NAME=FILE.npy for every input")
-            report, _ = run_fn(model, arrays[""], chunk=chunk, output=output, threads=threads)
+            report, _ = run_fn(model, arrays[""], chunk=chunk, output=output, threads=threads, state_pairs=pairs)
         else:
-            report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads)
+            report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads, state_pairs=pairs)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
@@ -210,6 +228,100 @@ def run(
         out.print(f"  final state {name}: {_fmt_shape(shape)}", highlight=False)
     if report.saved_to:
         out.print(f"saved outputs to {report.saved_to}", highlight=False)
+
+
+def _print_quantize(report) -> None:
+    t = Table(title=f"edgernn quantize ({report.method})", title_justify="left")
+    for col in ("node", "op", "now", "why"):
+        t.add_column(col)
+    for d in [*report.quantized, *report.kept_float]:
+        t.add_row(d.name, d.op_type, d.dtype, d.why)
+    out.print(t)
+    acc = report.accuracy
+    if acc is not None:
+        a = Table(title=f"accuracy against the float model: {acc.streams} stream(s) x {acc.steps} frames, "
+                        f"{acc.chunk} frame(s) per call, {acc.data_source}", title_justify="left")
+        for col in ("output / state", "max abs error", "mean abs error", "scale", "decision", "agreement"):
+            a.add_column(col)
+        for o in acc.outputs:
+            a.add_row(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.scale:.3g}", o.decision or "-",
+                      "-" if o.agreement is None else f"{o.agreement:.2%}")
+        for name, e in acc.state_errors.items():
+            a.add_row(f"{name} (final state)", f"{e:.3g}", "", "", "", "")
+        out.print(a)
+    out.print(f"size: {_size(report.size_before)} -> {_size(report.size_after)} ({report.size_ratio:.2f}x)",
+              highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
+    if report.path:
+        out.print(f"wrote {report.path}", highlight=False)
+
+
+@app.command()
+def quantize(
+    model: Path = typer.Argument(..., help="A float ONNX file (from edgernn export, or another stateful file)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write.",
+                                          show_default="MODEL.int8.onnx, .qdq, .fp16 or .mixed by method"),
+    method: str = typer.Option("dynamic", "--method", help="dynamic: int8 weights, activations quantized per "
+                               "call; static: int8 QDQ calibrated on streams; fp16; mixed: fp16 with the "
+                               "recurrent state path in fp32."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npy/.npz streams in the model's "
+                                               "input layout, for static calibration (and the accuracy check)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Held-back .npy/.npz streams for the accuracy check.",
+                                        show_default="the calibration file, else synthetic data"),
+    per_channel: bool = typer.Option(False, "--per-channel", help="One int8 scale per output channel."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float. Repeatable."),
+    max_error: Optional[float] = typer.Option(None, "--max-error", help="Fail if any output differs from the "
+                                              "float model by more than this."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Fail if classifier decisions "
+                                                  "agree on fewer than this fraction of frames (0-1)."),
+    steps: int = typer.Option(10_000, "--steps", help="Frames per synthetic stream in the accuracy check."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Frames per call in the accuracy check.",
+                                        show_default="1 in step mode, 100 otherwise"),
+    state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help="IN=OUT state names, for files "
+                                                   "without edgernn metadata. Repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Quantize MODEL (int8 dynamic or static, fp16, mixed) and check it against the float model.
+
+    Exits non-zero, writing nothing, if the accuracy check misses --max-error or --min-agreement.
+    """
+    from edgernn.converters.quantize import quantize as quantize_fn
+
+    with _user_errors():
+        pairs = _parse_pairs(state_pair)
+        with _status(not as_json and sys.stderr.isatty(), "quantizing...") as progress:
+            report = quantize_fn(model, output, method=method, calibration=calibration, data=data,
+                                 per_channel=per_channel, exclude=exclude or (), max_error=max_error,
+                                 min_agreement=min_agreement, steps=steps, chunk=chunk, state_pairs=pairs,
+                                 progress=progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_quantize(report)
+
+
+def _parse_pairs(items: Optional[List[str]]) -> Optional[dict]:
+    if not items:
+        return None
+    from edgernn.errors import EdgernnError
+
+    pairs = {}
+    for item in items:
+        name_in, sep, name_out = item.partition("=")
+        if not sep or not name_in or not name_out:
+            raise EdgernnError(f"--state-pair {item!r} is not IN=OUT (a graph input and the output it pairs with)")
+        pairs[name_in] = name_out
+    return pairs
+
+
+@contextmanager
+def _status(enabled: bool, text: str) -> Iterator:
+    if not enabled:
+        yield None
+        return
+    with err.status(text) as status:
+        yield lambda name: status.update(f"{name}...")
 
 
 @app.callback(invoke_without_command=True)

@@ -13,6 +13,9 @@ the file's ``metadata_props`` hold:
 The JSON schema of these entries ships as ``edgernn/schema/metadata.schema.json`` and is
 documented in ``docs/state-contract.md``; :func:`decoded_metadata` gives the object it describes.
 Exporters write the contract with :func:`write_metadata`; runtimes read it with :func:`read_metadata`.
+For stateful files from other exporters (no edgernn metadata), :func:`infer_contract` finds the
+state pairs by a documented rule (``edgernn/foreign.py``), and :func:`with_contract` stamps a
+contract into a model.
 """
 
 from __future__ import annotations
@@ -232,3 +235,23 @@ def write_metadata(model: Any, contract: Contract) -> None:
 def read_metadata(model: Any, source: str = "the model") -> Contract:
     """Read the contract from an ``onnx.ModelProto``."""
     return Contract.from_metadata({p.key: p.value for p in model.metadata_props}, source)
+
+
+def infer_contract(model: Any, pairs: Mapping[str, str] | None = None, mode: str | None = None,
+                   source: str = "the model", *, batch_axes: Mapping[str, int | None] | None = None,
+                   time_axes: Mapping[str, int | None] | None = None) -> Contract:
+    """The contract of a stateful ``onnx.ModelProto`` without edgernn metadata, from its graph:
+    state pairs given (``pairs``: input name -> output name) or found by the documented rule, data
+    inputs/outputs, batch and time axes, and mode. See :func:`edgernn.foreign.infer_contract`
+    (``batch_axes=`` / ``time_axes=`` override axes) and docs/state-contract.md."""
+    from edgernn.foreign import infer_contract as infer
+
+    return infer(model, pairs, mode, source, batch_axes=batch_axes, time_axes=time_axes)
+
+
+def with_contract(model: Any, contract: Contract, source: str = "the model") -> Any:
+    """A copy of ``model`` that declares ``contract`` in its metadata, with the state I/O renamed
+    ``state_in.<name>`` / ``state_out.<name>`` (see :func:`edgernn.foreign.with_contract`)."""
+    from edgernn.foreign import with_contract as stamp
+
+    return stamp(model, contract, source)

@@ -7,11 +7,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from edgernn.contract import Contract, StateSpec, TensorSpec
+from edgernn.contract import Contract, ContractError, StateSpec, TensorSpec, infer_contract
 from edgernn.errors import EdgernnError
 
 _NP = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-       "int32": np.int32, "bool": np.bool_}
+       "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint64": np.uint64, "uint32": np.uint32,
+       "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_}
 
 
 class StreamError(EdgernnError):
@@ -44,10 +45,20 @@ class StreamingSession:
     ``step`` feeds one call's worth of data: one frame in ``step`` mode, any number of frames in
     ``chunk`` mode, a whole sequence in ``sequence`` mode. ``stream`` splits long arrays into
     calls of ``chunk`` frames and joins the outputs along their time axes.
+
+    A file without edgernn metadata (exported by others: silero-vad, icefall, optimum...) gets
+    its contract from :func:`~edgernn.contract.infer_contract`: state pairs found by the
+    documented rule, or the ``state_pairs`` given (graph input name -> graph output name, which
+    also overrides a file's metadata); ``contract`` gives the whole contract yourself (e.g. one
+    built by ``infer_contract(..., batch_axes=...)``). ``contract_from`` says which it was:
+    ``"metadata"``, ``"inferred"`` or ``"given"``. A data input with neither a batch nor a time
+    axis (silero-vad's scalar ``sr``) is not streamed: pass it on every ``step`` call, and ``stream``
+    feeds it whole to every call.
     """
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = 1,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None, state_pairs: Mapping[str, str] | None = None,
+                 contract: Contract | None = None) -> None:
         import onnxruntime as ort
 
         source = "the model" if isinstance(model, bytes) else str(model)
@@ -62,13 +73,34 @@ class StreamingSession:
         except Exception as e:
             raise EdgernnError(f"onnxruntime cannot load {source}: {str(e).splitlines()[0][:300]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.contract: Contract = Contract.from_metadata(meta, source)
+        self.contract_from = "metadata"
+        if contract is None and state_pairs is None and "edgernn.format" in meta:
+            self.contract: Contract = Contract.from_metadata(meta, source)
+        else:
+            if contract is None:
+                contract = infer_contract(_graph_of(model, source), state_pairs, source=source)
+                self.contract_from = "inferred"
+            else:
+                self.contract_from = "given"
+            self.contract = contract
+            self._check_io(source)
         self.inputs: tuple[TensorSpec, ...] = self.contract.inputs
         self.outputs: tuple[TensorSpec, ...] = self.contract.outputs
         self.states: tuple[StateSpec, ...] = self.contract.states
         self._output_names = [t.name for t in self.outputs] + [s.output for s in self.states]
         self._state: dict[str, np.ndarray] = {}
         self.batch_size: int | None = None
+
+    def _check_io(self, source: str) -> None:
+        """A contract not read from the file's metadata must name the file's graph I/O."""
+        ins = {i.name for i in self.session.get_inputs()}
+        outs = {o.name for o in self.session.get_outputs()}
+        for name in [t.name for t in self.contract.inputs] + [s.input for s in self.contract.states]:
+            if name not in ins:
+                raise ContractError(f"{source} has no graph input {name!r}; its inputs are {', '.join(sorted(ins))}")
+        for name in [t.name for t in self.contract.outputs] + [s.output for s in self.contract.states]:
+            if name not in outs:
+                raise ContractError(f"{source} has no graph output {name!r}; its outputs are {', '.join(sorted(outs))}")
 
     @property
     def mode(self) -> str:
@@ -166,8 +198,11 @@ class StreamingSession:
         """Feed whole streams ``chunk`` frames per call, carrying state; join outputs along time.
 
         Inputs keep the model's layout; an input that has no time axis in the model (a per-frame
-        model) takes an extra leading time axis here. Outputs without a time axis are those of the
-        last call. The state is not reset first: call ``reset()`` to start afresh.
+        model) takes an extra leading time axis here, except an input with neither a batch nor a
+        time axis (a scalar setting such as silero-vad's ``sr``), which is fed whole to every call.
+        Outputs without a time axis are stacked along a new leading axis, one entry per call, when
+        the model is per-frame, and are those of the last call otherwise. The state is not reset
+        first: call ``reset()`` to start afresh.
         """
         if chunk < 1:
             raise StreamError(f"chunk must be at least 1 frame, got {chunk}")
@@ -175,8 +210,11 @@ class StreamingSession:
             raise StreamError(f"this model was exported in step mode and takes one frame per call; use chunk 1, "
                               f"not {chunk}")
         feeds = self._feeds(inputs, named)
+        streamed = [spec for spec in self.inputs if _streamed(spec)]
+        if not streamed:
+            raise StreamError("this model has no input with a batch or time axis to stream; call step() instead")
         lengths = {}
-        for spec in self.inputs:
+        for spec in streamed:
             axis = self._stream_axis(spec)
             arr = feeds[spec.name]
             if arr.ndim <= axis:
@@ -191,8 +229,8 @@ class StreamingSession:
                               "expected at least one frame")
         pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in self.outputs}
         for start in range(0, total, chunk):
-            call = {}
-            for spec in self.inputs:
+            call = {spec.name: feeds[spec.name] for spec in self.inputs if not _streamed(spec)}
+            for spec in streamed:
                 arr = feeds[spec.name]
                 axis = self._stream_axis(spec)
                 part = np.take(arr, range(start, min(start + chunk, total)), axis=axis)
@@ -206,7 +244,7 @@ class StreamingSession:
         for t in self.outputs:
             if t.time_axis is not None:
                 result[t.name] = np.concatenate(pieces[t.name], axis=t.time_axis)
-            elif any(i.time_axis is None for i in self.inputs):
+            elif any(i.time_axis is None for i in streamed):
                 result[t.name] = np.stack(pieces[t.name], axis=0)
             else:
                 result[t.name] = pieces[t.name][-1]
@@ -215,6 +253,23 @@ class StreamingSession:
     @staticmethod
     def _stream_axis(spec: TensorSpec) -> int:
         return 0 if spec.time_axis is None else spec.time_axis
+
+
+def _streamed(spec: TensorSpec) -> bool:
+    """Whether ``stream`` splits this input into calls (it has a batch or a time axis)."""
+    return spec.batch_axis is not None or spec.time_axis is not None
+
+
+def _graph_of(model: str | bytes, source: str):
+    """The ONNX graph of a file onnxruntime has already loaded (weights in external files are not read)."""
+    import onnx
+
+    try:
+        if isinstance(model, bytes):
+            return onnx.load_from_string(model)
+        return onnx.load(model, load_external_data=False)
+    except Exception:
+        raise EdgernnError(f"{source} is not an ONNX model (onnx.load could not parse it)") from None
 
 
 def _stream_shape(spec: TensorSpec) -> list:

@@ -1,0 +1,201 @@
+"""Quantize streaming RNN graphs and measure what it did to them.
+
+``quantize(path, method=...)`` with a method from :data:`METHODS`:
+
+``dynamic``  int8 weights, activations quantized at run time; every cell (``dynamic.py``)
+``static``   int8 QDQ with stream-aware calibration; state I/O stays float (``static.py``)
+``fp16``     float16 weights and compute, float32 graph I/O (``fp16.py``)
+``mixed``    fp16, except the recurrent state path, which stays float32 (``fp16.py``)
+
+Every run ends with an accuracy check: held-back streams (the user's data, else the
+calibration file, else synthetic data, which the report says) go through the float and the
+quantized model side by side, state carried in both, for ``steps`` frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import onnx
+
+from edgernn.contract import Contract, ContractError, read_metadata, write_metadata
+from edgernn.converters.quantize.graph import work_nodes
+from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport
+from edgernn.errors import EdgernnError
+
+METHODS = ("dynamic", "static", "fp16", "mixed")
+SUFFIX = {"dynamic": ".int8", "static": ".qdq", "fp16": ".fp16", "mixed": ".mixed"}
+CALIBRATION_CALLS = 4000  # calls recorded for static calibration (enough for min/max, bounded memory)
+
+
+class QuantizeError(EdgernnError):
+    """The model cannot be quantized as asked."""
+
+
+def default_output(path: str | os.PathLike, method: str) -> Path:
+    """``gru.onnx`` -> ``gru.int8.onnx`` (``.qdq``, ``.fp16``, ``.mixed`` for other methods)."""
+    p = Path(path)
+    return p.with_name(p.stem + SUFFIX.get(method, "." + method) + ".onnx")
+
+
+def _read(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str, int]:
+    if isinstance(model, onnx.ModelProto):
+        return model, "the model", model.ByteSize()
+    p = Path(model)
+    if not p.is_file():
+        raise QuantizeError(f"{p} does not exist or is not a file")
+    try:
+        m = onnx.load(str(p))
+    except Exception:
+        raise QuantizeError(f"{p} is not an ONNX model (onnx.load could not parse it)") from None
+    if not m.graph.node:
+        raise QuantizeError(f"{p} is not an ONNX model with a graph")
+    return m, str(p), p.stat().st_size
+
+
+def _contract(model: onnx.ModelProto, source: str, state_pairs: Mapping[str, str] | None) -> tuple[Contract, str | None]:
+    if state_pairs is None:
+        try:
+            return read_metadata(model, source), None
+        except ContractError as e:
+            if "edgernn.format" not in str(e):
+                raise
+    from edgernn.contract import infer_contract
+
+    contract = infer_contract(model, state_pairs, source=source)
+    how = "given by the user" if state_pairs else "found by the naming rule (docs/state-contract.md)"
+    pairs = ", ".join(f"{s.input} -> {s.output}" for s in contract.states)
+    return contract, f"{source} has no edgernn metadata; state pairs {how}: {pairs}"
+
+
+def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
+             method: str = "dynamic", calibration: str | os.PathLike | None = None,
+             data: str | os.PathLike | None = None, per_channel: bool = False, exclude: Sequence[str] = (),
+             max_error: float | None = None, min_agreement: float | None = None, steps: int = 10_000,
+             chunk: int | None = None, state_pairs: Mapping[str, str] | None = None, write: bool = True,
+             progress: Callable[[str], None] | None = None) -> QuantizeReport:
+    """Quantize an edgernn (or other stateful) ONNX file and check it against the float model.
+
+    Args:
+        model: the float ONNX file (or ModelProto).
+        output: where to write (default ``IN.int8.onnx`` etc., see :func:`default_output`); the
+            file is written only if the accuracy check passes the thresholds given.
+        method: one of :data:`METHODS`.
+        calibration: ``.npy``/``.npz`` streams in the model's input layout (time along the time
+            axis, independent streams along the batch axis), for ``static``; synthetic if absent.
+        data: held-back streams for the accuracy check (default: the calibration file, else
+            synthetic data of ``steps`` frames).
+        per_channel: int8 weights with one scale per output channel.
+        exclude: node names to keep in float.
+        max_error, min_agreement: thresholds of the accuracy check (largest abs error of any
+            output; smallest fraction of frames whose classifier decision agrees).
+        steps: frames per synthetic stream (default 10,000).
+        chunk: frames per call in the accuracy check (default 1 in step mode, 100 otherwise).
+        state_pairs: input -> output names of the states, for files without edgernn metadata.
+    """
+    from edgernn.converters.export import write_atomic
+    from edgernn.converters.quantize import accuracy
+
+    if method not in METHODS:
+        raise QuantizeError(f"method {method!r} is unknown; expected one of {', '.join(METHODS)}")
+    if steps < 1:
+        raise QuantizeError(f"--steps must be at least 1, got {steps}")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise QuantizeError(f"--min-agreement must lie in [0, 1], got {min_agreement}")
+    float_model, source, size_before = _read(model)
+    target = None
+    if write and (output is not None or source != "the model"):
+        target = Path(output) if output is not None else default_output(source, method)
+        if source != "the model" and target.exists() and target.resolve() == Path(source).resolve():
+            raise QuantizeError(f"output {target} is the input file; choose another path with -o")
+        if not target.parent.is_dir():
+            raise QuantizeError(f"cannot write {target}: folder {target.parent} does not exist")
+    names = {n.name for n, _ in work_nodes(float_model)}
+    if not names:  # before the contract: a file with nothing to quantize is told so, not asked for state pairs
+        raise QuantizeError(f"{source} has no recurrent, MatMul, Gemm or Conv node to quantize; nothing was written")
+    contract, foreign_note = _contract(float_model, source, state_pairs)
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        raise QuantizeError(f"--exclude {unknown[0]!r} is not a quantizable node of {source} "
+                            f"(see `edgernn info` or the report's node list)")
+    if foreign_note:  # the output follows the contract: states renamed state_in.<name> / state_out.<name>
+        from edgernn.contract import with_contract
+
+        stamped = with_contract(float_model, contract, source=source)
+        contract = read_metadata(stamped, source)
+        foreign_note += ("; the quantized file names them " +
+                         ", ".join(f"{s.input} -> {s.output}" for s in contract.states))
+    else:
+        stamped = onnx.ModelProto.FromString(float_model.SerializeToString())
+    float_bytes = stamped.SerializeToString()
+    notes = [foreign_note] if foreign_note else []
+
+    def step(name: str) -> None:
+        if progress:
+            progress(name)
+
+    calib_streams, calib_source = None, None
+    if calibration is not None:
+        calib_streams = accuracy.load_streams(calibration, contract)
+        calib_source = f"calibration file {calibration}"
+    eval_streams, eval_source = None, None
+    if data is not None:
+        eval_streams, eval_source = accuracy.load_streams(data, contract, what="data"), f"data file {data}"
+    elif calib_streams is not None:
+        eval_streams, eval_source = calib_streams, calib_source
+    synthetic = f"synthetic data ({steps} frames of AR(1) noise per stream; pass --data for real data)"
+    calib_chunk = chunk or (1 if contract.mode == "step" else 100)
+
+    step(f"quantize ({method})")
+    if method == "dynamic":
+        from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
+
+        q, done, kept = quantize_dynamic_int8(stamped, per_channel=per_channel, exclude=exclude)
+    elif method == "static":
+        from edgernn.converters.quantize.static import quantize_static_int8, stream_feeds
+
+        if calib_streams is None:
+            calib_streams = accuracy.synthetic_streams(contract, min(steps, 2000), seed=1, model=stamped)
+            calib_source = "synthetic data (no --calibration given)"
+            notes.append("static calibration used synthetic data; pass --calibration with real streams")
+        step("calibrate on streams")
+        feeds = stream_feeds(float_bytes, calib_streams, calib_chunk, CALIBRATION_CALLS)
+        step(f"quantize ({method})")
+        q, done, kept = quantize_static_int8(stamped, feeds, per_channel=per_channel, exclude=exclude)
+        notes.append(f"calibrated on {len(feeds)} calls of {calib_source}, state carried from call to call")
+    else:
+        from edgernn.converters.quantize.fp16 import to_fp16
+
+        q, done, kept = to_fp16(stamped, mixed=method == "mixed", exclude=exclude)
+    if not done:
+        why = "; ".join(sorted({d.why for d in kept})[:3]) or "no node qualified"
+        raise QuantizeError(f"{method} quantization changed no node of {source} ({why}); nothing was written")
+    info = {"method": method, "per_channel": per_channel, "quantized": sorted({d.name for d in done}),
+            "kept_float": sorted({d.name for d in kept}), "calibration": calib_source}
+    write_metadata(q, Contract(contract.mode, contract.inputs, contract.outputs, contract.states,
+                               {**contract.extra, "edgernn.quantization": json.dumps(info)}))
+    q_bytes = q.SerializeToString()
+
+    step("accuracy check")
+    if eval_streams is None:
+        eval_streams = accuracy.synthetic_streams(contract, steps, seed=0, model=stamped)
+        eval_source = synthetic
+    acc: AccuracyReport = accuracy.compare(float_bytes, q_bytes, eval_streams, chunk=chunk,
+                                           data_source=eval_source)
+    report = QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
+                            min_agreement, notes, q)
+    if not report.passed:
+        err = QuantizeError("the quantized model fails the accuracy check: " + "; ".join(report.failures)
+                            + "; nothing was written")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    if target is not None:
+        write_atomic(target, q_bytes)
+        report.path = str(target)
+    return report
+
+
+__all__ = ["quantize", "METHODS", "QuantizeReport", "QuantizeError", "NodeDecision", "default_output"]
