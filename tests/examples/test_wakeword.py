@@ -65,8 +65,9 @@ def test_demo_parity_below_1e_5(demo_run):
     _, report, _ = demo_run
     for mode, error in report["export_parity"].items():
         assert error < 1e-5, mode
-    assert set(report["stream"]) == {"step", "chunk"}
-    for mode, s in report["stream"].items():
+    assert set(report["stream"]) == {"step", "chunk", "int8"}
+    for mode in ("step", "chunk"):
+        s = report["stream"][mode]
         assert s["max_abs_error"] < 1e-5, mode
         assert s["state_max_abs_error"] < 1e-5, mode
         assert s["error"] < 1e-5 and s["passed"], mode
@@ -85,11 +86,22 @@ def test_demo_onnx_detections_equal_pytorch(demo_run):
         assert report["stream"][mode]["frames_agree"] == FRAMES
 
 
+def test_demo_int8_is_judged_on_decisions(demo_run):
+    """The int8 file (edgernn quantize, dynamic) is 8-bit, not within 1e-5, but decides as PyTorch does."""
+    _, report, out = demo_run
+    q8 = report["stream"]["int8"]
+    assert (out / "wakeword_step.int8.onnx").stat().st_size < 0.6 * (out / "wakeword_step.onnx").stat().st_size
+    assert 1e-5 < q8["max_abs_error"] < 0.5  # measured 5.1e-2 on 2,000 frames
+    assert q8["frames_agree"] >= 0.99 * FRAMES and q8["passed"]
+    assert report["detection"]["onnx_int8"]["f1"] >= report["detection"]["pytorch"]["f1"] - 0.05
+    assert report["quantize"]["size_ratio"] < 0.6
+
+
 def test_demo_reports_latency(demo_run):
     _, report, _ = demo_run
     lat = report["latency_us"]
     assert lat["steps"] >= FRAMES
-    for who in ("pytorch", "onnx_step", "ort_run"):
+    for who in ("pytorch", "onnx_step", "ort_run", "onnx_int8"):
         assert 0 < lat[who]["p50"] <= lat[who]["p90"] < 1e6, who
     assert lat["ratio_p50"] == pytest.approx(lat["pytorch"]["p50"] / lat["onnx_step"]["p50"])
 
