@@ -53,6 +53,7 @@ class ExplicitState:
     leaf_names: list[str]
     batch_axes: list[int | None]
     make: Callable[[int], Any]  # batch -> initial value (pytree of tensors)
+    stored: dict[str, np.ndarray] = field(default_factory=dict)  # leaf name -> nonzero start, batch size 1
 
 
 @dataclass
@@ -182,12 +183,8 @@ class ResolveInputs:
             axes = [_changed_axis(a.shape, b.shape, 2, 3) for a, b in zip(leaves2, leaves3)]
             names = [arg] if len(leaves2) == 1 and isinstance(v2, torch.Tensor) else [
                 f"{arg}.{k}" for k in range(len(leaves2))]
-            nonzero = [n for n, t in zip(names, leaves2) if t.is_floating_point() and bool(t.detach().any())]
-            if nonzero:  # the contract (format 1) records init "zeros" only; do not write a file that lies
-                raise ExportError(f"state {nonzero[0]!r} starts from nonzero values ({type(ctx.original).__name__}."
-                                  f"{hook.__name__}() returns them), but edgernn files start every state at zeros; "
-                                  "return zeros there and pass the learned start with session.reset(state=...)")
-            ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make))
+            stored = _stored_starts(names, axes, leaves2, pytree.tree_leaves(make(1)))
+            ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make, stored))
 
     def _probe_state(self, ctx: ExportContext, index: int, count: int, arg: str) -> Callable[[int], Any]:
         """No init hook and no ``--input``: call the model with the state argument left out (its
@@ -208,6 +205,25 @@ class ResolveInputs:
                                   f"with one new state per state argument; it returned {type(out).__name__}")
             return pytree.tree_map(torch.zeros_like, out[len(out) - count + index])
         return make
+
+
+def _stored_starts(names: Sequence[str], axes: Sequence[int | None], at2: Sequence[torch.Tensor],
+                   at1: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Nonzero start values (a learned initial memory, say) to store in the file. A start value
+    must be the same for every stream: the batch-2 value must repeat the batch-1 value."""
+    stored = {}
+    for name, axis, t2, t1 in zip(names, axes, at2, at1):
+        t2, t1 = t2.detach(), t1.detach()
+        if not t2.is_floating_point() or not bool(t2.any()):
+            continue
+        same = t1.shape == t2.shape if axis is None else (
+            t1.shape[axis] == 1 and torch.equal(t1.expand_as(t2), t2))
+        if not same:
+            raise ExportError(f"state {name!r} starts from values that differ between streams of one batch; a file "
+                              "stores one start value per state (repeated for every stream), so make initial_state()"
+                              " repeat one value along the batch axis")
+        stored[name] = t1.cpu().numpy().copy()
+    return stored
 
 
 def _nth_state(value: Any, i: int, count: int, arg: str) -> Any:
@@ -423,6 +439,7 @@ class DescribeStateIO:
         states = []
         lifted_leaves = {s.name: s for s in ctx.lifted}
         explicit_axes = {n: a for e in ctx.explicit for n, a in zip(e.leaf_names, e.batch_axes)}
+        stored = {n: v for e in ctx.explicit for n, v in e.stored.items()}
         ins_by_name = {i.name: i for i in graph.input}
         for name in ctx.state_names:
             vi = ins_by_name[f"state_in.{name}"]
@@ -430,7 +447,11 @@ class DescribeStateIO:
             axis = 1 if name in lifted_leaves else explicit_axes[name]
             if axis is not None:
                 shape[axis] = BATCH
-            states.append(StateSpec(name, tuple(shape), _dtype_name(vi), axis))
+            init: str | dict[str, str] = "zeros"
+            if name in stored:
+                init = {"initializer": f"state_init.{name}"}
+                graph.initializer.append(onnx.numpy_helper.from_array(stored[name], init["initializer"]))
+            states.append(StateSpec(name, tuple(shape), _dtype_name(vi), axis, init))
         ctx.contract = Contract(ctx.mode, inputs, tuple(outputs), tuple(states))  # type: ignore[arg-type]
         for vi, spec in [*((ins_by_name[s.name], s) for s in inputs), *((outs_by_name[s.name], s) for s in outputs),
                          *((ins_by_name[s.input], s) for s in states), *((outs_by_name[s.output], s) for s in states)]:
@@ -469,7 +490,10 @@ class Optimize:
         import onnxscript.optimizer
 
         before = len(ctx.onnx_model.graph.node)
+        starts = [t for t in ctx.onnx_model.graph.initializer if t.name.startswith("state_init.")]
         optimized = onnxscript.optimizer.optimize(ctx.onnx_model)
+        kept = {t.name for t in optimized.graph.initializer}
+        optimized.graph.initializer.extend(t for t in starts if t.name not in kept)  # read by runtimes, not nodes
         # the optimizer keeps metadata_props; keep I/O order and names exactly as they were
         if [i.name for i in optimized.graph.input] != [i.name for i in ctx.onnx_model.graph.input]:
             return "skipped: the optimizer changed graph inputs"

@@ -90,6 +90,7 @@ class StreamingSession:
         self._output_names = [t.name for t in self.outputs] + [s.output for s in self.states]
         self._state: dict[str, np.ndarray] = {}
         self.batch_size: int | None = None
+        self._stored_init = _stored_inits(model, self.states, source)
 
     def _check_io(self, source: str) -> None:
         """A contract not read from the file's metadata must name the file's graph I/O."""
@@ -115,9 +116,12 @@ class StreamingSession:
         """Each state's ``init`` value for ``batch_size`` streams."""
         out = {}
         for s in self.states:
-            if s.init != "zeros":
-                raise StreamError(f"state {s.name!r} has init {s.init!r}, which this runtime does not read yet")
-            out[s.name] = np.zeros(s.concrete_shape(batch_size), dtype=_NP[s.dtype])
+            if s.name in self._stored_init:  # stored with size 1 on the batch axis: one copy per stream
+                value = self._stored_init[s.name]
+                reps = [batch_size if k == s.batch_axis else 1 for k in range(value.ndim)]
+                out[s.name] = np.tile(value, reps) if s.batch_axis is not None else value.copy()
+            else:
+                out[s.name] = np.zeros(s.concrete_shape(batch_size), dtype=_NP[s.dtype])
         return out
 
     def reset(self, batch_size: int | None = None, state: Mapping[str, np.ndarray] | None = None) -> None:
@@ -258,6 +262,33 @@ class StreamingSession:
 def _streamed(spec: TensorSpec) -> bool:
     """Whether ``stream`` splits this input into calls (it has a batch or a time axis)."""
     return spec.batch_axis is not None or spec.time_axis is not None
+
+
+def _stored_inits(model: str | bytes, states: Sequence[StateSpec], source: str) -> dict[str, np.ndarray]:
+    """Start values of states whose ``init`` names a graph initializer (read once, at open)."""
+    wanted = {s.init["initializer"]: s for s in states if isinstance(s.init, dict) and "initializer" in s.init}
+    bad = [s for s in states if s.init != "zeros" and not (isinstance(s.init, dict) and "initializer" in s.init)]
+    if bad:
+        raise StreamError(f"state {bad[0].name!r} has init {bad[0].init!r}; expected \"zeros\" or "
+                          "{\"initializer\": NAME}")
+    if not wanted:
+        return {}
+    from onnx import numpy_helper
+
+    graph = _graph_of(model, source).graph
+    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise StreamError(f"{source} names initializer {missing[0]!r} as a state's start value, but has no such "
+                          "initializer")
+    out = {}
+    for name, spec in wanted.items():
+        value = found[name].astype(_NP[spec.dtype])
+        if spec.batch_axis is not None and value.shape[spec.batch_axis] != 1:
+            raise StreamError(f"start value {name!r} of state {spec.name!r} has shape {list(value.shape)}; expected "
+                              f"size 1 on batch axis {spec.batch_axis}")
+        out[spec.name] = value
+    return out
 
 
 def _graph_of(model: str | bytes, source: str):

@@ -268,11 +268,38 @@ def test_initial_state_that_requires_grad() -> None:
     assert [(s.name, s.init) for s in report.contract.states] == [("state", "zeros")]
 
 
-def test_nonzero_initial_state_is_refused() -> None:
-    """The contract (format 1) can only say ``init: zeros``: a file whose fresh session starts
-    elsewhere than PyTorch would pass verification (which feeds both the same start) yet lie."""
-    with pytest.raises(ExportError, match="starts from nonzero values"):
-        edgernn.export(LearnedStart(0.3).eval(), mode="step")
+def test_nonzero_initial_state_is_stored_in_the_file(tmp_path) -> None:
+    """A learned start state is stored as an initializer (size 1 on the batch axis) and named by
+    the state's init; a fresh session starts from it, as PyTorch's initial_state() does."""
+    model = LearnedStart(0.3).eval()
+    torch.manual_seed(33)
+    with torch.no_grad():
+        model.start.add_(0.1 * torch.randn_like(model.start))
+    report = edgernn.export(model, tmp_path / "start.onnx", mode="step")
+    assert_verified(report)
+    assert [(s.name, s.init) for s in report.contract.states] == [("state", {"initializer": "state_init.state"})]
+    session = edgernn.open(tmp_path / "start.onnx")
+    session.reset(3)
+    want = model.initial_state(3).detach().numpy()
+    np.testing.assert_array_equal(session.state["state"], want)
+    x = np.random.default_rng(0).standard_normal((6, 3, 16)).astype(np.float32)
+    session.reset()
+    got = session.stream(x)["y"]
+    state, ys = model.initial_state(3), []
+    with torch.no_grad():
+        for t in range(6):
+            y, state = model(torch.from_numpy(x[t]), state)
+            ys.append(y.numpy())
+    np.testing.assert_allclose(got, np.stack(ys), atol=1e-5)
+
+
+def test_start_values_that_differ_between_streams_are_refused() -> None:
+    class PerStream(LearnedStart):
+        def initial_state(self, batch_size: int):
+            return torch.arange(batch_size, dtype=torch.float32).view(1, batch_size, 1).expand(2, batch_size, 32) + 1
+
+    with pytest.raises(ExportError, match="differ between streams"):
+        edgernn.export(PerStream(0.0).eval(), mode="step")
 
 
 def test_state_shape_cannot_be_guessed() -> None:
