@@ -181,8 +181,8 @@ class ResolveInputs:
             if not leaves2 or not all(isinstance(t, torch.Tensor) for t in leaves2):
                 raise ExportError(f"state argument {arg!r} must be a tensor or a tuple of tensors")
             axes = [_changed_axis(a.shape, b.shape, 2, 3) for a, b in zip(leaves2, leaves3)]
-            names = [arg] if len(leaves2) == 1 and isinstance(v2, torch.Tensor) else [
-                f"{arg}.{k}" for k in range(len(leaves2))]
+            names = [arg] if isinstance(v2, torch.Tensor) else [f"{arg}.{_key_name(path)}"
+                                                                for path, _ in pytree.tree_flatten_with_path(v2)[0]]
             stored = _stored_starts(names, axes, leaves2, pytree.tree_leaves(make(1)))
             ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make, stored))
 
@@ -205,6 +205,17 @@ class ResolveInputs:
                                   f"with one new state per state argument; it returned {type(out).__name__}")
             return pytree.tree_map(torch.zeros_like, out[len(out) - count + index])
         return make
+
+
+def _key_name(path) -> str:
+    """``state["memory"][0]`` -> ``memory.0``: state names follow dict keys and tuple positions."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return ".".join(parts)
 
 
 def _stored_starts(names: Sequence[str], axes: Sequence[int | None], at2: Sequence[torch.Tensor],
