@@ -85,6 +85,7 @@ class ExportContext:
     parity: Any = None
     notes: list[str] = field(default_factory=list)
     records: list[PassRecord] = field(default_factory=list)
+    frame_model: bool = False  # one frame per forward, exported for chunk/sequence as a Scan over time
 
     def __post_init__(self) -> None:
         self.model = copy.deepcopy(self.original).eval()
@@ -92,6 +93,11 @@ class ExportContext:
     @property
     def mode(self) -> str:
         return self.options.mode
+
+    @property
+    def capture_mode(self) -> str:
+        """The mode the model is captured in: a one-frame model is always captured one step at a time."""
+        return "step" if self.frame_model else self.mode
 
     @property
     def streams_time(self) -> bool:
@@ -158,8 +164,7 @@ class ResolveInputs:
             raise ExportError("bidirectional layers cannot stream: they need the future of the sequence; "
                               "export with --mode sequence")
         if not ctx.streams_time and ctx.mode != "step":
-            raise ExportError(f"{type(ctx.original).__name__} takes one frame per call (its input has no time axis); "
-                              "export it with --mode step")
+            ctx.frame_model = True  # the scan-over-time pass loops its step graph over frames
         desc = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in ctx.data)
         if ctx.explicit:
             desc += "; explicit states: " + ", ".join(n for e in ctx.explicit for n in e.leaf_names)
@@ -195,9 +200,10 @@ class ResolveInputs:
                               f"initial_state(batch_size) method, or pass --input {arg}:float32:DIMS with B "
                               "marking the batch axis")
         gen = torch.Generator().manual_seed(0)
+        specs = ctx.data  # the forward's own inputs (scan-over-time later gives ctx.data a time axis)
 
         def make(batch: int):
-            data = ctx.example_data(batch, TRACE_TIME, gen)
+            data = [s.random(batch, TRACE_TIME, gen) for s in specs]
             with torch.no_grad():
                 out = ctx.model(*data)
             if not isinstance(out, tuple) or len(out) <= count:
@@ -268,7 +274,7 @@ class LiftState:
             raise ExportError("internal: bare layers are wrapped by edgernn.load before export")
         ctx.wrappers = capture.wrap_recurrent_layers(model)
         gen = torch.Generator().manual_seed(0)
-        time_len = 1 if ctx.mode == "step" else TRACE_TIME
+        time_len = 1 if ctx.capture_mode == "step" else TRACE_TIME
         data = ctx.example_data(TRACE_BATCH, time_len, gen)
         explicit = [e.make(TRACE_BATCH) for e in ctx.explicit]
         capture.reset_counters(ctx.wrappers)
@@ -338,7 +344,7 @@ class LiftState:
             except ExportError:
                 raise
             except Exception as e:
-                if not must and ctx.mode == "step":
+                if not must and ctx.capture_mode == "step":
                     return None  # a one-frame model: probe it at length 1
                 raise ExportError(f"{type(ctx.original).__name__} failed on example inputs of batch {b} and "
                                   f"{t} frames: {str(e).splitlines()[0][:300]}") from None
@@ -370,7 +376,7 @@ class Capture:
     def __call__(self, ctx: ExportContext) -> str:
         assert ctx.lifter is not None
         gen = torch.Generator().manual_seed(2)
-        time_len = 1 if ctx.mode == "step" else TRACE_TIME
+        time_len = 1 if ctx.capture_mode == "step" else TRACE_TIME
         example = [*ctx.example_data(TRACE_BATCH, time_len, gen), *ctx.initial_states(TRACE_BATCH)]
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         time_dim = torch.export.Dim("time", min=1, max=1 << 24)
@@ -379,7 +385,7 @@ class Capture:
             d = {}
             if s.batch_axis is not None:
                 d[s.batch_axis] = batch
-            if s.time_axis is not None and ctx.mode != "step":
+            if s.time_axis is not None and ctx.capture_mode != "step":
                 d[s.time_axis] = time_dim
             dyn.append(d)
         for e in ctx.explicit:
@@ -412,7 +418,7 @@ class LowerRecurrentLayers:
             g = GraphBuilder(spec.path or spec.kind)
             x, h0, *c0 = node.input
             y, hn, *cn = node.output
-            lower = lower_step if ctx.mode == "step" else lower_sequence
+            lower = lower_step if ctx.capture_mode == "step" else lower_sequence
             lower(g, spec, x, h0, c0[0] if c0 else None, y, hn, cn[0] if cn else None)
             new_nodes += g.nodes
             inits += g.initializers
@@ -425,6 +431,69 @@ class LowerRecurrentLayers:
         del ctx.onnx_model.opset_import[:]
         ctx.onnx_model.opset_import.extend(keep)
         return "; ".join(lowered) or "no recurrent layers"
+
+
+class ScanOverTime:
+    """For a model that takes one frame per forward (cells with explicit state, an NTM) in chunk
+    or sequence mode: wrap its one-step graph in a ``Scan`` over a new leading time axis, the
+    states as Scan state variables. Data inputs and outputs gain axis 0 ``time``."""
+
+    name = "scan-over-time"
+
+    def __call__(self, ctx: ExportContext) -> str:
+        if not ctx.frame_model:
+            return "not needed (the model takes a time axis)"
+        model = ctx.onnx_model
+        g = model.graph
+        n_data, n_out = len(ctx.data), len(ctx.output_names)
+        data_in, state_in = list(g.input[:n_data]), list(g.input[n_data:])
+        data_out, state_out = list(g.output[:n_out]), list(g.output[n_out:])
+        rename = {v.name: f"{v.name}@frame" for v in [*data_in, *state_in, *data_out, *state_out]}
+        body = onnx.helper.make_graph(
+            [_renamed(n, rename) for n in g.node], "frame_step",
+            [_renamed_vi(v, rename) for v in [*state_in, *data_in]],
+            [_renamed_vi(v, rename) for v in [*state_out, *data_out]],
+            initializer=list(g.initializer), value_info=list(g.value_info))
+        scan = onnx.helper.make_node(
+            "Scan", [v.name for v in [*state_in, *data_in]], [v.name for v in [*state_out, *data_out]],
+            name="scan_over_time", body=body, num_scan_inputs=n_data)
+        new_inputs = [_with_time(v) for v in data_in] + state_in
+        new_outputs = [_with_time(v) for v in data_out] + state_out
+        graph = onnx.helper.make_graph([scan], g.name, new_inputs, new_outputs)
+        del model.graph.node[:]
+        model.graph.CopyFrom(graph)
+        ctx.data = [InputSpec(s.name, s.dtype, (TIME, *s.shape), s.high) for s in ctx.data]
+        ctx.output_axes = [(None if b is None else b + 1, 0) for b, _ in ctx.output_axes]
+        return f"step graph of {len(body.node)} nodes in a Scan over axis 0, {len(state_in)} state variables"
+
+
+def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
+    n = onnx.NodeProto()
+    n.CopyFrom(node)
+    n.input[:] = [rename.get(i, i) for i in n.input]
+    n.output[:] = [rename.get(o, o) for o in n.output]
+    return n
+
+
+def _renamed_vi(vi: onnx.ValueInfoProto, rename: dict[str, str]) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    out.name = rename.get(vi.name, vi.name)
+    return out
+
+
+def _with_time(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    dims = out.type.tensor_type.shape.dim
+    old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+    for o, d in zip(old, dims):
+        o.CopyFrom(d)
+    del dims[:]
+    dims.add().dim_param = TIME
+    for o in old:
+        dims.add().CopyFrom(o)
+    return out
 
 
 class DescribeStateIO:
@@ -546,8 +615,8 @@ class Verify:
         return ctx.parity.summary()
 
 
-PIPELINE: tuple = (ResolveInputs(), LiftState(), Capture(), LowerRecurrentLayers(), DescribeStateIO(),
-                   Optimize(), CheckAndInferShapes(), Verify())
+PIPELINE: tuple = (ResolveInputs(), LiftState(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
+                   DescribeStateIO(), Optimize(), CheckAndInferShapes(), Verify())
 
 
 def run_pipeline(ctx: ExportContext, passes: Sequence = PIPELINE, progress: Callable[[str], None] | None = None

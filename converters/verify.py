@@ -120,6 +120,9 @@ def verify_parity(ctx) -> ParityReport:
 
 
 def _reference_sequence(ctx, data, init, total) -> tuple[list[np.ndarray], str]:
+    if ctx.frame_model:  # PyTorch takes one frame per forward: frames along the graph's axis 0
+        frames = [[t.select(0, k) for t in data] for k in range(total)]
+        return _reference_frames(ctx, frames, init), "frame by frame"
     try:
         out = ctx.run_lifter(data, init)
         return [t.numpy() for t in out], "on the whole sequence"

@@ -31,6 +31,8 @@ err = Console(stderr=True, soft_wrap=True)
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Print library errors as one sentence on stderr and exit 1 (no traceback)."""
+    from rich.markup import escape
+
     from edgernn.errors import EdgernnError
 
     try:
@@ -39,7 +41,8 @@ def _user_errors() -> Iterator[None]:
         report = getattr(e, "report", None)
         if report is not None:
             (_print_quantize if hasattr(report, "method") else _print_export)(report)
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escaped: messages quote shapes such as "[batch, time, 10]", which rich would take for markup
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -231,30 +234,32 @@ def run(
 
 
 def _print_quantize(report) -> None:
+    from rich.markup import escape
+
     t = Table(title=f"edgernn quantize ({report.method})", title_justify="left")
     for col in ("node", "op", "now", "why"):
         t.add_column(col)
     for d in [*report.quantized, *report.kept_float]:
-        t.add_row(d.name, d.op_type, d.dtype, d.why)
+        t.add_row(escape(d.name), d.op_type, d.dtype, escape(d.why))
     out.print(t)
     acc = report.accuracy
     if acc is not None:
         a = Table(title=f"accuracy against the float model: {acc.streams} stream(s) x {acc.steps} frames, "
-                        f"{acc.chunk} frame(s) per call, {acc.data_source}", title_justify="left")
+                        f"{acc.chunk} frame(s) per call, {escape(acc.data_source)}", title_justify="left")
         for col in ("output / state", "max abs error", "mean abs error", "scale", "decision", "agreement"):
             a.add_column(col)
         for o in acc.outputs:
-            a.add_row(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.scale:.3g}", o.decision or "-",
+            a.add_row(escape(o.name), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.scale:.3g}", o.decision or "-",
                       "-" if o.agreement is None else f"{o.agreement:.2%}")
         for name, e in acc.state_errors.items():
-            a.add_row(f"{name} (final state)", f"{e:.3g}", "", "", "", "")
+            a.add_row(escape(f"{name} (final state)"), f"{e:.3g}", "", "", "", "")
         out.print(a)
     out.print(f"size: {_size(report.size_before)} -> {_size(report.size_after)} ({report.size_ratio:.2f}x)",
               highlight=False)
     for note in report.notes:
-        out.print(f"note: {note}", highlight=False)
+        out.print(f"note: {escape(note)}", highlight=False)
     if report.path:
-        out.print(f"wrote {report.path}", highlight=False)
+        out.print(f"wrote {escape(report.path)}", highlight=False)
 
 
 @app.command()

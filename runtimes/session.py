@@ -284,9 +284,10 @@ def _stored_inits(model: str | bytes, states: Sequence[StateSpec], source: str) 
     out = {}
     for name, spec in wanted.items():
         value = found[name].astype(_NP[spec.dtype])
-        if spec.batch_axis is not None and value.shape[spec.batch_axis] != 1:
+        want = spec.concrete_shape(1)
+        if value.shape != want:
             raise StreamError(f"start value {name!r} of state {spec.name!r} has shape {list(value.shape)}; expected "
-                              f"size 1 on batch axis {spec.batch_axis}")
+                              f"{list(want)} (the state's shape with size 1 on the batch axis)")
         out[spec.name] = value
     return out
 

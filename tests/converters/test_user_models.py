@@ -369,9 +369,31 @@ def test_cell_model_step(name: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["chunk", "sequence"])
-def test_cell_model_needs_step_mode(mode: str) -> None:
-    with pytest.raises(ExportError, match="--mode step"):
-        edgernn.export(GRUCellModel(), mode=mode)
+def test_cell_model_in_chunk_mode_scans_its_step_graph(mode: str) -> None:
+    """A one-frame model in chunk/sequence mode: its step graph runs in a Scan over a new leading
+    time axis; chunks of any size carry the state like frame-by-frame PyTorch."""
+    torch.manual_seed(5)
+    model = GRUCellModel().eval()
+    report = edgernn.export(model, mode=mode)
+    assert_verified(report)
+    assert [n.op_type for n in report.model.graph.node] == ["Scan"]
+    (x_spec,) = report.contract.inputs
+    assert x_spec.shape[0] == "time" and x_spec.time_axis == 0 and x_spec.batch_axis == 1
+    assert report.contract.outputs[0].time_axis == 0
+    arg = report.contract.states[0].name
+    gen = torch.Generator().manual_seed(6)
+    xs = torch.randn(9, 2, x_spec.shape[2], generator=gen)
+    h0 = torch.randn(*report.contract.states[0].concrete_shape(2), generator=gen)
+    refs, h = [], h0
+    with torch.no_grad():
+        for t in range(9):
+            y, h = model(xs[t], h)
+            refs.append(y.numpy())
+    session = session_of(report)
+    session.reset(state={arg: h0.numpy()})
+    chunk = 4 if mode == "chunk" else 9
+    assert_close(session.stream(xs.numpy(), chunk=chunk)["y"], np.stack(refs), "outputs of 9 frames")
+    assert_close(session.state[arg], h.numpy(), "final state")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -258,13 +258,31 @@ def test_missing_and_non_onnx_files_are_refused(tmp_path):
         StreamingSession(tmp_path / "junk.onnx")
 
 
-def test_stored_initial_state_is_refused_until_supported(gru, tmp_path):
+def test_stored_initial_state_is_read_and_repeated_per_stream(gru, tmp_path):
+    """init {"initializer": NAME}: the start value (batch axis of size 1) repeats for every stream."""
+    model = onnx.load(str(gru[1]))
+    props = {p.key: p for p in model.metadata_props}
+    states = json.loads(props["edgernn.states"].value)
+    start = np.random.default_rng(0).standard_normal((2, 1, 7)).astype(np.float32)  # [layers, 1, hidden]
+    states[0]["init"] = {"initializer": "gru.h.init"}
+    props["edgernn.states"].value = json.dumps(states)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(start, "gru.h.init"))
+    onnx.save(model, str(tmp_path / "stored_init.onnx"))
+    session = StreamingSession(tmp_path / "stored_init.onnx")
+    session.reset(3)
+    np.testing.assert_array_equal(session.state["gru.h"], np.repeat(start, 3, axis=1))
+
+
+def test_stored_initial_state_that_is_missing_is_refused(gru, tmp_path):
     model = onnx.load(str(gru[1]))
     props = {p.key: p for p in model.metadata_props}
     states = json.loads(props["edgernn.states"].value)
     states[0]["init"] = {"initializer": "gru.h.init"}
     props["edgernn.states"].value = json.dumps(states)
     onnx.save(model, str(tmp_path / "stored_init.onnx"))
-    session = StreamingSession(tmp_path / "stored_init.onnx")
-    with pytest.raises(StreamError, match="state 'gru.h' has init .*which this runtime does not read yet"):
-        session.step(_x((1, 2, 5)))
+    with pytest.raises(StreamError, match="names initializer 'gru.h.init' as a state's start value, but has no"):
+        StreamingSession(tmp_path / "stored_init.onnx")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((2, 1, 16), np.float32), "gru.h.init"))
+    onnx.save(model, str(tmp_path / "stored_init.onnx"))
+    with pytest.raises(StreamError, match=r"has shape \[2, 1, 16\]; expected \[2, 1, 7\]"):
+        StreamingSession(tmp_path / "stored_init.onnx")
