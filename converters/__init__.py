@@ -1,7 +1,7 @@
 """Export and graph passes: PyTorch module -> ONNX graph with explicit state I/O.
 
 Pipeline (``passes.PIPELINE``): resolve-inputs, lift-state, capture, lower-recurrent,
-describe-state-io, optimize, check, verify.
+scan-over-time, describe-state-io, optimize, check, verify. Quantization: ``converters.quantize``.
 """
 
 from edgernn.converters.export import ExportReport, export

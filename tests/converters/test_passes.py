@@ -52,8 +52,8 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = ExportContext(model, ExportOptions(mode=mode))
     passes = {p.name: p for p in PIPELINE}
-    assert list(passes) == ["resolve-inputs", "lift-state", "capture", "lower-recurrent", "describe-state-io",
-                            "optimize", "check", "verify"]
+    assert list(passes) == ["resolve-inputs", "lift-state", "capture", "lower-recurrent", "scan-over-time",
+                            "describe-state-io", "optimize", "check", "verify"]
 
     run_pipeline(ctx, [passes["resolve-inputs"]])
     (x,) = ctx.data
@@ -82,6 +82,9 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
     else:
         assert not op_types(lowered) & RECURRENT_OPS
         assert sum(n.op_type == "MatMul" for n in lowered.graph.node) >= 2 * (1 + 2)  # W_ih, W_hh per layer
+
+    run_pipeline(ctx, [passes["scan-over-time"]])  # declines: this model takes a time axis itself
+    assert ctx.records[-1].detail.startswith("not needed") and ctx.onnx_model is lowered
 
     run_pipeline(ctx, [passes["describe-state-io"]])
     props = {p.key: p.value for p in ctx.onnx_model.metadata_props}
