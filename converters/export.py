@@ -54,6 +54,7 @@ class ExportReport:
 def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: str = "chunk", opset: int = 18,
            inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
+           tree_strategy: str = "nodes", all_nodes: bool = False,
            progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 
@@ -72,6 +73,9 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         output_names: names of the data outputs (default ``y`` or ``y.0``, ``y.1``...).
         verify: run the parity check (on by default).
         tolerance: largest allowed error relative to each tensor's scale.
+        tree_strategy: for tree networks (TreeRNN, Child-Sum Tree-LSTM): ``nodes`` (a Loop over
+            nodes) or ``levels`` (a Loop over depth levels; the file takes a ``levels`` input).
+        all_nodes: for tree networks, also output every node's state (``node.h``, ``node.c``).
         progress: called with each pass's name as it starts.
 
     Raises:
@@ -83,6 +87,13 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
     target = Path(output) if output is not None else None
     if target is not None and not target.parent.is_dir():
         raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
+    if _is_tree_model(model):  # one graph for any tree: written from the weights, not traced
+        from edgernn.converters.tree import export_tree
+
+        if progress:
+            progress("tree graph")
+        return export_tree(model, target, strategy=tree_strategy, all_nodes=all_nodes, opset=opset, verify=verify,
+                           tolerance=tolerance)
     if isinstance(model, torch.jit.ScriptModule):
         raise ExportError("TorchScript modules cannot be captured by torch.export; export the eager model")
     if isinstance(model, nn.RNNBase):
@@ -101,6 +112,14 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         write_atomic(target, data)
         report.path = str(target)
     return report
+
+
+def _is_tree_model(model: nn.Module) -> bool:
+    try:
+        from edgernn.architectures.tree import ChildSumTreeLSTM, TreeRNN
+    except ImportError:
+        return False
+    return isinstance(model, (TreeRNN, ChildSumTreeLSTM))
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -126,6 +126,9 @@ def export(
                                       "RUNS CODE FROM THE FILE: use only for files you trust."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check parity with PyTorch (on by default)."),
     tolerance: float = typer.Option(1e-5, help="Largest error allowed, relative to max(1, |output|)."),
+    tree_strategy: str = typer.Option("nodes", "--tree-strategy", help="Tree networks: nodes (a Loop over nodes) "
+                                      "or levels (a Loop over depth levels; the file takes a levels input)."),
+    all_nodes: bool = typer.Option(False, "--all-nodes", help="Tree networks: also output every node's state."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Export MODEL to ONNX with explicit state inputs/outputs, verify it against PyTorch, and report.
@@ -142,7 +145,8 @@ def export(
                              allow_pickle=allow_pickle, nonlinearity=nonlinearity, batch_first=batch_first,
                              inputs=inputs or (), state_args=states or None,
                              output_names=output_names.split(",") if output_names else None,
-                             verify=verify, tolerance=tolerance, progress=progress)
+                             verify=verify, tolerance=tolerance, tree_strategy=tree_strategy,
+                             all_nodes=all_nodes, progress=progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
