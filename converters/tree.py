@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgernn.contract import Contract, TensorSpec, write_metadata
 from edgernn.converters.recurrent import GraphBuilder
 from edgernn.errors import ExportError
+from edgernn.runtimes.tree import forest_levels
 
 STRATEGIES = ("nodes", "levels")
 
@@ -196,24 +197,6 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim)
     dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
     return TensorSpec(vi.name, dims, dtype, None, None)
-
-
-def forest_levels(children: np.ndarray) -> np.ndarray:
-    """``levels [depth, width]``: node indices per level (leaves at level 0), -1 padded."""
-    n = children.shape[0]
-    level = np.zeros(n, dtype=np.int64)
-    for i in range(n):  # children come first, so one pass in order settles every level
-        ch = children[i][children[i] >= 0]
-        if ch.size:
-            level[i] = level[ch].max() + 1
-    depth = int(level.max()) + 1 if n else 0
-    width = int(np.bincount(level).max()) if n else 0
-    out = np.full((depth, width), -1, dtype=np.int64)
-    fill = np.zeros(depth, dtype=np.int64)
-    for i in range(n):
-        out[level[i], fill[level[i]]] = i
-        fill[level[i]] += 1
-    return out
 
 
 def run_forest(session, x_or_tokens: np.ndarray, children: np.ndarray, roots: np.ndarray) -> dict[str, np.ndarray]:
