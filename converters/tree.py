@@ -313,3 +313,45 @@ def export_tree(model, output=None, *, strategy: str = "nodes", all_nodes: bool 
         write_atomic(Path(output), data)
         report.path = str(output)
     return report
+
+
+def compare_tree_files(reference: bytes, candidate: bytes, forests: int = 20, seed: int = 0):
+    """Float vs quantized tree file on random forests: the accuracy check of ``edgernn quantize``
+    for tree files (they take structure arrays, not streams)."""
+    import onnxruntime as ort
+
+    from edgernn.converters.quantize.report import AccuracyReport, OutputAccuracy
+    from edgernn.runtimes.session import session_options
+
+    ref = ort.InferenceSession(reference, session_options(1), providers=["CPUExecutionProvider"])
+    cand = ort.InferenceSession(candidate, session_options(1), providers=["CPUExecutionProvider"])
+    info = json.loads(ref.get_modelmeta().custom_metadata_map["edgernn.tree"])
+    first = ref.get_inputs()[0]
+    k = 2 if info["kind"] == "tree_rnn" else 4
+    vocab = _vocab(reference) if first.name == "tokens" else None
+    features = None if vocab else int(first.shape[1])
+    rng = np.random.default_rng(seed)
+    stats: dict[str, list] = {}
+    nodes = 0
+    for _ in range(forests):
+        sizes = rng.integers(1, 60, size=int(rng.integers(1, 8))).tolist()
+        data, children, roots = random_forest(rng, sizes, k, features, vocab, k == 2)
+        nodes += children.shape[0]
+        a, b = run_forest(ref, data, children, roots), run_forest(cand, data, children, roots)
+        for name in a:
+            stats.setdefault(name, []).append((a[name], b[name]))
+    outs = []
+    for name, pairs in stats.items():
+        ra = np.concatenate([p[0] for p in pairs])
+        rb = np.concatenate([p[1] for p in pairs])
+        err = np.abs(ra.astype(np.float64) - rb)
+        agree = float(np.mean(ra.argmax(-1) == rb.argmax(-1))) if name == "y" and ra.shape[-1] > 1 else None
+        outs.append(OutputAccuracy(name, float(err.max()), float(err.mean()), float(np.abs(ra).max()),
+                                   "argmax" if agree is not None else None, agree))
+    return AccuracyReport(f"synthetic random forests ({forests} forests, {nodes} nodes)", nodes, forests, 0, outs, {})
+
+
+def _vocab(model_bytes: bytes) -> int:
+    m = onnx.load_from_string(model_bytes)
+    emb = next(t for t in m.graph.initializer if t.name.endswith("/embed"))
+    return int(emb.dims[0])

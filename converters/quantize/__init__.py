@@ -96,7 +96,6 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         chunk: frames per call in the accuracy check (default 1 in step mode, 100 otherwise).
         state_pairs: input -> output names of the states, for files without edgernn metadata.
     """
-    from edgernn.converters.export import write_atomic
     from edgernn.converters.quantize import accuracy
 
     if method not in METHODS:
@@ -149,6 +148,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     synthetic = f"synthetic data ({steps} frames of AR(1) noise per stream; pass --data for real data)"
     calib_chunk = chunk or (1 if contract.mode == "step" else 100)
 
+    if "edgernn.tree" in contract.extra and method != "dynamic":
+        raise QuantizeError(f"{source} is a tree-network file: only --method dynamic is supported for it (static "
+                            "calibration needs streams, and the float16 converter cannot type the node Loop's body)")
     step(f"quantize ({method})")
     if method == "dynamic":
         from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
@@ -180,6 +182,12 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     q_bytes = q.SerializeToString()
 
     step("accuracy check")
+    if "edgernn.tree" in contract.extra:  # tree files take structure arrays: compare on random forests
+        from edgernn.converters.tree import compare_tree_files
+
+        acc = compare_tree_files(float_bytes, q_bytes)
+        return _finish(QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
+                                      min_agreement, notes, q), target, q_bytes)
     if eval_streams is None:
         eval_streams = accuracy.synthetic_streams(contract, steps, seed=0, model=stamped)
         eval_source = synthetic
@@ -187,6 +195,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                            data_source=eval_source)
     report = QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
                             min_agreement, notes, q)
+    return _finish(report, target, q_bytes)
+
+
+def _finish(report: QuantizeReport, target: Path | None, q_bytes: bytes) -> QuantizeReport:
+    """Write the file if the accuracy check passed the user's thresholds; else raise, writing nothing."""
+    from edgernn.converters.export import write_atomic
+
     if not report.passed:
         err = QuantizeError("the quantized model fails the accuracy check: " + "; ".join(report.failures)
                             + "; nothing was written")
