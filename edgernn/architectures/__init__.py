@@ -1,7 +1,8 @@
 """Architectures edgernn knows by name, so that its checkpoints hold a name and a config, not code.
 
 ``ARCHITECTURES`` maps a name to a constructor taking the config as keyword arguments. Bare
-``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` are registered as ``rnn`` / ``lstm`` / ``gru``.
+``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` are registered as ``rnn`` / ``lstm`` / ``gru``; edgernn's own
+models by their names below (``frame_classifier``, ``ntm`` for the Neural Turing Machine...).
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ from typing import Any, Callable
 
 from torch import nn
 
+from edgernn.architectures.ntm import NTM
 from edgernn.architectures.recurrent import FrameClassifier, RecurrentLayer, layer_config
+from edgernn.architectures.tree import ChildSumTreeLSTM, Forest, TreeRNN, validate_forest
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "rnn": nn.RNN,
     "lstm": nn.LSTM,
     "gru": nn.GRU,
     "frame_classifier": FrameClassifier,
+    "tree_rnn": TreeRNN,
+    "child_sum_tree_lstm": ChildSumTreeLSTM,
+    "ntm": NTM,
 }
 
 
@@ -42,4 +48,5 @@ def describe(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-__all__ = ["ARCHITECTURES", "register", "describe", "FrameClassifier", "RecurrentLayer", "layer_config"]
+__all__ = ["ARCHITECTURES", "register", "describe", "FrameClassifier", "NTM", "RecurrentLayer", "layer_config", "TreeRNN",
+           "ChildSumTreeLSTM", "Forest", "validate_forest"]

@@ -110,10 +110,10 @@ def test_dynamic_int8_on_a_tree_file(tmp_path):
     model = ChildSumTreeLSTM(None, 96, 4, vocab_size=20, embed_size=32).eval()
     edgernn.export(model, tmp_path / "tree.onnx")
     report = edgernn.quantize(tmp_path / "tree.onnx", method="dynamic")
-    assert report.size_ratio < 0.5  # weights dominate at this size (measured 0.3x)
+    assert report.size_ratio < 0.5  # weights dominate at this size (measured 0.31x)
     assert {d.dtype for d in report.quantized} == {"int8"} and len(report.quantized) >= 4
     y = next(o for o in report.accuracy.outputs if o.name == "y")
-    assert y.max_abs < 0.05 and y.agreement is not None and y.agreement >= 0.95  # measured 0.004 / 100%
+    assert y.max_abs < 0.05 and y.agreement is not None and y.agreement >= 0.95  # measured 0.0035 / 98.8%
     assert "random forests" in report.accuracy.data_source
     with pytest.raises(edgernn.converters.quantize.QuantizeError, match="only --method dynamic"):
         edgernn.quantize(tmp_path / "tree.onnx", method="static")
