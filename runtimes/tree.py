@@ -3,13 +3,14 @@
 A tree file takes a flattened forest: node features ``x [nodes, F]`` (or ``tokens [nodes]``),
 ``children [nodes, K]`` (-1 padded) and ``roots [trees]`` (plus ``levels``, computed here, for
 files exported with ``--tree-strategy levels``). :class:`TreeSession` checks the structure with
-:func:`check_forest` before running, because the graph itself cannot say what is wrong.
+:func:`validate_forest` before running, because the graph itself cannot say what is wrong.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,54 +21,71 @@ class ForestError(EdgernnError):
     """Structure arrays that do not form a forest the tree graphs can run."""
 
 
-def check_forest(children: np.ndarray, roots: np.ndarray, n_nodes: int | None = None) -> None:
-    """Raise :class:`ForestError` with one sentence unless ``children``/``roots`` form a forest in
-    which every child comes before its parent, each node has at most one parent, roots are nobody's
-    child and every node belongs to the tree of some root."""
-    children = np.asarray(children)
-    roots = np.asarray(roots)
-    if children.ndim != 2:
-        raise ForestError(f"children has shape {list(children.shape)}; expected [nodes, max_children]")
-    if roots.ndim != 1:
-        raise ForestError(f"roots has shape {list(roots.shape)}; expected [trees]")
-    if not np.issubdtype(children.dtype, np.integer) or not np.issubdtype(roots.dtype, np.integer):
-        raise ForestError(f"children and roots must be integer arrays, got {children.dtype} and {roots.dtype}")
-    n = children.shape[0] if n_nodes is None else n_nodes
-    if children.shape[0] != n:
-        raise ForestError(f"children has {children.shape[0]} rows but there are {n} nodes")
-    bad = np.argwhere((children < -1) | (children >= n))
+def validate_forest(children: Any, roots: Any, n_nodes: int) -> None:
+    """Raise :class:`~edgernn.runtimes.tree.ForestError` (an ``EdgernnError``) with one sentence
+    unless ``children [n_nodes, K]`` and ``roots [trees]`` form a forest: indices in range, every
+    child before its parent (which rules out cycles), at most one parent per node, roots that are
+    nobody's child, and every node in some root's tree. Numpy only, without loops over nodes."""
+    ch, rt = np.asarray(children), np.asarray(roots)  # numpy arrays or CPU tensors
+    if ch.ndim != 2 or ch.shape[0] != n_nodes:
+        raise ForestError(f"children has shape {list(ch.shape)}; expected [{n_nodes}, max_children] "
+                          f"(one row per node)")
+    if rt.ndim != 1:
+        raise ForestError(f"roots has shape {list(rt.shape)}; expected [trees]")
+    for name, a in (("children", ch), ("roots", rt)):
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ForestError(f"{name} has dtype {a.dtype}; expected integer node indices (int64)")
+    if n_nodes == 0:
+        raise ForestError("the forest has no nodes; a tree has at least one (a single leaf)")
+    if rt.size == 0:
+        raise ForestError(f"roots is empty, so none of the {n_nodes} nodes belongs to a tree")
+    bad = np.argwhere((ch < -1) | (ch >= n_nodes))
     if bad.size:
         i, k = bad[0]
-        raise ForestError(f"children[{i}][{k}] = {children[i, k]} is out of range; expected -1 or a node index "
-                          f"below {n}")
-    rows = np.arange(n)[:, None]
-    late = np.argwhere((children >= 0) & (children >= rows))
+        raise ForestError(f"children[{i}, {k}] = {ch[i, k]} is out of range; expected -1 (no child) or a node "
+                          f"index from 0 to {n_nodes - 1}")
+    bad_root = np.flatnonzero((rt < 0) | (rt >= n_nodes))
+    if bad_root.size:
+        t = bad_root[0]
+        raise ForestError(f"roots[{t}] = {rt[t]} is out of range; expected a node index from 0 to {n_nodes - 1}")
+    parent_of = np.broadcast_to(np.arange(n_nodes)[:, None], ch.shape)
+    late = np.argwhere(ch >= parent_of)
     if late.size:
         i, k = late[0]
-        raise ForestError(f"node {i} lists child {children[i, k]}, which does not come before it: children must "
-                          "come before their parents (this also rules out cycles)")
-    parent = np.full(n, -1, dtype=np.int64)
-    for i, k in np.argwhere(children >= 0):
-        c = children[i, k]
-        if parent[c] >= 0:
-            raise ForestError(f"node {c} has two parents ({parent[c]} and {i}); a tree node has at most one")
-        parent[c] = i
-    bad_roots = [r for r in roots.tolist() if not 0 <= r < n]
-    if bad_roots:
-        raise ForestError(f"root index {bad_roots[0]} is out of range; expected a node index below {n}")
-    child_roots = [r for r in roots.tolist() if parent[r] >= 0]
-    if child_roots:
-        raise ForestError(f"root {child_roots[0]} is a child of node {parent[child_roots[0]]}; a root has no parent")
-    if len(set(roots.tolist())) != len(roots):
-        raise ForestError("a node is listed as a root twice")
-    reached = np.zeros(n, dtype=bool)
-    reached[roots] = True
-    for i in range(n - 1, -1, -1):  # parents come after children: one backward pass marks every tree
-        if reached[i]:
-            ch = children[i][children[i] >= 0]
-            reached[ch] = True
-    if not reached.all():
-        raise ForestError(f"node {int(np.argmin(reached))} belongs to no root's tree; list its tree's root in roots")
+        if ch[i, k] == i:
+            raise ForestError(f"node {i} lists itself as its child (children[{i}, {k}]), which is a cycle")
+        raise ForestError(f"node {i} lists child {ch[i, k]}, which comes after it (children[{i}, {k}]); every "
+                          "child must come before its parent, which also rules out cycles")
+    real = ch >= 0
+    kids, parents = ch[real], parent_of[real]
+    counts = np.bincount(kids, minlength=n_nodes)
+    shared = np.flatnonzero(counts > 1)
+    if shared.size:
+        c = int(shared[0])
+        ps = parents[kids == c].tolist()
+        if len(set(ps)) < len(ps):
+            raise ForestError(f"node {ps[0]} lists child {c} more than once; each child appears once")
+        raise ForestError(f"node {c} has {len(ps)} parents (nodes {', '.join(map(str, ps[:-1]))} and {ps[-1]}); "
+                          "a tree node has at most one parent")
+    parent = np.full(n_nodes, -1, dtype=np.int64)
+    parent[kids] = parents
+    uniq, first, count = np.unique(rt, return_index=True, return_counts=True)
+    if (count > 1).any():
+        r = int(uniq[count > 1][0])
+        trees = np.flatnonzero(rt == r)
+        raise ForestError(f"node {r} is the root of trees {trees[0]} and {trees[1]}; each tree has its own root")
+    child_root = np.flatnonzero(parent[rt] >= 0)
+    if child_root.size:
+        t = int(child_root[0])
+        raise ForestError(f"root {rt[t]} (roots[{t}]) is a child of node {parent[rt[t]]}; a root has no parent")
+    # with one parent each and parents after children, every node climbs to a parentless node:
+    # it is reached exactly when that top node is a root
+    is_root = np.zeros(n_nodes, dtype=bool)
+    is_root[rt] = True
+    orphans = np.flatnonzero((parent < 0) & ~is_root)
+    if orphans.size:
+        more = f" ({orphans.size} such nodes in all)" if orphans.size > 1 else ""
+        raise ForestError(f"node {orphans[0]} has no parent and is not in roots, so no tree reaches it{more}")
 
 
 def forest_levels(children: np.ndarray) -> np.ndarray:
@@ -120,7 +138,7 @@ class TreeSession:
         x_or_tokens = np.asarray(x_or_tokens)
         children = np.asarray(children, dtype=np.int64)
         roots = np.asarray(roots, dtype=np.int64)
-        check_forest(children, roots, len(x_or_tokens))
+        validate_forest(children, roots, len(x_or_tokens))
         want = np.int64 if self.input_names[0] == "tokens" else np.float32
         if x_or_tokens.dtype != want:
             raise ForestError(f"{self.input_names[0]} has dtype {x_or_tokens.dtype}; expected {np.dtype(want)}")

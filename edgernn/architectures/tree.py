@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgernn.runtimes.tree import ForestError
+from edgernn.runtimes.tree import ForestError, validate_forest
 
 __all__ = ["Forest", "validate_forest", "node_levels", "TreeRNN", "ChildSumTreeLSTM"]
 
@@ -134,73 +134,6 @@ def _node_values(values: list[Any], vocab: Mapping[Hashable, int] | None) -> np.
     return np.stack(feats)
 
 
-def validate_forest(children: Any, roots: Any, n_nodes: int) -> None:
-    """Raise :class:`~edgernn.runtimes.tree.ForestError` (an ``EdgernnError``) with one sentence
-    unless ``children [n_nodes, K]`` and ``roots [trees]`` form a forest: indices in range, every
-    child before its parent (which rules out cycles), at most one parent per node, roots that are
-    nobody's child, and every node in some root's tree. Numpy only, without loops over nodes."""
-    ch, rt = _numpy(children), _numpy(roots)
-    if ch.ndim != 2 or ch.shape[0] != n_nodes:
-        raise ForestError(f"children has shape {list(ch.shape)}; expected [{n_nodes}, max_children] "
-                          f"(one row per node)")
-    if rt.ndim != 1:
-        raise ForestError(f"roots has shape {list(rt.shape)}; expected [trees]")
-    for name, a in (("children", ch), ("roots", rt)):
-        if a.size and not np.issubdtype(a.dtype, np.integer):
-            raise ForestError(f"{name} has dtype {a.dtype}; expected integer node indices (int64)")
-    if n_nodes == 0:
-        raise ForestError("the forest has no nodes; a tree has at least one (a single leaf)")
-    if rt.size == 0:
-        raise ForestError(f"roots is empty, so none of the {n_nodes} nodes belongs to a tree")
-    bad = np.argwhere((ch < -1) | (ch >= n_nodes))
-    if bad.size:
-        i, k = bad[0]
-        raise ForestError(f"children[{i}, {k}] = {ch[i, k]} is out of range; expected -1 (no child) or a node "
-                          f"index from 0 to {n_nodes - 1}")
-    bad_root = np.flatnonzero((rt < 0) | (rt >= n_nodes))
-    if bad_root.size:
-        t = bad_root[0]
-        raise ForestError(f"roots[{t}] = {rt[t]} is out of range; expected a node index from 0 to {n_nodes - 1}")
-    parent_of = np.broadcast_to(np.arange(n_nodes)[:, None], ch.shape)
-    late = np.argwhere(ch >= parent_of)
-    if late.size:
-        i, k = late[0]
-        if ch[i, k] == i:
-            raise ForestError(f"node {i} lists itself as its child (children[{i}, {k}]), which is a cycle")
-        raise ForestError(f"node {i} lists child {ch[i, k]}, which comes after it (children[{i}, {k}]); every "
-                          "child must come before its parent, which also rules out cycles")
-    real = ch >= 0
-    kids, parents = ch[real], parent_of[real]
-    counts = np.bincount(kids, minlength=n_nodes)
-    shared = np.flatnonzero(counts > 1)
-    if shared.size:
-        c = int(shared[0])
-        ps = parents[kids == c].tolist()
-        if len(set(ps)) < len(ps):
-            raise ForestError(f"node {ps[0]} lists child {c} more than once; each child appears once")
-        raise ForestError(f"node {c} has {len(ps)} parents (nodes {', '.join(map(str, ps[:-1]))} and {ps[-1]}); "
-                          "a tree node has at most one parent")
-    parent = np.full(n_nodes, -1, dtype=np.int64)
-    parent[kids] = parents
-    uniq, first, count = np.unique(rt, return_index=True, return_counts=True)
-    if (count > 1).any():
-        r = int(uniq[count > 1][0])
-        trees = np.flatnonzero(rt == r)
-        raise ForestError(f"node {r} is the root of trees {trees[0]} and {trees[1]}; each tree has its own root")
-    child_root = np.flatnonzero(parent[rt] >= 0)
-    if child_root.size:
-        t = int(child_root[0])
-        raise ForestError(f"root {rt[t]} (roots[{t}]) is a child of node {parent[rt[t]]}; a root has no parent")
-    # with one parent each and parents after children, every node climbs to a parentless node:
-    # it is reached exactly when that top node is a root
-    is_root = np.zeros(n_nodes, dtype=bool)
-    is_root[rt] = True
-    orphans = np.flatnonzero((parent < 0) & ~is_root)
-    if orphans.size:
-        more = f" ({orphans.size} such nodes in all)" if orphans.size > 1 else ""
-        raise ForestError(f"node {orphans[0]} has no parent and is not in roots, so no tree reaches it{more}")
-
-
 def _numpy(a: Any) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
@@ -241,14 +174,12 @@ class _TreeModel(nn.Module):
     max_children: int | None = None  # None: any number
 
     def _init_inputs(self, input_size: int | None, vocab_size: int | None, embed_size: int | None) -> int:
+        if (input_size is None) == (vocab_size is None) or (vocab_size is None) != (embed_size is None):
+            raise ValueError(f"give input_size (node features x) or vocab_size and embed_size (token ids), not "
+                             f"both; got input_size={input_size}, vocab_size={vocab_size}, embed_size={embed_size}")
         if vocab_size is None:
-            if input_size is None or embed_size is not None:
-                raise ValueError("give input_size (node features x) or vocab_size and embed_size (token ids), "
-                                 "not both")
             self.embed = None
             return input_size
-        if input_size is not None or embed_size is None:
-            raise ValueError("with vocab_size, give embed_size (the embedding's size) and leave input_size None")
         self.embed = nn.Embedding(vocab_size, embed_size)
         return embed_size
 

@@ -86,12 +86,12 @@ def test_tree_parity_on_degenerate_and_mixed_trees(kind, strategy, tokens, tmp_p
 
 
 BAD = [
-    ("child after parent", [[-1, -1], [2, -1], [-1, -1]], [1], "does not come before it"),
+    ("child after parent", [[-1, -1], [2, -1], [-1, -1]], [1], "which comes after it"),
     ("index out of range", [[-1, -1], [7, -1]], [1], "out of range"),
-    ("two parents", [[-1, -1], [0, -1], [0, -1]], [1, 2], "two parents"),
+    ("two parents", [[-1, -1], [0, -1], [0, -1]], [1, 2], "has 2 parents"),
     ("root is a child", [[-1, -1], [0, -1]], [0], "a root has no parent"),
-    ("unreachable node", [[-1, -1], [-1, -1], [0, -1]], [2], "belongs to no root"),
-    ("self loop", [[0, -1]], [0], "does not come before it"),
+    ("unreachable node", [[-1, -1], [-1, -1], [0, -1]], [2], "no tree reaches it"),
+    ("self loop", [[0, -1]], [0], "lists itself as its child"),
 ]
 
 
