@@ -54,7 +54,7 @@ class ExportReport:
 def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: str = "chunk", opset: int = 18,
            inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
-           tree_strategy: str = "nodes", all_nodes: bool = False,
+           tree_strategy: str = "levels", all_nodes: bool = False,
            progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 

@@ -20,7 +20,7 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
                 opset: int = 18, class_path: str | None = None, config: Any = None, allow_pickle: bool = False,
                 nonlinearity: str | None = None, batch_first: bool | None = None, inputs: Sequence[str] = (),
                 state_args: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-                verify: bool = True, tolerance: float = 1e-5, tree_strategy: str = "nodes", all_nodes: bool = False,
+                verify: bool = True, tolerance: float = 1e-5, tree_strategy: str = "levels", all_nodes: bool = False,
                 progress: Callable[[str], None] | None = None):
     """Load ``model_path`` (see :func:`edgernn.load`), export it to ``output`` (default: the model
     path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes)."""

@@ -126,8 +126,8 @@ def export(
                                       "RUNS CODE FROM THE FILE: use only for files you trust."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check parity with PyTorch (on by default)."),
     tolerance: float = typer.Option(1e-5, help="Largest error allowed, relative to max(1, |output|)."),
-    tree_strategy: str = typer.Option("nodes", "--tree-strategy", help="Tree networks: nodes (a Loop over nodes) "
-                                      "or levels (a Loop over depth levels; the file takes a levels input)."),
+    tree_strategy: str = typer.Option("levels", "--tree-strategy", help="Tree networks: levels (a Loop over depth "
+                                      "levels; the file takes a levels input) or nodes (a Loop over nodes)."),
     all_nodes: bool = typer.Option(False, "--all-nodes", help="Tree networks: also output every node's state."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

@@ -134,10 +134,6 @@ def _node_values(values: list[Any], vocab: Mapping[Hashable, int] | None) -> np.
     return np.stack(feats)
 
 
-def _numpy(a: Any) -> np.ndarray:
-    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-
 def node_levels(children: torch.Tensor) -> torch.Tensor:
     """Each node's level [nodes] (int64): 0 for leaves, else 1 + the highest level of its children.
 
