@@ -175,6 +175,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if not done:
         why = "; ".join(sorted({d.why for d in kept})[:3]) or "no node qualified"
         raise QuantizeError(f"{method} quantization changed no node of {source} ({why}); nothing was written")
+    # stored start values (init {"initializer": ...}) are read by runtimes, not by nodes: the
+    # quantizers drop them as unused, so put them back as they were
+    starts = {s.init["initializer"] for s in contract.states if isinstance(s.init, dict)}
+    have = {t.name for t in q.graph.initializer}
+    q.graph.initializer.extend(t for t in stamped.graph.initializer if t.name in starts and t.name not in have)
     info = {"method": method, "per_channel": per_channel, "quantized": sorted({d.name for d in done}),
             "kept_float": sorted({d.name for d in kept}), "calibration": calib_source}
     write_metadata(q, Contract(contract.mode, contract.inputs, contract.outputs, contract.states,

@@ -194,18 +194,17 @@ class NTM(nn.Module):
             state["controller_c"] = memory.new_zeros(B, H)
         return state
 
-    def _address(self, params: torch.Tensor, memory: torch.Tensor, w_prev: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The head weighting from its parameters [B,H,M+S+3(+...)]; returns (w, the rest of params)."""
-        k, beta, g, s, gamma, rest = params.split([self.M, 1, 1, self.S, 1, params.shape[-1] - self.M - self.S - 3],
-                                                  dim=-1)
+    def address(self, k: torch.Tensor, beta: torch.Tensor, g: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor,
+                memory: torch.Tensor, w_prev: torch.Tensor) -> torch.Tensor:
+        """The heads' weightings [B,H,N] from their raw outputs (before the paper's activations)."""
         w_c = content_addressing(k, F.softplus(beta), memory)
         w_g = interpolate(w_c, w_prev, torch.sigmoid(g))
         w_s = shift(w_g, torch.softmax(s, dim=-1), self.shift_index)
-        return sharpen(w_s, 1 + F.softplus(gamma)), rest
+        return sharpen(w_s, 1 + F.softplus(gamma))
 
     def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        M, S = self.M, self.S
         memory = state["memory"]
         reads_prev = state["read_vectors"].flatten(1)
         if self.lstm:
@@ -213,11 +212,14 @@ class NTM(nn.Module):
         else:
             h = self.controller(x, reads_prev)
         # read heads: address M_{t-1}, read r_t
-        w_r, _ = self._address(self.read_head(h).unflatten(-1, (self.R, -1)), memory, state["read_weights"])
+        k, beta, g, s, gamma = self.read_head(h).unflatten(-1, (self.R, -1)).split([M, 1, 1, S, 1], dim=-1)
+        w_r = self.address(k, beta, g, s, gamma, memory, state["read_weights"])
         r = w_r @ memory  # [B, R, M]
-        # write heads: address M_{t-1}, erase then add
-        w_w, ea = self._address(self.write_head(h).unflatten(-1, (self.W, -1)), memory, state["write_weights"])
-        e, a = torch.sigmoid(ea[..., :self.M]), torch.tanh(ea[..., self.M:])
+        # write heads: address M_{t-1}, then every head erases, then every head adds
+        k, beta, g, s, gamma, e, a = self.write_head(h).unflatten(-1, (self.W, -1)).split([M, 1, 1, S, 1, M, M],
+                                                                                          dim=-1)
+        w_w = self.address(k, beta, g, s, gamma, memory, state["write_weights"])
+        e, a = torch.sigmoid(e), torch.tanh(a)
         erase = torch.prod(1 - w_w.unsqueeze(-1) * e.unsqueeze(-2), dim=1)  # [B, N, M]
         memory = memory * erase + w_w.transpose(1, 2) @ a
         y = self.output(torch.cat([h, r.flatten(1)], dim=-1))

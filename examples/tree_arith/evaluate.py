@@ -21,7 +21,7 @@ from edgernn.runtimes import TreeSession
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import data  # noqa: E402
+import arith_data as data  # noqa: E402  (a unique module name: examples share one process in tests)
 
 MODELS = {"tree_lstm": HERE / "tree_lstm.pt", "tree_rnn": HERE / "tree_rnn.pt"}
 

@@ -3,7 +3,7 @@
     .venv/bin/python examples/tree_arith/train.py          # ~1-2 min on 2 CPU cores, both models
 
 Each model reads an expression tree of digits and ``+``/``*`` (mod 10) as token ids, one cell per
-node, children before parents, and classifies the root's value mod 10 (see ``data.py``). Training
+node, children before parents, and classifies the root's value mod 10 (see ``arith_data.py``). Training
 trees have 1-8 leaves; accuracy is reported on fresh held-out trees per size bucket, up to 32
 leaves (63 nodes), next to the majority-class baseline of each bucket. Writes
 ``examples/tree_arith/tree_lstm.pt`` and ``tree_rnn.pt`` (``edgernn.save``: architecture name,
@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import data  # noqa: E402  (examples/tree_arith/data.py)
+import arith_data as data  # noqa: E402  (examples/tree_arith/arith_data.py: a unique module name)
 
 import edgernn  # noqa: E402
 from edgernn.architectures import ChildSumTreeLSTM, TreeRNN  # noqa: E402
