@@ -15,7 +15,7 @@ from typing import Sequence
 
 import onnx
 
-from edgernn.converters.quantize.graph import node_keys, work_nodes
+from edgernn.converters.quantize.graph import decisions, node_keys, work_nodes
 from edgernn.converters.quantize.lowering import lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
 
@@ -40,18 +40,13 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
                          extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
         quantized = onnx.load(dst)
     remaining = node_keys(quantized)
-    done = []
-    for node, const_weight in candidates:
-        if node.op_type in ("GRU", "RNN"):
-            continue  # already recorded by the lowering
-        if (node.name, node.op_type) not in remaining:
-            how = "DynamicQuantizeLSTM" if node.op_type == "LSTM" else "dynamic int8 MatMul"
-            done.append(NodeDecision(node.name, node.op_type, "int8", f"{how} (int8 weights, activations "
-                                                                       "quantized at run time)"))
-        elif node.name in exclude:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "excluded by the user"))
-        elif not const_weight:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "its second input is not a constant weight"))
-        else:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "onnxruntime's quantizer left it in float"))
-    return quantized, done, kept
+
+    def how(node: onnx.NodeProto) -> str | None:
+        if (node.name, node.op_type) in remaining:
+            return None
+        kind = "DynamicQuantizeLSTM" if node.op_type == "LSTM" else "dynamic int8 MatMul"
+        return f"{kind} (int8 weights, activations quantized at run time)"
+
+    done, more = decisions(candidates, exclude, how, "onnxruntime's quantizer left it in float",
+                           skip=("GRU", "RNN"))  # GRU/RNN: recorded by the lowering
+    return quantized, done, kept + more

@@ -6,6 +6,8 @@ from typing import Iterator
 
 import onnx
 
+from edgernn.converters.quantize.report import NodeDecision
+
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "LSTM", "GRU", "RNN")
 
 
@@ -47,3 +49,24 @@ def work_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, bool]]:
 
 def node_keys(model: onnx.ModelProto) -> set[tuple[str, str]]:
     return {(n.name, n.op_type) for n, _, _ in walk(model.graph)}
+
+
+def decisions(candidates: list[tuple[onnx.NodeProto, bool]], exclude, how, left_in_float: str,
+              skip: tuple[str, ...] = ()) -> tuple[list[NodeDecision], list[NodeDecision]]:
+    """Sort ``candidates`` into int8 and float decisions. ``how(node)`` says how a node was made
+    int8, or None when it was not; the reason for float is the first that holds: excluded by the
+    user, no constant weight, or ``left_in_float``. Op types in ``skip`` are recorded elsewhere."""
+    done, kept = [], []
+    for node, const_weight in candidates:
+        if node.op_type in skip:
+            continue
+        made = how(node)
+        if made:
+            done.append(NodeDecision(node.name, node.op_type, "int8", made))
+        elif node.name in exclude:
+            kept.append(NodeDecision(node.name, node.op_type, "float32", "excluded by the user"))
+        elif not const_weight:
+            kept.append(NodeDecision(node.name, node.op_type, "float32", "its second input is not a constant weight"))
+        else:
+            kept.append(NodeDecision(node.name, node.op_type, "float32", left_in_float))
+    return done, kept

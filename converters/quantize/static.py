@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgernn.converters.quantize.graph import work_nodes
+from edgernn.converters.quantize.graph import decisions, work_nodes
 from edgernn.converters.quantize.lowering import lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
 
@@ -101,19 +101,14 @@ def quantize_static_int8(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
     body_done = _qdq_scan_bodies(quantized, ranges, per_channel, set(exclude))
     main_graph = {(n.name, n.op_type) for n in quantized.graph.node}
     qdq_inputs = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    done = []
-    for node, const_weight in candidates:
-        if node.op_type in ("GRU", "RNN", "LSTM"):
-            continue
+
+    def how(node: onnx.NodeProto) -> str | None:
         key = (node.name, node.op_type)
-        if key in body_done or (key in main_graph and _fed_by_dq(quantized.graph, node.name, qdq_inputs)):
-            done.append(NodeDecision(node.name, node.op_type, "int8", "static int8 QDQ (calibrated on streams)"))
-        elif node.name in exclude:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "excluded by the user"))
-        elif not const_weight:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "its second input is not a constant weight"))
-        else:
-            kept.append(NodeDecision(node.name, node.op_type, "float32", "the quantizer left it in float"))
+        fed = key in main_graph and _fed_by_dq(quantized.graph, node.name, qdq_inputs)
+        return "static int8 QDQ (calibrated on streams)" if key in body_done or fed else None
+
+    done, more = decisions(candidates, exclude, how, "the quantizer left it in float", skip=("GRU", "RNN", "LSTM"))
+    kept += more
     return quantized, done, kept
 
 
