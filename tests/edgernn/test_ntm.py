@@ -8,9 +8,7 @@ once per module, in step mode; every stream through the file starts from its sto
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -31,26 +29,6 @@ TOLERANCE = 1e-5  # max |onnx - torch| / max(1, max |torch|), the fp32 bar
 STATES = ["memory", "read_weights", "write_weights", "read_vectors", "controller_h", "controller_c"]
 
 
-def _example(name: str) -> ModuleType:
-    """examples/ntm_copy/NAME.py as a module (the folder is not a package). The scripts import
-    their neighbours as ``copy_data`` and ``train``; those names are taken out of ``sys.modules`` again
-    afterwards, so that other examples' ``data`` modules are not shadowed by these."""
-    neighbours = ("copy_data", "train")
-    saved = {k: sys.modules.pop(k) for k in neighbours if k in sys.modules}
-    sys.path.insert(0, str(COPY))
-    try:
-        spec = importlib.util.spec_from_file_location(f"ntm_copy_{name}", COPY / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(COPY))
-        for k in neighbours:
-            sys.modules.pop(k, None)
-        sys.modules.update(saved)
-    return module
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """A step of this model is dozens of tiny ops: more threads only add waiting (10x on a busy machine)."""
@@ -61,8 +39,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def copy_data() -> ModuleType:
-    return _example("copy_data")
+def copy_data(ntm_example) -> ModuleType:
+    return ntm_example("copy_data")
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +272,8 @@ def test_feedforward_controller_exports(learn_init, tmp_path) -> None:
 # checkpoints and configs that do not fit
 # ---------------------------------------------------------------------------------------------
 
-def test_shipped_checkpoint_is_an_ntm_checkpoint(model) -> None:
-    train = _example("train")
+def test_shipped_checkpoint_is_an_ntm_checkpoint(model, ntm_example) -> None:
+    train = ntm_example("train")
     loaded = edgernn.load(CHECKPOINT)
     assert loaded.kind == "edgernn-checkpoint" and "ntm" in loaded.description
     assert ARCHITECTURES["ntm"] is NTM and model.config == train.CONFIG

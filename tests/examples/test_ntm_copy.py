@@ -7,44 +7,20 @@ the tests read the numbers it wrote to ``report.json``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 import edgernn
 
-COPY = Path(__file__).resolve().parents[2] / "examples" / "ntm_copy"
 BITS_PER_SEQUENCE = {"8": 8 * 8, "30": 30 * 8}
 
 
-def _example(name: str) -> ModuleType:
-    """examples/ntm_copy/NAME.py as a module (the folder is not a package). The scripts import
-    their neighbours as ``copy_data`` and ``train``; those names are taken out of ``sys.modules`` again
-    afterwards, so that other examples' ``data`` modules are not shadowed by these."""
-    neighbours = ("copy_data", "train")
-    saved = {k: sys.modules.pop(k) for k in neighbours if k in sys.modules}
-    sys.path.insert(0, str(COPY))
-    try:
-        spec = importlib.util.spec_from_file_location(f"ntm_copy_{name}", COPY / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(COPY))
-        for k in neighbours:
-            sys.modules.pop(k, None)
-        sys.modules.update(saved)
-    return module
-
-
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory) -> tuple[int, dict, Path]:
+def evaluation(tmp_path_factory, ntm_example) -> tuple[int, dict, Path]:
     out = tmp_path_factory.mktemp("ntm_copy")
-    code = _example("evaluate").main(["--sequences", "4", "--lengths", "8", "30", "--out", str(out)])
+    code = ntm_example("evaluate").main(["--sequences", "4", "--lengths", "8", "30", "--out", str(out)])
     return code, json.loads((out / "report.json").read_text()), out
 
 
@@ -80,8 +56,8 @@ def test_int8_file_is_judged_on_bits(evaluation):
         assert row["int8"]["bits_differing_from_pytorch"] <= 0.01 * 4 * BITS_PER_SEQUENCE[length], length
 
 
-def test_train_runs_and_saves_an_edgernn_checkpoint(tmp_path, capsys):
-    train = _example("train")
+def test_train_runs_and_saves_an_edgernn_checkpoint(tmp_path, capsys, ntm_example):
+    train = ntm_example("train")
     path = tmp_path / "tiny.pt"
     assert train.main(["--steps", "2", "--fine-tune", "1", "-o", str(path)]) == 0
     printed = capsys.readouterr().out
