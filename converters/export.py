@@ -14,6 +14,7 @@ from torch import nn
 
 from edgernn.converters.io import InputSpec, parse_input
 from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
+from edgernn.converters.recurrent import CELLS
 from edgernn.converters.verify import ParityReport
 from edgernn.architectures import RecurrentLayer
 from edgernn.contract import Contract
@@ -54,7 +55,7 @@ class ExportReport:
 def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: str = "chunk", opset: int = 18,
            inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
-           tree_strategy: str = "levels", all_nodes: bool = False,
+           tree_strategy: str = "levels", all_nodes: bool = False, cells: str = "auto",
            progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 
@@ -62,7 +63,7 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         model: the PyTorch module (not modified; a copy is exported in eval mode).
         output: where to write the ``.onnx`` file (``None``: keep it in the report only). The file
             is written only if parity passes, through a temporary file and a rename.
-        mode: ``chunk`` (any number of frames per call), ``step`` (one frame, MatMul cells) or
+        mode: ``chunk`` (any number of frames per call), ``step`` (one frame per call) or
             ``sequence`` (whole sequences; needed for bidirectional layers).
         opset: ONNX opset of the graph.
         inputs: data inputs as ``NAME:DTYPE:DIMS`` (e.g. ``"x:float32:B,T,40"``) or
@@ -76,6 +77,9 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         tree_strategy: for tree networks (TreeRNN, Child-Sum Tree-LSTM): ``nodes`` (a Loop over
             nodes) or ``levels`` (a Loop over depth levels; the file takes a ``levels`` input).
         all_nodes: for tree networks, also output every node's state (``node.h``, ``node.c``).
+        cells: step mode: ``auto`` (ONNX GRU/LSTM ops, MatMul cells for Elman RNN: the fastest
+            measured on onnxruntime CPU) or ``matmul`` (MatMul cells only, for runtimes without
+            the recurrent ops, e.g. onnxruntime's prebuilt mobile package).
         progress: called with each pass's name as it starts.
 
     Raises:
@@ -84,6 +88,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
     """
     if mode not in ("chunk", "step", "sequence"):
         raise ExportError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
+    if cells not in CELLS:
+        raise ExportError(f"cells {cells!r} is unknown; expected {' or '.join(CELLS)}")
     target = Path(output) if output is not None else None
     if target is not None and not target.parent.is_dir():
         raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
@@ -100,7 +106,7 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         model = RecurrentLayer(model)
     specs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     options = ExportOptions(mode=mode, opset=opset, inputs=specs, state_args=state_args,
-                            output_names=output_names, verify=verify, tolerance=tolerance)
+                            output_names=output_names, verify=verify, tolerance=tolerance, cells=cells)
     ctx = run_pipeline(ExportContext(model, options), PIPELINE, progress)
     data = ctx.onnx_model.SerializeToString()
     report = ExportReport(ctx.contract, ctx.parity, None, len(data), ctx.records, ctx.notes, ctx.onnx_model)

@@ -42,6 +42,7 @@ class ExportOptions:
     output_names: Sequence[str] | None = None
     verify: bool = True
     tolerance: float = 1e-5
+    cells: str = "auto"  # step mode: "auto" (fastest measured form per kind) or "matmul"
 
 
 @dataclass
@@ -401,7 +402,8 @@ class Capture:
 
 
 class LowerRecurrentLayers:
-    """Replace each placeholder by ONNX RNN/LSTM/GRU ops (chunk, sequence) or MatMul cells (step)."""
+    """Replace each placeholder by ONNX RNN/LSTM/GRU ops (chunk, sequence) or, in step mode, the
+    form ``options.cells`` asks for (see ``converters.recurrent.lower_step``)."""
 
     name = "lower-recurrent"
 
@@ -418,8 +420,11 @@ class LowerRecurrentLayers:
             g = GraphBuilder(spec.path or spec.kind)
             x, h0, *c0 = node.input
             y, hn, *cn = node.output
-            lower = lower_step if ctx.capture_mode == "step" else lower_sequence
-            lower(g, spec, x, h0, c0[0] if c0 else None, y, hn, cn[0] if cn else None)
+            args = (g, spec, x, h0, c0[0] if c0 else None, y, hn, cn[0] if cn else None)
+            if ctx.capture_mode == "step":
+                lower_step(*args, cells=ctx.options.cells)
+            else:
+                lower_sequence(*args)
             new_nodes += g.nodes
             inits += g.initializers
             kinds = sorted({n.op_type for n in g.nodes} & {"GRU", "LSTM", "RNN", "Scan", "MatMul"})

@@ -7,8 +7,12 @@ During capture each recurrent layer becomes one placeholder node (see ``capture.
   (onnxruntime has fused kernels for them). Gate order and biases are converted from PyTorch's
   layout (GRU: r,z,n -> z,r,h with ``linear_before_reset=1``; LSTM: i,f,g,o -> i,o,f,c). An LSTM
   with ``proj_size`` has no ONNX operator, so it becomes a ``Scan`` over the step cell below.
-* ``step`` mode: one frame per call, every cell decomposed into ``MatMul``, ``Add`` and
-  elementwise ops, the form int8 quantizers and small edge runtimes need.
+* ``step`` mode: one frame per call. With ``cells="auto"`` (the default) each layer takes the
+  form measured fastest in onnxruntime's CPU kernels for one frame (:data:`FUSED_STEP`): the
+  ONNX ``GRU`` / ``LSTM`` op for GRU and LSTM, MatMul cells for Elman RNN (the ``RNN`` kernel
+  is slower than its cells at one frame). ``cells="matmul"`` decomposes every cell into
+  ``MatMul``, ``Add`` and elementwise ops, for runtimes without the recurrent ops (onnxruntime's
+  prebuilt mobile package, small edge runtimes).
 * :func:`scan_layer`: the same cells over any number of frames (input projection hoisted out of
   a ``Scan`` that does only the recurrence); the quantizers lower ONNX ops to it.
 
@@ -27,6 +31,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 Kind = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+CELLS = ("auto", "matmul")
+# Kinds whose ONNX op beats MatMul cells at one frame per call on onnxruntime CPU (1 thread,
+# 2-layer, 256 units, IOBinding: GRU op 92 us vs cells 101 us; LSTM op 146 vs 157; Elman RNN op
+# 46 vs cells 34): see docs/performance.md and benchmarks/runtime_table.py.
+FUSED_STEP = ("gru", "lstm")
 
 
 @dataclass
@@ -206,10 +215,14 @@ def _step_cell(g, spec, layer, x, h, c, reverse=False):
 # ---------------------------------------------------------------------------------------------
 
 def lower_step(g: GraphBuilder, spec: RecurrentLayerSpec, x: str, h0: str, c0: str | None,
-               y: str, hn: str, cn: str | None) -> None:
-    """One frame: x [1, B, I] -> y [1, B, H_out], stacked states [L, B, .] in and out."""
+               y: str, hn: str, cn: str | None, cells: str = "auto") -> None:
+    """One frame: x [1, B, I] -> y [1, B, H_out], stacked states [L, B, .] in and out.
+    ``cells``: ``auto`` (the ONNX op for :data:`FUSED_STEP` kinds) or ``matmul`` (cells only)."""
     if spec.bidirectional:
         raise ValueError("bidirectional layers cannot run one frame at a time")
+    if cells == "auto" and spec.kind in FUSED_STEP and not spec.proj_size:
+        lower_sequence(g, spec, x, h0, c0, y, hn, cn)
+        return
     axis0 = g.ints("axis0", [0])
     inp = g.op1("Squeeze", [x, axis0])
     hs, cs = [], []

@@ -108,7 +108,10 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write.",
                                           show_default="MODEL.onnx"),
     mode: str = typer.Option("chunk", "--mode", "-m", help="chunk: any number of frames per call; step: one frame "
-                             "per call, cells as MatMul; sequence: whole sequences (bidirectional)."),
+                             "per call; sequence: whole sequences (bidirectional)."),
+    cells: str = typer.Option("auto", "--cells", help="Step mode: auto (ONNX GRU/LSTM ops, MatMul cells for "
+                              "Elman RNN: fastest on onnxruntime CPU) or matmul (MatMul cells only, for runtimes "
+                              "without the recurrent ops, e.g. onnxruntime's mobile package)."),
     opset: int = typer.Option(18, help="ONNX opset."),
     class_path: Optional[str] = typer.Option(None, "--class", help="pkg.module:Name of the model class for a "
                                              "state_dict (imported from the current folder or installed packages)."),
@@ -146,7 +149,7 @@ def export(
                              inputs=inputs or (), state_args=states or None,
                              output_names=output_names.split(",") if output_names else None,
                              verify=verify, tolerance=tolerance, tree_strategy=tree_strategy,
-                             all_nodes=all_nodes, progress=progress)
+                             all_nodes=all_nodes, cells=cells, progress=progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from edgernn.contract import Contract, ContractError, StateSpec, TensorSpec, infer_contract
+from edgernn.contract import BATCH, Contract, ContractError, StateSpec, TensorSpec, infer_contract
 from edgernn.errors import EdgernnError
 
 _NP = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
@@ -19,19 +19,152 @@ class StreamError(EdgernnError):
     """Data fed to a stream does not fit the model."""
 
 
-def session_options(threads: int | None = 1):
-    """onnxruntime options suited to streaming at small batch: ``threads`` intra-op threads
-    (1 by default: a step is too small to split), sequential execution, all graph optimizations."""
+def session_options(threads: int | None = 1, spin: bool | None = None):
+    """onnxruntime options suited to streaming at small batch.
+
+    ``threads`` intra-op threads: 1 by default, since a step of a streaming RNN is too small to
+    split (``None`` or 0: onnxruntime's default, one per core). ``spin``: whether idle pool
+    threads busy-wait for the next call; only matters with more than one thread. Off by
+    default: between frames of a live stream spinning burns a core for nothing; turn it on when
+    calls come back to back (benchmarks, offline batches). Sequential execution, all graph
+    optimizations (measured: no level is faster for these graphs, docs/performance.md).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if spin is not None or (threads or 0) > 1:
+        flag = "1" if spin else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return opts
+
+
+class _BoundStates:
+    """The carried state as two preallocated sets of OrtValues on the session's device, bound once
+    to two IOBindings that swap roles each call: the state outputs of one call are the state
+    inputs of the next, with no allocation, copy or name lookup per call, and on a GPU no trip
+    through host memory. Data inputs are bound per call (no copy on the CPU); data outputs are
+    allocated by onnxruntime on the host."""
+
+    def __init__(self, session, states: Sequence[StateSpec], inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec], values: Mapping[str, np.ndarray], device: str) -> None:
+        import onnxruntime as ort
+
+        self.session, self.device = session, device
+        self.shapes = {s.name: values[s.name].shape for s in states}
+        self.buffers: list[dict[str, np.ndarray]] = [{}, {}]  # host arrays the CPU OrtValues share
+        self.values: list[dict] = [{}, {}]
+        for k in (0, 1):
+            for s in states:
+                v = np.ascontiguousarray(values[s.name], dtype=_NP[s.dtype])
+                if device == "cpu":
+                    buf = v.copy()
+                    self.buffers[k][s.name] = buf
+                    self.values[k][s.name] = ort.OrtValue.ortvalue_from_numpy(buf)
+                else:
+                    self.values[k][s.name] = ort.OrtValue.ortvalue_from_numpy(v, device, 0)
+        self.bindings = []
+        for k in (0, 1):
+            b = session.io_binding()
+            for t in outputs:  # first, so that they come first in get_outputs()
+                b.bind_output(t.name, "cpu")
+            for s in states:
+                b.bind_ortvalue_input(s.input, self.values[k][s.name])
+                b.bind_ortvalue_output(s.output, self.values[1 - k][s.name])
+            self.bindings.append(b)
+        self.n_out = len(outputs)
+        self.output_names = [t.name for t in outputs]
+        self.input_names = [t.name for t in inputs]
+        self._ort = ort
+        self.preallocate = True
+        # per binding: input shapes -> (input buffers, output buffers), each [(host array, OrtValue)]
+        self.slots: list[dict] = [{}, {}]
+        self.bound_key: list = [None, None]  # per binding: the input shapes its buffers are bound for
+        self.cur = 0  # index of the set holding the current state
+        self._feeds: Mapping[str, np.ndarray] = {}
+
+    def fits(self, values: Mapping[str, np.ndarray]) -> bool:
+        return all(values[k].shape == shape for k, shape in self.shapes.items())
+
+    def write(self, values: Mapping[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            if self.device == "cpu":
+                np.copyto(self.buffers[self.cur][name], value)
+            else:
+                self.values[self.cur][name].update_inplace(np.ascontiguousarray(value))
+
+    def read(self) -> dict[str, np.ndarray]:
+        if self.device == "cpu":
+            return {k: v.copy() for k, v in self.buffers[self.cur].items()}
+        return {k: v.numpy() for k, v in self.values[self.cur].items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """One call: data in, run, swap the state sets; return the data outputs (new arrays).
+
+        Data inputs and outputs go through host buffers bound once per input shape, learnt on
+        the first call of each shape (where onnxruntime sizes the outputs): a call shaped like an
+        earlier one only copies the frames in and the outputs out. A graph whose output shapes
+        depend on more than its input shapes makes onnxruntime refuse a buffer; from then on
+        inputs are bound and outputs allocated every call."""
+        k = self.cur
+        b = self.bindings[k]
+        key = tuple(v.shape for v in feeds.values()) if self.preallocate else None
+        slot = self.slots[k].get(key) if key is not None else None
+        if slot is None:
+            self._bind_io(b, feeds, None)
+            self.bound_key[k] = None
+        else:
+            if self.bound_key[k] != key:
+                self._bind_io(b, None, slot)
+                self.bound_key[k] = key
+            for (buf, _), value in zip(slot[0], feeds.values()):
+                np.copyto(buf, value)
+        try:
+            self.session.run_with_iobinding(b)
+        except RuntimeError:
+            if slot is None:
+                raise
+            self.preallocate, slot = False, None  # output shapes vary: let onnxruntime size them
+            self.bound_key = [None, None]
+            self._bind_io(b, feeds, None)
+            self.session.run_with_iobinding(b)
+        self.cur ^= 1
+        if slot is not None:
+            return [buf.copy() for buf, _ in slot[1]]
+        values = b.get_outputs()
+        arrays = [values[i].numpy() for i in range(self.n_out)]
+        if key is not None:
+            slots = self.slots[k]
+            if len(slots) >= 8:  # many chunk sizes: keep the memory bounded
+                slots.clear()
+            slots[key] = (self._buffers(feeds.values()), self._buffers(arrays))
+        return arrays
+
+    def _buffers(self, like) -> list:
+        """(host array, OrtValue sharing its memory) shaped like each of ``like``."""
+        bufs = [np.empty_like(a) for a in like]
+        return [(buf, self._ort.OrtValue.ortvalue_from_numpy(buf)) for buf in bufs]
+
+    def _bind_io(self, b, feeds, slot) -> None:
+        """Bind the data inputs and outputs: to ``slot``'s buffers, or ``feeds`` and unallocated
+        outputs (onnxruntime sizes them for this call)."""
+        if slot is None:
+            self._feeds = feeds  # the binding points into these arrays until the next bind
+            for name, value in feeds.items():
+                b.bind_cpu_input(name, value)
+            for name in self.output_names:
+                b.bind_output(name, "cpu")
+            return
+        for name, (_, value) in zip(self.input_names, slot[0]):
+            b.bind_ortvalue_input(name, value)
+        for name, (_, value) in zip(self.output_names, slot[1]):
+            b.bind_ortvalue_output(name, value)
 
 
 class StreamingSession:
@@ -46,6 +179,13 @@ class StreamingSession:
     ``chunk`` mode, a whole sequence in ``sequence`` mode. ``stream`` splits long arrays into
     calls of ``chunk`` frames and joins the outputs along their time axes.
 
+    Calls go through a fast path (``_BoundStates``): states live in preallocated OrtValues bound
+    once, on the provider's device (a GPU keeps them there between calls). ``providers``: short
+    names (``cpu``, ``cuda``, ``tensorrt``...), onnxruntime's names, or ``auto``; a provider that
+    cannot start is an error unless ``allow_fallback`` (then ``notes`` says so). ``threads`` and
+    ``spin``: see :func:`session_options`; ``options``: your own ``onnxruntime.SessionOptions``
+    instead (profiling, other optimization levels).
+
     A file without edgernn metadata (exported by others: silero-vad, icefall, optimum...) gets
     its contract from :func:`~edgernn.contract.infer_contract`: state pairs found by the
     documented rule, or the ``state_pairs`` given (graph input name -> graph output name, which
@@ -57,9 +197,12 @@ class StreamingSession:
     """
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = 1,
-                 providers: Sequence[str] | None = None, state_pairs: Mapping[str, str] | None = None,
-                 contract: Contract | None = None) -> None:
+                 providers: str | Sequence[str] | None = None, state_pairs: Mapping[str, str] | None = None,
+                 contract: Contract | None = None, allow_fallback: bool = False, spin: bool | None = None,
+                 options=None) -> None:
         import onnxruntime as ort
+
+        from edgernn.runtimes import providers as eps
 
         source = "the model" if isinstance(model, bytes) else str(model)
         if not isinstance(model, bytes):
@@ -67,11 +210,15 @@ class StreamingSession:
             if not path.is_file():
                 raise EdgernnError(f"{path} does not exist or is not a file")
             model = str(path)
+        requested = eps.resolve(providers)
         try:
-            self.session = ort.InferenceSession(model, session_options(threads),
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            opts = options if options is not None else session_options(threads, spin)
+            self.session = ort.InferenceSession(model, opts, providers=requested)
         except Exception as e:
             raise EdgernnError(f"onnxruntime cannot load {source}: {str(e).splitlines()[0][:300]}") from None
+        self.notes: list[str] = eps.check_started(self.session, requested, allow_fallback, source)
+        self.provider: str = self.session.get_providers()[0]
+        self.device: str = eps.device_of(self.session)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.contract_from = "metadata"
         if contract is None and state_pairs is None and "edgernn.format" in meta:
@@ -88,7 +235,15 @@ class StreamingSession:
         self.outputs: tuple[TensorSpec, ...] = self.contract.outputs
         self.states: tuple[StateSpec, ...] = self.contract.states
         self._output_names = [t.name for t in self.outputs] + [s.output for s in self.states]
-        self._state: dict[str, np.ndarray] = {}
+        self._input_names = [t.name for t in self.inputs]
+        self._data_output_names = [t.name for t in self.outputs]
+        # per input: (name, dtype, batch axis) for the per-call check; shapes that passed it
+        self._fast_checks = [(t.name, np.dtype(_NP[t.dtype]), t.batch_axis) for t in self.inputs]
+        self._seen_shapes: dict[str, tuple] = {}
+        # the bound fast path needs every state's shape known once the batch is: else plain run()
+        self._bindable = all(isinstance(d, int) or d == BATCH for s in self.states for d in s.shape)
+        self._bound: _BoundStates | None = None
+        self._state: dict[str, np.ndarray] = {}  # the plain path's state
         self.batch_size: int | None = None
         self._stored_init = _stored_inits(model, self.states, source)
 
@@ -110,7 +265,22 @@ class StreamingSession:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """The current state by name (a copy; empty before the first call or after ``reset``)."""
+        if self._bound is not None:
+            return self._bound.read()
         return {k: v.copy() for k, v in self._state.items()}
+
+    @property
+    def _started(self) -> bool:
+        return self._bound is not None or bool(self._state)
+
+    def _load(self, values: Mapping[str, np.ndarray]) -> None:
+        """Make ``values`` (checked, every state) the carried state."""
+        if not self._bindable or not self.states:
+            self._state = {k: np.array(v, copy=True) for k, v in values.items()}
+        elif self._bound is not None and self._bound.fits(values):
+            self._bound.write(values)
+        else:
+            self._bound = _BoundStates(self.session, self.states, self.inputs, self.outputs, values, self.device)
 
     def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
         """Each state's ``init`` value for ``batch_size`` streams."""
@@ -128,7 +298,11 @@ class StreamingSession:
         """Start new streams: states go back to their init values (or to ``state``, if given).
         Without ``batch_size`` the batch is taken from the next call's input."""
         self.batch_size = batch_size
-        self._state = self.initial_state(batch_size) if batch_size else {}
+        self._state = {}
+        if batch_size:
+            self._load(self.initial_state(batch_size))
+        else:
+            self._bound = None
         if state is not None:
             self.set_state(state)
 
@@ -149,7 +323,7 @@ class StreamingSession:
             if batch is not None and b != batch:
                 raise StreamError(f"state {name!r} has batch {b} but other states have batch {batch}")
             batch = b
-        self._state = {k: np.array(v, copy=True) for k, v in state.items()}
+        self._load({k: np.asarray(v) for k, v in state.items()})
         self.batch_size = batch
 
     def _check(self, what: str, name: str, value: np.ndarray, shape: Sequence, dtype: str,
@@ -167,16 +341,31 @@ class StreamingSession:
 
     def step(self, *inputs: np.ndarray, **named: np.ndarray) -> dict[str, np.ndarray]:
         """Feed one call (positional arrays in input order, or by name); return outputs by name."""
-        feeds = self._feeds(inputs, named)
+        if named or len(inputs) != len(self._input_names):
+            feeds = self._feeds(inputs, named)
+        else:
+            feeds = dict(zip(self._input_names, inputs))
         batch = None
-        for spec in self.inputs:
-            b = self._check("input", spec.name, feeds[spec.name], spec.shape, spec.dtype, spec.batch_axis)
-            batch = batch if b is None else b
-        if not self._state:
+        seen = self._seen_shapes
+        for name, dtype, batch_axis in self._fast_checks:
+            value = feeds[name]
+            # the common case, a frame shaped like the last one, costs one comparison per input
+            if (type(value) is not np.ndarray or value.dtype != dtype or value.shape != seen.get(name)
+                    or not value.flags.c_contiguous):
+                value = feeds[name] = np.asarray(value, order="C")  # (keeps 0-d inputs 0-d)
+                spec = self.inputs[self._input_names.index(name)]
+                self._check("input", name, value, spec.shape, spec.dtype, batch_axis)
+                seen[name] = value.shape
+            if batch_axis is not None:
+                batch = value.shape[batch_axis]
+        if not self._started:
             self.reset(batch or 1)
         elif batch is not None and self.batch_size is not None and batch != self.batch_size:
             raise StreamError(f"input has batch {batch} but the carried state has batch {self.batch_size}; "
                               "call reset() to start streams of another batch size")
+        if self._bound is not None:
+            results = self._bound.run(feeds)
+            return dict(zip(self._data_output_names, results))
         for s in self.states:
             feeds[s.input] = self._state[s.name]
         results = self.session.run(self._output_names, feeds)
@@ -196,7 +385,7 @@ class StreamingSession:
         missing = [n for n in names if n not in feeds]
         if missing:
             raise StreamError(f"input {missing[0]!r} is missing; the model's inputs are {', '.join(names)}")
-        return feeds
+        return {n: feeds[n] for n in names}  # in input order, as the bound buffers are
 
     def stream(self, *inputs: np.ndarray, chunk: int = 1, **named: np.ndarray) -> dict[str, np.ndarray]:
         """Feed whole streams ``chunk`` frames per call, carrying state; join outputs along time.

@@ -62,6 +62,7 @@ class LayerCase:
     nonlinearity: str = "tanh"  # nn.RNN only
     proj: int = 0  # nn.LSTM only
     bidirectional: bool = False
+    cells: str = "auto"  # step mode: "auto" or "matmul"
 
     def build(self) -> nn.Module:
         torch.manual_seed(zlib.crc32(self.id.encode()))
@@ -101,7 +102,8 @@ class LayerCase:
         act = f"-{self.nonlinearity}" if self.cls == "RNN" else ""
         proj = f"-proj{self.proj}" if self.proj else ""
         bi = "-bi" if self.bidirectional else ""
-        return (f"{self.mode}-{self.cls.lower()}{act}{proj}{bi}-L{self.layers}-H{self.hidden}"
+        cells = "-matmul" if self.cells == "matmul" else ""
+        return (f"{self.mode}{cells}-{self.cls.lower()}{act}{proj}{bi}-L{self.layers}-H{self.hidden}"
                 f"-{'bf' if self.batch_first else 'tf'}-{'bias' if self.bias else 'nobias'}")
 
 
@@ -114,13 +116,15 @@ LAYER_CASES = [
     LayerCase("LSTM", C, 7, 21, 3, False, True, proj=6),
     LayerCase("GRU", C, 10, 13, 2, False, True),
     LayerCase("GRU", C, 6, 24, 1, True, False),
-    # step: one frame per call (MatMul cells)
+    # step: one frame per call (ONNX GRU/LSTM ops; MatMul cells for RNN and LSTM with proj)
     LayerCase("RNN", S, 5, 10, 2, False, False, "tanh"),
     LayerCase("RNN", S, 7, 14, 1, True, True, "relu"),
     LayerCase("LSTM", S, 6, 12, 3, False, True),
     LayerCase("LSTM", S, 9, 20, 2, True, False, proj=7),
     LayerCase("GRU", S, 8, 9, 3, True, True),
     LayerCase("GRU", S, 5, 17, 1, False, False),
+    LayerCase("GRU", S, 6, 11, 2, True, True, cells="matmul"),  # --cells matmul: no recurrent ops
+    LayerCase("LSTM", S, 7, 10, 2, False, True, cells="matmul"),
     # sequence: bidirectional layers need the whole sequence
     LayerCase("RNN", Q, 6, 10, 2, True, True, "tanh", bidirectional=True),
     LayerCase("RNN", Q, 5, 9, 1, False, False, "relu", bidirectional=True),
@@ -134,7 +138,7 @@ LAYER_CASES = [
 def exported(case: LayerCase):
     """(PyTorch module, export report), once per case for all tests that need it."""
     module = case.build()
-    return module, edgernn.export(module, mode=case.mode)
+    return module, edgernn.export(module, mode=case.mode, cells=case.cells)
 
 
 def _layer_state(case: LayerCase, batch: int, gen: torch.Generator, scale: float):
@@ -218,9 +222,11 @@ def test_lowered_ops(case: LayerCase) -> None:
     nodes = report.model.graph.node
     ops = {n.op_type for n in nodes}
     assert not any(n.domain == "edgernn" for n in nodes), "a capture placeholder was left in the graph"
-    if case.mode == "step":
-        assert not ops & RECURRENT_OPS, f"step mode must be MatMul cells only, found {sorted(ops & RECURRENT_OPS)}"
+    if case.mode == "step" and (case.cls == "RNN" or case.proj or case.cells == "matmul"):
+        assert not ops & RECURRENT_OPS, f"step mode must be MatMul cells, found {sorted(ops & RECURRENT_OPS)}"
         assert "MatMul" in ops
+    elif case.mode == "step":  # the ONNX GRU/LSTM op, one per layer (FUSED_STEP)
+        assert sum(n.op_type == case.cls for n in nodes) == case.layers, sorted(ops)
     else:
         want = "Scan" if case.proj else {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[case.cls]
         assert want in ops, sorted(ops)
