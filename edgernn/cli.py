@@ -313,6 +313,100 @@ def quantize(
         _print_quantize(report)
 
 
+def _print_bench(report) -> None:
+    from rich.markup import escape
+
+    t = Table(title=f"edgernn bench {escape(report.model)} ({report.mode} mode, {_size(report.model_bytes)}): "
+                    f"{report.chunk} frame(s) x {report.batch} stream(s) per call, {report.threads} thread(s), "
+                    f"{report.provider}, {report.steps} calls per runtime in {report.rounds} interleaved rounds",
+              title_justify="left")
+    for col in ("runtime", "p50 us", "p90 us", "p99 us", "us/frame p50", "frames/s", "peak MiB", "load MiB",
+                "edgernn / it"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    mine = report.runtime("edgernn").p50_us
+    for r in report.runtimes:
+        mib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        t.add_row(r.name, f"{r.p50_us:.1f}", f"{r.p90_us:.1f}", f"{r.p99_us:.1f}", f"{r.per_frame_p50_us:.2f}",
+                  f"{r.fps:,.0f}", mib(r.peak_memory_mib), mib(r.load_memory_mib),
+                  "" if r.name == "edgernn" else f"{mine / r.p50_us:.2f}x")
+    out.print(t)
+    for name, dev in report.deviations.items():
+        out.print(f"max |difference| from {name}: {dev:.2g}", highlight=False)
+    out.print(f"memory: {escape(report.memory_scope)}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {escape(note)}", highlight=False)
+
+
+@contextmanager
+def _bench_progress(enabled: bool, rounds: int) -> Iterator:
+    """A progress bar over the warm-up and the rounds (bench calls back once per stage)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("bench {task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("loading", total=rounds + 1)
+        seen = [False]
+
+        def advance(stage: str) -> None:
+            bar.update(task, description=stage, advance=1 if seen[0] else 0)
+            seen[0] = True
+
+        yield advance
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="An edgernn ONNX file to time."),
+    against: Optional[Path] = typer.Option(None, "--against", help="The PyTorch model file it was exported from: "
+                                           "timed too, side by side, after a check that both compute the same."),
+    steps: int = typer.Option(1000, "--steps", help="Timed calls per runtime."),
+    chunk: int = typer.Option(1, "--chunk", help="Frames per call (1 for step-mode files)."),
+    batch: int = typer.Option(1, "--batch", help="Streams per call."),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads (onnxruntime and PyTorch)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="onnxruntime execution provider: cpu, cuda, "
+                                           "tensorrt, ... or onnxruntime's name.", show_default="cpu"),
+    fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU if the provider cannot start "
+                                  "(else it is an error)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another ONNX file of the same model (e.g. a "
+                                            "plain torch.onnx export taking x, h) timed as a plain onnxruntime "
+                                            "loop."),
+    warmup: int = typer.Option(100, "--warmup", help="Untimed calls per runtime before timing."),
+    rounds: int = typer.Option(5, "--rounds", help="Interleaved rounds the calls are spread over."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the latency distributions side by side to "
+                                        "this PNG (needs matplotlib)."),
+    class_path: Optional[str] = typer.Option(None, "--class", help="pkg.module:Name for an --against state_dict."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON constructor arguments for --class."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow unpickling an --against file you "
+                                      "trust."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Time MODEL per call and per frame (p50/p90/p99), frames per second and memory, side by side with a
+    plain onnxruntime loop and, with --against, PyTorch eager, in interleaved rounds; ratios below 1
+    mean edgernn is faster."""
+    from edgernn.runtimes.bench import bench as bench_fn, plot as plot_fn
+
+    load = {k: v for k, v in (("class_path", class_path), ("config", config)) if v is not None}
+    if allow_pickle:
+        load["allow_pickle"] = True
+    with _user_errors():
+        with _bench_progress(not as_json and sys.stderr.isatty(), rounds) as progress:
+            report = bench_fn(model, against=against, steps=steps, chunk=chunk, batch=batch, threads=threads,
+                              provider=provider, warmup=warmup, rounds=rounds, progress=progress,
+                              baseline_onnx=baseline, allow_fallback=fallback, **load)
+        plotted = plot_fn(report, plot) if plot is not None else None
+    if as_json:
+        data = report.to_json()
+        data["plot"] = str(plotted) if plotted else None
+        print(json.dumps(data, indent=2))
+        return
+    _print_bench(report)
+    if plotted:
+        out.print(f"wrote {plotted}", highlight=False)
+
+
 def _parse_pairs(items: Optional[List[str]]) -> Optional[dict]:
     if not items:
         return None

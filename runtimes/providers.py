@@ -25,6 +25,7 @@ ALIASES = {
     "migraphx": "MIGraphXExecutionProvider",
     "qnn": "QNNExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
+    "azure": "AzureExecutionProvider",
 }
 # where a provider keeps its tensors: OrtValues of the state live there between calls
 DEVICES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -47,7 +48,7 @@ def short_name(provider: str) -> str:
 
 
 def _installed_text() -> str:
-    return ", ".join(f"{short_name(p)} ({p})" for p in available())
+    return ", ".join(p if short_name(p) == p else f"{short_name(p)} ({p})" for p in available())
 
 
 def resolve(providers: str | Sequence[str] | None) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``quantize(path, method=...)`` with a method from :data:`METHODS`:
 
-``dynamic``  int8 weights, activations quantized at run time; every cell (``dynamic.py``)
+``dynamic``  int8 weights, activations quantized at run time; every cell; step-mode layers in the
+             one-frame shapes fastest in onnxruntime (``dynamic.py``, ``stepcells.py``)
 ``static``   int8 QDQ with stream-aware calibration; state I/O stays float (``static.py``)
 ``fp16``     float16 weights and compute, float32 graph I/O (``fp16.py``)
 ``mixed``    fp16, except the recurrent state path, which stays float32 (``fp16.py``)
@@ -155,7 +156,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if method == "dynamic":
         from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
 
-        q, done, kept = quantize_dynamic_int8(stamped, per_channel=per_channel, exclude=exclude)
+        q, done, kept = quantize_dynamic_int8(stamped, per_channel=per_channel, exclude=exclude,
+                                              step=contract.mode == "step" and "edgernn.tree" not in contract.extra)
     elif method == "static":
         from edgernn.converters.quantize.static import quantize_static_int8, stream_feeds
 

@@ -1,9 +1,12 @@
 """int8 dynamic quantization for every cell: weights int8, activations quantized per call.
 
-LSTM ops go to onnxruntime's DynamicQuantizeLSTM (a fused int8 kernel); GRU and RNN ops, for
-which onnxruntime has no int8 kernel, are first lowered to MatMul cells (``lowering.py``); then
-onnxruntime's ``quantize_dynamic`` turns every MatMul with a constant weight, in the main graph
-and in Scan bodies, into int8 (MatMulInteger / DynamicQuantizeMatMul).
+Step-mode files first get their recurrent layers rewritten into the one-frame shapes measured
+fastest in onnxruntime (``stepcells.py``: GRU and Elman RNN as one MatMul over [x, h] per layer,
+LSTM as a one-frame LSTM op). Then LSTM ops go to onnxruntime's DynamicQuantizeLSTM (a fused int8
+kernel); GRU and RNN ops, for which onnxruntime has no int8 kernel, are lowered to MatMul cells
+(``lowering.py``); and onnxruntime's ``quantize_dynamic`` turns every MatMul with a constant weight,
+in the main graph and in Scan bodies, into int8 (MatMulInteger, which onnxruntime's optimizer fuses
+with its scales and bias into DynamicQuantizeMatMul when the session loads).
 """
 
 from __future__ import annotations
@@ -18,19 +21,26 @@ import onnx
 from edgernn.converters.quantize.graph import decisions, node_keys, work_nodes
 from edgernn.converters.quantize.lowering import lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
+from edgernn.converters.quantize.stepcells import compact_zero_blocks, fuse_step_cells
 
 
 def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, exclude: Sequence[str] = (),
-                          lower_lstm: bool = False) -> tuple[onnx.ModelProto, list[NodeDecision], list[NodeDecision]]:
-    """Return (int8 model, nodes made int8, nodes left in float with the reason)."""
+                          lower_lstm: bool = False, step: bool = False
+                          ) -> tuple[onnx.ModelProto, list[NodeDecision], list[NodeDecision]]:
+    """Return (int8 model, nodes made int8, nodes left in float with the reason). ``step``: the
+    model runs one frame per call (its recurrent layers are rewritten for that first)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fused = []
+    if step:
+        model, fused = fuse_step_cells(model, exclude=exclude)
     ops = ("GRU", "RNN", "LSTM") if lower_lstm else ("GRU", "RNN")
     lowered, record = lower_recurrent_ops(model, op_types=ops, exclude=exclude)
     # an LSTM op kept as the ONNX op is quantized by onnxruntime below (DynamicQuantizeLSTM)
     kept = [NodeDecision(r.name, r.op_type, "float32", r.why) for r in record
             if not r.done and not (r.op_type == "LSTM" and r.why == "kept as the ONNX op")]
-    candidates = work_nodes(lowered)
+    made = {f.node for f in fused}  # reported as the input file's nodes they replaced
+    candidates = [(n, c) for n, c in work_nodes(lowered) if (n.name, n.op_type) not in made]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "float.onnx"), Path(tmp, "int8.onnx")
         onnx.save(lowered, src)
@@ -41,6 +51,16 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
         quantized = onnx.load(dst)
     remaining = node_keys(quantized)
 
+    fused_done, fused_kept = [], []
+    for f in fused:
+        if f.node in remaining:
+            fused_kept += [NodeDecision(n, t, "float32", "onnxruntime's quantizer left it in float")
+                           for n, t in f.replaced]
+            continue
+        if f.weight:
+            compact_zero_blocks(quantized, f)
+        fused_done += [NodeDecision(n, t, "int8", f.why(n)) for n, t in f.replaced]
+
     def how(node: onnx.NodeProto) -> str | None:
         if (node.name, node.op_type) in remaining:
             return None
@@ -49,4 +69,4 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
 
     done, more = decisions(candidates, exclude, how, "onnxruntime's quantizer left it in float",
                            skip=("GRU", "RNN"))  # GRU/RNN: recorded by the lowering
-    return quantized, done, kept + more
+    return quantized, fused_done + done, kept + fused_kept + more

@@ -142,7 +142,7 @@ def test_dynamic_makes_every_recurrent_weight_int8(folder, kind, mode):
     float_model = onnx.load(float_file(folder, kind, mode))
     ops = [n.op_type for n in _nodes(q)]
     assert "GRU" not in ops and "RNN" not in ops
-    if kind == "LSTM" and mode == "chunk":  # onnxruntime's fused int8 LSTM
+    if kind == "LSTM":  # onnxruntime's fused int8 LSTM (step mode: one-frame LSTM ops, stepcells.py)
         assert "LSTM" not in ops and ops.count("DynamicQuantizeLSTM") == 2
     else:
         assert "LSTM" not in ops and "DynamicQuantizeLSTM" not in ops

@@ -1,0 +1,83 @@
+"""`edgernn bench`: the report against PyTorch and a plain loop, the plot, and bad input answered
+with one sentence and a non-zero exit. No timing is asserted (speed is measured by benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import edgernn
+from edgernn.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    gru = nn.GRU(8, 16, num_layers=2, batch_first=True).eval()
+    edgernn.save(gru, folder / "gru.pt")
+    edgernn.export(gru, folder / "gru_step.onnx", mode="step")
+    edgernn.export(gru, folder / "gru.onnx", mode="chunk")
+    torch.manual_seed(1)
+    other = nn.GRU(8, 16, num_layers=2, batch_first=True).eval()  # same shapes, other weights
+    edgernn.save(other, folder / "other.pt")
+    return folder
+
+
+FAST = ("--steps", "40", "--warmup", "5", "--rounds", "2")
+
+
+def test_bench_json_against_pytorch_with_a_plot(files):
+    png = files / "lat.png"
+    result = invoke("bench", files / "gru.onnx", "--against", files / "gru.pt", "--chunk", "4", "--batch", "2",
+                    "--plot", png, "--json", *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [r["name"] for r in report["runtimes"]]
+    assert names == ["edgernn", "onnxruntime loop", "pytorch eager"]
+    by = {r["name"]: r for r in report["runtimes"]}
+    for r in report["runtimes"]:
+        assert r["calls"] == 40 and r["frames_per_call"] == 8
+        assert 0 < r["p50_us"] <= r["p90_us"] <= r["p99_us"] <= r["max_us"]
+        assert r["per_frame_p50_us"] == pytest.approx(r["p50_us"] / 4)
+    for other in ("onnxruntime loop", "pytorch eager"):
+        assert report["ratios"][f"edgernn / {other}"] == pytest.approx(by["edgernn"]["p50_us"] / by[other]["p50_us"])
+    assert report["deviations"]["pytorch eager"] < 1e-5  # the same numbers before any timing
+    assert report["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_table(files):
+    result = invoke("bench", files / "gru_step.onnx", *FAST)
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "edgernn bench" in text and "p50 us" in text and "memory: process high-water mark" in text
+    assert "1.00x" in text or "x │" in text  # the ratio column
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--provider", "warp"), "error: provider 'warp' is unknown; the installed ones are "),
+    (("--chunk", "4"), "was exported in step mode and takes one frame per call"),
+    (("--against", "{other}"), "gru_step.onnx computes: outputs differ by up to"),
+    (("--against", "{missing}"), "does not exist"),
+])
+def test_bench_bad_input(files, args, message):
+    args = [a.format(other=files / "other.pt", missing=files / "nope.pt") for a in args]
+    png = files / "never.png"
+    result = invoke("bench", files / "gru_step.onnx", *args, "--plot", png, *FAST)
+    assert result.exit_code == 1
+    text = " ".join(result.stderr.split())
+    assert message in text, text
+    assert "Traceback" not in result.stderr and not png.exists()
