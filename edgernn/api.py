@@ -62,6 +62,7 @@ class InfoReport:
     op_counts: dict[str, int] = field(default_factory=dict)
     contract_from: str = "metadata"
     inferred: dict | None = None
+    providers: list[str] = field(default_factory=list)  # onnxruntime's providers installed here
 
     def to_json(self) -> dict:
         from edgernn.foreign import INFERRED_KEY
@@ -73,7 +74,8 @@ class InfoReport:
                 "mode": c.mode, "opset": self.opset, "producer": self.producer,
                 "inputs": [t.to_json() for t in c.inputs], "outputs": [t.to_json() for t in c.outputs],
                 "states": [s.to_json() for s in c.states], "op_counts": self.op_counts,
-                "metadata": metadata, "contract_from": self.contract_from, "inferred": self.inferred}
+                "metadata": metadata, "contract_from": self.contract_from, "inferred": self.inferred,
+                "providers_available": self.providers}
 
 
 def read_onnx(path: str | os.PathLike):
@@ -107,13 +109,16 @@ def info(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) 
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    from edgernn.runtimes.providers import available
+
     return InfoReport(str(path), Path(path).stat().st_size, contract, opset, model.producer_name,
-                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), origin, record)
+                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), origin, record, available())
 
 
 @dataclass
 class RunReport:
-    """A streamed run: how many frames in how many calls, output shapes, and where they went."""
+    """A streamed run: how many frames in how many calls, output shapes, where they went, and the
+    execution provider that ran it (with ``notes`` on a fallback)."""
 
     path: str
     frames: int
@@ -122,11 +127,14 @@ class RunReport:
     outputs: dict[str, tuple[int, ...]]
     saved_to: str | None
     final_state: dict[str, tuple[int, ...]]
+    provider: str = "CPUExecutionProvider"
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"path": self.path, "frames": self.frames, "calls": self.calls, "chunk": self.chunk,
                 "outputs": {k: list(v) for k, v in self.outputs.items()}, "saved_to": self.saved_to,
-                "final_state": {k: list(v) for k, v in self.final_state.items()}}
+                "final_state": {k: list(v) for k, v in self.final_state.items()}, "provider": self.provider,
+                "notes": self.notes}
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
@@ -141,19 +149,22 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
 
 def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
         output: str | os.PathLike | None = None, threads: int | None = 1,
-        state_pairs: Mapping[str, str] | None = None) -> tuple[RunReport, dict[str, np.ndarray]]:
+        state_pairs: Mapping[str, str] | None = None, providers: str | Sequence[str] | None = None,
+        allow_fallback: bool = False) -> tuple[RunReport, dict[str, np.ndarray]]:
     """Stream ``inputs`` through the model ``chunk`` frames per call (default: 1 in step mode, the
     whole stream otherwise), carrying state; optionally save outputs to ``output`` (``.npy`` for
     one output, ``.npz`` for several). Returns the report and the outputs. A file without edgernn
     metadata is read as :func:`info` reads it (``state_pairs`` as there); its inputs with neither a
-    batch nor a time axis (a scalar such as silero-vad's ``sr``) are fed whole to every call."""
+    batch nor a time axis (a scalar such as silero-vad's ``sr``) are fed whole to every call.
+    ``providers`` and ``allow_fallback``: as for :class:`~edgernn.runtimes.StreamingSession`."""
     from edgernn.converters.export import write_atomic
     from edgernn.runtimes.session import StreamingSession
 
     out_path = Path(output) if output is not None else None
     if out_path is not None and not out_path.parent.is_dir():
         raise EdgernnError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    session = StreamingSession(path, threads=threads, state_pairs=state_pairs)
+    session = StreamingSession(path, threads=threads, state_pairs=state_pairs, providers=providers,
+                               allow_fallback=allow_fallback)
     arrays = dict(inputs) if isinstance(inputs, Mapping) else {session.inputs[0].name: inputs}
     if not isinstance(inputs, Mapping) and len(session.inputs) != 1:
         names = ", ".join(t.name for t in session.inputs)
@@ -175,7 +186,8 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
             np.savez(buf, **outputs)
         write_atomic(out_path, buf.getvalue())
     report = RunReport(str(path), total, -(-total // chunk), chunk, {k: v.shape for k, v in outputs.items()},
-                       str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()})
+                       str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()},
+                       session.provider, list(session.notes))
     return report, outputs
 
 

@@ -156,6 +156,9 @@ def export(
         _print_export(report)
 
 
+_PROVIDER_HELP = ("onnxruntime execution provider(s), in the order to try: cpu, cuda, tensorrt, openvino, coreml, "
+                  "nnapi, xnnpack, ..., onnxruntime's names, or auto (all installed); comma-separated.")
+_FALLBACK_HELP = "Run on the CPU if the provider cannot start (else it is an error)."
 _STATE_PAIR_HELP = ("IN=OUT: a graph input and the output it pairs with, for files without edgernn metadata "
                     "(default: found by name, see docs/state-contract.md). Repeatable.")
 
@@ -189,6 +192,10 @@ def info(
         out.print(f"inferred: time axis: {report.inferred.get('time')}", highlight=False)
     ops = ", ".join(f"{k} x{v}" for k, v in report.op_counts.items())
     out.print(f"ops: {ops}", highlight=False)
+    from edgernn.runtimes.providers import short_name
+
+    here = ", ".join(p if short_name(p) == p else f"{short_name(p)} ({p})" for p in report.providers)
+    out.print(f"execution providers on this machine: {here}", highlight=False)
 
 
 @app.command()
@@ -204,6 +211,8 @@ def run(
                                           "for several)."),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
     state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help=_STATE_PAIR_HELP),
+    provider: Optional[str] = typer.Option(None, "--provider", help=_PROVIDER_HELP, show_default="cpu"),
+    fallback: bool = typer.Option(False, "--fallback", help=_FALLBACK_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
@@ -224,14 +233,16 @@ def run(
                 from edgernn.errors import EdgernnError
 
                 raise EdgernnError("give either one unnamed --input or NAME=FILE.npy for every input")
-            report, _ = run_fn(model, arrays[""], chunk=chunk, output=output, threads=threads, state_pairs=pairs)
-        else:
-            report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads, state_pairs=pairs)
+            arrays = arrays[""]
+        report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads, state_pairs=pairs,
+                           providers=provider.split(",") if provider else None, allow_fallback=fallback)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
     out.print(f"streamed {report.frames} frames through {report.path} in {report.calls} calls of "
-              f"{report.chunk} frame(s)", highlight=False)
+              f"{report.chunk} frame(s) on {report.provider}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
     for name, shape in report.outputs.items():
         out.print(f"  output {name}: {_fmt_shape(shape)}", highlight=False)
     for name, shape in report.final_state.items():
@@ -366,10 +377,8 @@ def bench(
     chunk: int = typer.Option(1, "--chunk", help="Frames per call (1 for step-mode files)."),
     batch: int = typer.Option(1, "--batch", help="Streams per call."),
     threads: int = typer.Option(1, "--threads", help="Intra-op threads (onnxruntime and PyTorch)."),
-    provider: Optional[str] = typer.Option(None, "--provider", help="onnxruntime execution provider: cpu, cuda, "
-                                           "tensorrt, ... or onnxruntime's name.", show_default="cpu"),
-    fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU if the provider cannot start "
-                                  "(else it is an error)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help=_PROVIDER_HELP, show_default="cpu"),
+    fallback: bool = typer.Option(False, "--fallback", help=_FALLBACK_HELP),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another ONNX file of the same model (e.g. a "
                                             "plain torch.onnx export taking x, h) timed as a plain onnxruntime "
                                             "loop."),
@@ -394,7 +403,7 @@ def bench(
     with _user_errors():
         with _bench_progress(not as_json and sys.stderr.isatty(), rounds) as progress:
             report = bench_fn(model, against=against, steps=steps, chunk=chunk, batch=batch, threads=threads,
-                              provider=provider, warmup=warmup, rounds=rounds, progress=progress,
+                              provider=provider.split(",") if provider else None, warmup=warmup, rounds=rounds, progress=progress,
                               baseline_onnx=baseline, allow_fallback=fallback, **load)
         plotted = plot_fn(report, plot) if plot is not None else None
     if as_json:

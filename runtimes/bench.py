@@ -648,7 +648,8 @@ def _environment(with_torch: bool) -> dict[str, Any]:
 
 
 def bench(model: str | os.PathLike, *, against: str | os.PathLike | None = None, steps: int = 1000, chunk: int = 1,
-          batch: int = 1, threads: int = 1, provider: str | None = None, warmup: int = 100, rounds: int = 5,
+          batch: int = 1, threads: int = 1, provider: str | Sequence[str] | None = None, warmup: int = 100,
+          rounds: int = 5,
           progress: Callable[[str], None] | None = None, baseline_onnx: str | os.PathLike | None = None,
           allow_fallback: bool = False, **load_options: Any) -> BenchReport:
     """Time ``model`` (an edgernn ONNX file) in edgernn and in a plain onnxruntime loop, and

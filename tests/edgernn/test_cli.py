@@ -302,3 +302,37 @@ def test_cli_docs_list_every_command_and_option_with_its_help():
                     assert re.search(rf"`{re.escape(opt)}`", section), (name, opt)
             help_text = " ".join((param.help or "").split())
             assert f"| {help_text} |" in section, (name, param.name, help_text)
+
+
+# ---------------------------------------------------------------- execution providers
+
+
+def test_run_on_a_named_provider_and_info_lists_the_installed_ones(gru_files, tmp_path):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(5).standard_normal((1, 9, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = invoke("run", gru_files["onnx"], "-i", tmp_path / "x.npy", "--provider", "cpu", "-o",
+                    tmp_path / "y.npy", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["provider"] == "CPUExecutionProvider" and report["notes"] == []
+    with torch.no_grad():
+        want, _ = gru_files["module"](torch.from_numpy(x))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want.numpy(), atol=1e-5)
+    info = json.loads(invoke("info", gru_files["onnx"], "--json").stdout)
+    assert info["providers_available"] == ort.get_available_providers()
+    assert "execution providers on this machine: " in invoke("info", gru_files["onnx"]).stdout
+
+
+@pytest.mark.parametrize("provider, message", [
+    ("warp", "error: provider 'warp' is unknown; the installed ones are "),
+    ("coreml", "error: provider 'coreml' (CoreMLExecutionProvider) is not installed in this onnxruntime"),
+])
+def test_run_on_an_unknown_or_missing_provider_is_one_sentence(gru_files, tmp_path, provider, message):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8), np.float32))
+    result = invoke("run", gru_files["onnx"], "-i", tmp_path / "x.npy", "--provider", provider, "-o",
+                    tmp_path / "y.npy")
+    assert result.exit_code == 1
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "y.npy").exists()
