@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from edgernn.converters.io import InputSpec, parse_input
-from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
+from edgernn.converters.passes import (PIPELINE, STATE_LAYOUTS, ExportContext, ExportOptions, PassRecord,
+                                       run_pipeline)
 from edgernn.converters.recurrent import CELLS
 from edgernn.converters.verify import ParityReport
 from edgernn.architectures import RecurrentLayer
@@ -56,7 +57,7 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
            inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
            tree_strategy: str = "levels", all_nodes: bool = False, cells: str = "auto",
-           progress: Callable[[str], None] | None = None) -> ExportReport:
+           state_layout: str = "native", progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 
     Args:
@@ -80,6 +81,12 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         cells: step mode: ``auto`` (ONNX GRU/LSTM ops, MatMul cells for Elman RNN: the fastest
             measured on onnxruntime CPU) or ``matmul`` (MatMul cells only, for runtimes without
             the recurrent ops, e.g. onnxruntime's prebuilt mobile package).
+        state_layout: ``native`` (states in PyTorch's layout: ``[layers * directions, batch,
+            hidden]`` for recurrent layers) or ``batch-major`` (every state with a batch axis has
+            it first: ``[batch, layers * directions, hidden]``), for runtimes that need the batch
+            first, such as Triton's sequence batcher with implicit state. The graph transposes at
+            its state inputs and outputs; the contract's ``batch_axis`` says where the batch is.
+            Tree networks have no state pairs: the option changes nothing there.
         progress: called with each pass's name as it starts.
 
     Raises:
@@ -90,6 +97,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         raise ExportError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
     if cells not in CELLS:
         raise ExportError(f"cells {cells!r} is unknown; expected {' or '.join(CELLS)}")
+    if state_layout not in STATE_LAYOUTS:
+        raise ExportError(f"state layout {state_layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
     target = Path(output) if output is not None else None
     if target is not None and not target.parent.is_dir():
         raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
@@ -98,15 +107,19 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
 
         if progress:
             progress("tree graph")
-        return export_tree(model, target, strategy=tree_strategy, all_nodes=all_nodes, opset=opset, verify=verify,
-                           tolerance=tolerance)
+        report = export_tree(model, target, strategy=tree_strategy, all_nodes=all_nodes, opset=opset,
+                             verify=verify, tolerance=tolerance)
+        if state_layout != "native":  # a tree file has no state pairs: any layout describes it
+            report.notes.append(f"state layout {state_layout} changes nothing: a tree network's file has no state pairs")
+        return report
     if isinstance(model, torch.jit.ScriptModule):
         raise ExportError("TorchScript modules cannot be captured by torch.export; export the eager model")
     if isinstance(model, nn.RNNBase):
         model = RecurrentLayer(model)
     specs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     options = ExportOptions(mode=mode, opset=opset, inputs=specs, state_args=state_args,
-                            output_names=output_names, verify=verify, tolerance=tolerance, cells=cells)
+                            output_names=output_names, verify=verify, tolerance=tolerance, cells=cells,
+                            state_layout=state_layout)
     ctx = run_pipeline(ExportContext(model, options), PIPELINE, progress)
     data = ctx.onnx_model.SerializeToString()
     report = ExportReport(ctx.contract, ctx.parity, None, len(data), ctx.records, ctx.notes, ctx.onnx_model)

@@ -26,6 +26,7 @@ from edgernn.contract import BATCH, FORMAT_VERSION, TIME, Contract, StateSpec, T
 from edgernn.errors import ExportError
 
 TRACE_BATCH, TRACE_TIME = 2, 5
+STATE_LAYOUTS = ("native", "batch-major")  # how state tensors sit in the file (see DescribeStateIO)
 STATE_ARG = re.compile(r"(state|hidden|memory|carry|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
 INIT_HOOKS = ("initial_state", "init_state", "init_hidden", "zero_state")
 
@@ -43,6 +44,9 @@ class ExportOptions:
     verify: bool = True
     tolerance: float = 1e-5
     cells: str = "auto"  # step mode: "auto" (fastest measured form per kind) or "matmul"
+    # "native": states keep PyTorch's layout ([layers*dirs, batch, H]); "batch-major": every state
+    # with a batch axis has it first in the file ([batch, layers*dirs, H]), for runtimes that need that
+    state_layout: str = "native"
 
 
 @dataclass
@@ -87,6 +91,9 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     records: list[PassRecord] = field(default_factory=list)
     frame_model: bool = False  # one frame per forward, exported for chunk/sequence as a Scan over time
+    # state name -> axis order of the file's state in terms of PyTorch's (state_layout="batch-major"
+    # moves the batch axis first); states absent here have PyTorch's layout in the file too
+    state_perms: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.model = copy.deepcopy(self.original).eval()
@@ -127,6 +134,45 @@ class ExportContext:
     def run_lifter(self, data: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         with torch.no_grad():
             return list(self.lifter(*data, *states))
+
+    def to_file_layout(self, states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Flat states (explicit, then lifted) from PyTorch's layout to the file's (:attr:`state_perms`)."""
+        return [t.permute(self.state_perms[n]).contiguous() if n in self.state_perms else t
+                for n, t in zip(self.state_names, states)]
+
+    def from_file_layout(self, states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Flat states from the file's layout back to PyTorch's (the inverse of :meth:`to_file_layout`)."""
+        return [t.permute(_inverse(self.state_perms[n])).contiguous() if n in self.state_perms else t
+                for n, t in zip(self.state_names, states)]
+
+
+class _InFileLayout:
+    """``ctx`` seen with states in the file's layout: ``initial_states`` gives them so and
+    ``run_lifter`` takes and returns them so (PyTorch still runs in its own layout). The parity
+    check runs on this view, so that start states handed to the file and final states compared
+    with PyTorch's are laid out as the file's contract says."""
+
+    def __init__(self, ctx: ExportContext) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def initial_states(self, batch: int, generator: torch.Generator | None = None, scale: float = 0.0
+                       ) -> list[torch.Tensor]:
+        return self._ctx.to_file_layout(self._ctx.initial_states(batch, generator, scale))
+
+    def run_lifter(self, data: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out = self._ctx.run_lifter(data, self._ctx.from_file_layout(states))
+        n_out = len(out) - len(states)
+        return out[:n_out] + self._ctx.to_file_layout(out[n_out:])
+
+
+def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
+    inv = [0] * len(perm)
+    for k, p in enumerate(perm):
+        inv[p] = k
+    return tuple(inv)
 
 
 class ResolveInputs:
@@ -502,12 +548,22 @@ def _with_time(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 
 
 class DescribeStateIO:
-    """Name dims (``batch``, ``time``) on graph I/O and write the contract into metadata_props."""
+    """Name dims (``batch``, ``time``) on graph I/O and write the contract into metadata_props.
+
+    With ``options.state_layout == "batch-major"``, every state whose batch axis is not its first
+    axis is moved to batch-first at the graph's edge: a ``Transpose`` after ``state_in.<name>``
+    back to PyTorch's layout, and one before ``state_out.<name>`` to batch-first, so the graph
+    inside computes as before. The contract then gives the state's shape batch-first with
+    ``batch_axis`` 0, and a stored start value (``state_init.<name>``) is permuted the same way.
+    States without a batch axis, or with it first already, are left as they are."""
 
     name = "describe-state-io"
 
     def __call__(self, ctx: ExportContext) -> str:
         assert ctx.onnx_model is not None
+        layout = ctx.options.state_layout
+        if layout not in STATE_LAYOUTS:
+            raise ExportError(f"state layout {layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
         step = ctx.mode == "step"
         inputs = tuple(s.to_tensor_spec(step) for s in ctx.data)
         graph = ctx.onnx_model.graph
@@ -526,16 +582,25 @@ class DescribeStateIO:
         explicit_axes = {n: a for e in ctx.explicit for n, a in zip(e.leaf_names, e.batch_axes)}
         stored = {n: v for e in ctx.explicit for n, v in e.stored.items()}
         ins_by_name = {i.name: i for i in graph.input}
+        ctx.state_perms = {}
         for name in ctx.state_names:
             vi = ins_by_name[f"state_in.{name}"]
             shape = _graph_shape(vi)
             axis = 1 if name in lifted_leaves else explicit_axes[name]
             if axis is not None:
                 shape[axis] = BATCH
+            start = stored.get(name)
+            if layout == "batch-major" and axis is not None and axis != 0:
+                perm = (axis, *range(axis), *range(axis + 1, len(shape)))
+                _transpose_state_io(graph, name, perm)
+                ctx.state_perms[name] = perm
+                shape, axis = [shape[k] for k in perm], 0
+                if start is not None:
+                    start = np.ascontiguousarray(start.transpose(perm))
             init: str | dict[str, str] = "zeros"
-            if name in stored:
+            if start is not None:
                 init = {"initializer": f"state_init.{name}"}
-                graph.initializer.append(onnx.numpy_helper.from_array(stored[name], init["initializer"]))
+                graph.initializer.append(onnx.numpy_helper.from_array(start, init["initializer"]))
             states.append(StateSpec(name, tuple(shape), _dtype_name(vi), axis, init))
         ctx.contract = Contract(ctx.mode, inputs, tuple(outputs), tuple(states))  # type: ignore[arg-type]
         for vi, spec in [*((ins_by_name[s.name], s) for s in inputs), *((outs_by_name[s.name], s) for s in outputs),
@@ -543,7 +608,46 @@ class DescribeStateIO:
             _set_dims(vi, spec.shape)
         write_metadata(ctx.onnx_model, ctx.contract)
         ctx.onnx_model.producer_name = "edgernn"
-        return f"format {FORMAT_VERSION}, mode {ctx.mode}, {len(states)} state pairs"
+        detail = f"format {FORMAT_VERSION}, mode {ctx.mode}, {len(states)} state pairs"
+        if layout == "batch-major":
+            detail += f", batch-major ({len(ctx.state_perms)} transposed)"
+        return detail
+
+
+def _transpose_state_io(graph: onnx.GraphProto, name: str, perm: Sequence[int]) -> None:
+    """Make the graph take and give state ``name`` with its axes in ``perm`` order (PyTorch's axes
+    ``perm[0], perm[1], ...``), leaving every node that reads or writes it as it was."""
+    state_in, state_out = f"state_in.{name}", f"state_out.{name}"
+    native_in, native_out = f"{state_in}@native", f"{state_out}@native"
+    producer = next((n for n in graph.node if state_out in n.output), None)
+    if producer is None:
+        raise ExportError(f"internal: no node computes {state_out!r}, so its layout cannot be changed")
+    _rename_uses(graph, state_in, native_in)
+    _rename_uses(graph, state_out, native_out)
+    producer.output[:] = [native_out if o == state_out else o for o in producer.output]
+    for vi in graph.value_info:
+        if vi.name == state_out:
+            vi.name = native_out
+    to_native = onnx.helper.make_node("Transpose", [state_in], [native_in], name=f"{state_in}/to_native",
+                                      perm=list(_inverse(perm)))
+    to_file = onnx.helper.make_node("Transpose", [native_out], [state_out], name=f"{state_out}/batch_major",
+                                    perm=list(perm))
+    nodes = [to_native, *graph.node, to_file]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node input named ``old`` reads ``new`` instead, in subgraphs too (unless one defines
+    its own ``old``)."""
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                defined = {v.name for v in sub.input} | {t.name for t in sub.initializer} | {
+                    o for n in sub.node for o in n.output}
+                if old not in defined:
+                    _rename_uses(sub, old, new)
 
 
 def _graph_shape(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -616,7 +720,8 @@ class Verify:
         if not ctx.options.verify:
             ctx.notes.append("parity was not checked (--no-verify)")
             return "skipped"
-        ctx.parity = verify_parity(ctx)
+        # states go in and come out in the file's layout (batch-major or not), PyTorch runs in its own
+        ctx.parity = verify_parity(_InFileLayout(ctx) if ctx.state_perms else ctx)
         return ctx.parity.summary()
 
 

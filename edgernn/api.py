@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgernn.contract import Contract, ContractError
-from edgernn.errors import EdgernnError
+from edgernn.errors import EdgernnError, ExportError
 
 
 def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "chunk",
@@ -21,15 +21,19 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
                 nonlinearity: str | None = None, batch_first: bool | None = None, inputs: Sequence[str] = (),
                 state_args: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                 verify: bool = True, tolerance: float = 1e-5, tree_strategy: str = "levels", all_nodes: bool = False,
-                cells: str = "auto", progress: Callable[[str], None] | None = None):
+                cells: str = "auto", state_layout: str = "native", progress: Callable[[str], None] | None = None):
     """Load ``model_path`` (see :func:`edgernn.load`), export it to ``output`` (default: the model
-    path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes)."""
+    path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes).
+    ``state_layout``: ``native`` or ``batch-major`` (see :func:`edgernn.export`)."""
     from edgernn.checkpoints import load
     from edgernn.converters.export import export
+    from edgernn.converters.passes import STATE_LAYOUTS
 
     src = Path(model_path)
     if mode not in ("chunk", "step", "sequence"):
         raise EdgernnError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
+    if state_layout not in STATE_LAYOUTS:
+        raise ExportError(f"state layout {state_layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
     if progress:
         progress("load")
     # load first: it says what is wrong with a missing file or a folder, of which no default
@@ -43,7 +47,7 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
         raise EdgernnError(f"cannot write {target}: folder {target.parent} does not exist")
     report = export(loaded.module, target, mode=mode, opset=opset, inputs=inputs, state_args=state_args,
                     output_names=output_names, verify=verify, tolerance=tolerance, tree_strategy=tree_strategy,
-                    all_nodes=all_nodes, cells=cells, progress=progress)
+                    all_nodes=all_nodes, cells=cells, state_layout=state_layout, progress=progress)
     report.notes[:0] = [f"loaded {loaded.description}", *loaded.notes]
     return report
 

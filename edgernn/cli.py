@@ -109,6 +109,10 @@ def export(
                                           show_default="MODEL.onnx"),
     mode: str = typer.Option("chunk", "--mode", "-m", help="chunk: any number of frames per call; step: one frame "
                              "per call; sequence: whole sequences (bidirectional)."),
+    state_layout: str = typer.Option("native", "--state-layout", help="native: states in PyTorch's layout "
+                                     "([layers*directions, batch, hidden]); batch-major: every state with the batch "
+                                     "axis first ([batch, ...]), for runtimes that need it, e.g. Triton's implicit "
+                                     "state."),
     cells: str = typer.Option("auto", "--cells", help="Step mode: auto (ONNX GRU/LSTM ops, MatMul cells for "
                               "Elman RNN: fastest on onnxruntime CPU) or matmul (MatMul cells only, for runtimes "
                               "without the recurrent ops, e.g. onnxruntime's mobile package)."),
@@ -149,7 +153,8 @@ def export(
                              inputs=inputs or (), state_args=states or None,
                              output_names=output_names.split(",") if output_names else None,
                              verify=verify, tolerance=tolerance, tree_strategy=tree_strategy,
-                             all_nodes=all_nodes, cells=cells, progress=progress)
+                             all_nodes=all_nodes, cells=cells,
+                             state_layout=state_layout, progress=progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -414,6 +419,111 @@ def bench(
     _print_bench(report)
     if plotted:
         out.print(f"wrote {plotted}", highlight=False)
+
+
+@app.command()
+def pack(
+    model: Path = typer.Argument(..., help="An edgernn ONNX file (or a stateful file from another exporter)."),
+    target: str = typer.Option("ort", "--target", help="ort: ORT-format model and the reduced-operator config for "
+                               "a minimal onnxruntime build (mobile, embedded)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write.",
+                                          show_default="MODEL-ort next to the model"),
+    optimization: str = typer.Option("all", "--optimization", help="Graph optimizations baked into the .ort: all, "
+                                     "extended or basic (basic keeps standard ONNX ops, for NNAPI/CoreML/XNNPACK)."),
+    type_reduction: bool = typer.Option(False, "--type-reduction", help="Also record the types each op needs, for "
+                                        "a smaller build (--enable_reduced_operator_type_support)."),
+    copy_onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Copy the .onnx into the folder too."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that has files already."),
+    state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help=_STATE_PAIR_HELP),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Stream the same frames through the .onnx and "
+                                "the .ort and compare them (on by default)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Package MODEL for a deployment target: the ORT-format file, the operator config for a minimal build, a
+    README with the build command; checked against the .onnx on a streamed rollout."""
+    from rich.markup import escape
+
+    from edgernn.runtimes.pack import pack as pack_fn
+
+    with _user_errors():
+        with _status(not as_json and sys.stderr.isatty(), "packing...") as progress:
+            report = pack_fn(model, output, target=target, optimization=optimization, type_reduction=type_reduction,
+                             copy_onnx=copy_onnx, overwrite=overwrite, state_pairs=_parse_pairs(state_pair),
+                             verify=verify, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    t = Table(title=f"edgernn pack --target {report.target}: {escape(report.output_dir)}", title_justify="left")
+    t.add_column("file")
+    t.add_column("size", justify="right")
+    for name, size in report.files.items():
+        t.add_row(escape(name), _size(size))
+    out.print(t)
+    out.print(f".onnx {_size(report.onnx_bytes)} -> .ort {_size(report.ort_bytes)} (optimization "
+              f"{report.optimization}, onnxruntime {report.onnxruntime_version})", highlight=False)
+    for line in report.config_lines:
+        out.print(f"ops: {escape(line)}", highlight=False)
+    if report.parity is not None:
+        worst = max([*report.parity.get("max_abs_error", {}).values(), *report.parity.get("state_errors", {}).values()],
+                    default=0.0)
+        out.print(f"parity with the .onnx: max abs difference {worst:.2g} over {report.parity.get('calls')} calls",
+                  highlight=False)
+    out.print(f"build: {escape(report.build_command)}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {escape(note)}", highlight=False)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="An edgernn ONNX file with batch-major states (export with "
+                                           "--state-layout batch-major)."),
+    triton: Path = typer.Option(..., "--triton", help="Triton model repository folder to write the model into "
+                                "(created if missing)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository.",
+                                       show_default="the file's stem"),
+    version: int = typer.Option(1, "--version", help="Model version folder."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", help="Streams Triton may batch into one call (0: "
+                                       "no batching, any state layout)."),
+    strategy: str = typer.Option("oldest", "--strategy", help="Sequence batcher strategy: oldest or direct."),
+    idle_us: int = typer.Option(5_000_000, "--max-sequence-idle-us", help="Idle time after which Triton ends a "
+                                "sequence and frees its state."),
+    instances: int = typer.Option(1, "--instances", help="Model instances."),
+    kind: str = typer.Option("cpu", "--kind", help="Instance kind: cpu, gpu or auto."),
+    controls: bool = typer.Option(True, "--controls/--no-controls", help="Add START/END/READY/CORRID control inputs "
+                                  "to the model (START resets the state in the graph)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Write a Triton Inference Server model repository entry for MODEL: the model and a config.pbtxt whose
+    sequence batcher keeps every state pair as implicit state."""
+    from rich.markup import escape
+
+    from edgernn.runtimes.triton import triton_repository
+
+    with _user_errors():
+        with _status(not as_json and sys.stderr.isatty(), "writing the Triton model...") as progress:
+            report = triton_repository(model, triton, name=name, version=version, max_batch_size=max_batch_size,
+                                       strategy=strategy, max_sequence_idle_microseconds=idle_us,
+                                       instance_count=instances, instance_kind=kind, controls=controls,
+                                       overwrite=overwrite, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    t = Table(title=f"Triton model {escape(report.name)} (version {report.version}, max_batch_size "
+                    f"{report.max_batch_size}, {report.strategy} sequence batcher): implicit state",
+              title_justify="left")
+    for col in ("input", "output", "type", "dims", "start"):
+        t.add_column(col)
+    for st in report.states:
+        init = st["initial_state"]
+        start = "zeros" if init.get("zero_data") else f"file {init.get('data_file')}"
+        t.add_row(escape(st["input_name"]), escape(st["output_name"]), st["data_type"], _fmt_shape(st["dims"]),
+                  escape(start))
+    out.print(t)
+    for f in report.files:
+        out.print(f"wrote {escape(str(f))}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {escape(note)}", highlight=False)
 
 
 def _parse_pairs(items: Optional[List[str]]) -> Optional[dict]:

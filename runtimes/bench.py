@@ -530,7 +530,8 @@ def _context(module, contract: Contract, against: str):
             raise MismatchError(f"{against} cannot be run as a streaming model for this file: {first}") from None
 
 
-def _check_shapes(ctx, contract: Contract, model: str, against: str, batch: int) -> None:
+def _check_shapes(ctx, contract: Contract, model: str, against: str, batch: int,
+                  moved: Mapping[str, int] | None = None) -> None:
     """Same data inputs (feature sizes and batch/time layout) and the same states (names, shapes)."""
     if len(ctx.data) != len(contract.inputs):
         raise MismatchError(f"{against} takes {len(ctx.data)} data input(s) but {model} takes "
@@ -544,7 +545,9 @@ def _check_shapes(ctx, contract: Contract, model: str, against: str, batch: int)
             raise MismatchError(f"input {t.name!r} differs: {model} takes {t.dtype} {_fmt(t.shape)} but {against} "
                                 f"takes {spec.dtype} {_fmt(shape)}")
     want = {s.name: s.concrete_shape(batch) for s in contract.states}
-    have = {n: tuple(v.shape) for n, v in zip(ctx.state_names, ctx.initial_states(batch))}
+    moved = moved or {}
+    have = {n: tuple(np.moveaxis(v.numpy() if hasattr(v, "numpy") else v, moved[n], 0).shape if n in moved else v.shape)
+            for n, v in zip(ctx.state_names, ctx.initial_states(batch))}
     if set(want) != set(have):
         raise MismatchError(f"the states differ: {model} has {', '.join(sorted(want)) or 'none'} but {against} has "
                             f"{', '.join(sorted(have)) or 'none'}")
@@ -810,7 +813,12 @@ def _eager_runner(against: Path, contract: Contract, model: str, batch: int, ini
     if isinstance(module, nn.RNNBase):
         module = RecurrentLayer(module)
     ctx = _context(module, contract, str(against))
-    _check_shapes(ctx, contract, model, str(against), batch)
+    moved = _moved_batch_axes(ctx, contract, batch)
+    _check_shapes(ctx, contract, model, str(against), batch, moved)
+    if moved:  # a batch-major file: PyTorch starts from (and is compared in) its own layout
+        init = {k: np.moveaxis(v, 0, moved[k]) if k in moved else v for k, v in init.items()}
+        notes.append(f"{Path(model).name} keeps states batch-major; pytorch eager's states are moved to that layout "
+                     "for the check")
     if isinstance(module, RecurrentLayer):
         runner: _Runner = _LayerRunner(module.layer, module.kind, ctx.state_names, init)
         notes.append(f"pytorch eager calls the bare nn.{type(module.layer).__name__} directly (y, h = m(x, h))")
@@ -825,8 +833,46 @@ def _eager_runner(against: Path, contract: Contract, model: str, batch: int, ini
         if runner.frame_model:
             notes.append(f"{type(module).__name__} takes one frame per forward: pytorch eager loops over the "
                          f"frames of each call in Python")
+    if moved:
+        runner = _BatchMajor(runner, moved)
     runner.load_memory_mib = load_mib
     return runner, ctx
+
+
+def _moved_batch_axes(ctx, contract: Contract, batch: int) -> dict[str, int]:
+    """For a file exported with ``state_layout="batch-major"``: state name -> the batch axis the
+    PyTorch model keeps it on (states whose batch axis the export moved to the front)."""
+    names = ctx.state_names
+    one = {n: tuple(v.shape) for n, v in zip(names, ctx.initial_states(batch))}
+    two = {n: tuple(v.shape) for n, v in zip(names, ctx.initial_states(batch + 1))}
+    moved = {}
+    for s in contract.states:
+        if s.name not in one or s.batch_axis != 0:
+            continue
+        axis = next((k for k, (a, b) in enumerate(zip(one[s.name], two[s.name])) if a != b), None)
+        if axis not in (None, 0):
+            moved[s.name] = axis
+    return moved
+
+
+class _BatchMajor(_Runner):
+    """A PyTorch runner whose final states are reported with the batch axis first, like the file."""
+
+    def __init__(self, inner: _Runner, moved: Mapping[str, int]) -> None:
+        self.inner, self.moved, self.name = inner, dict(moved), inner.name
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def run(self, pool, start, n, out) -> None:
+        self.inner.run(pool, start, n, out)
+
+    def pool(self, pool):
+        return self.inner.pool(pool)
+
+    def forward(self, inputs):
+        outputs, states = self.inner.forward(inputs)
+        return outputs, {k: np.moveaxis(v, self.moved[k], 0) if k in self.moved else v for k, v in states.items()}
 
 
 def _plain_runner(path: Path, contract: Contract, threads: int, providers: list[str],

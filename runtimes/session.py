@@ -225,7 +225,13 @@ class StreamingSession:
             self.contract: Contract = Contract.from_metadata(meta, source)
         else:
             if contract is None:
-                contract = infer_contract(_graph_of(model, source), state_pairs, source=source)
+                from edgernn.runtimes.pack import CONTRACT_SUFFIX, is_ort_format, load_contract, sidecar_path
+
+                sidecar = None if isinstance(model, bytes) else sidecar_path(model, CONTRACT_SUFFIX)
+                if state_pairs is None and sidecar is not None and sidecar.is_file() and is_ort_format(model):
+                    contract = load_contract(sidecar)  # written by `edgernn pack` for a file from another exporter
+                else:
+                    contract = infer_contract(_graph_of(model, source), state_pairs, source=source)
                 self.contract_from = "inferred"
             else:
                 self.contract_from = "given"
@@ -462,10 +468,22 @@ def _stored_inits(model: str | bytes, states: Sequence[StateSpec], source: str) 
                           "{\"initializer\": NAME}")
     if not wanted:
         return {}
-    from onnx import numpy_helper
+    from edgernn.runtimes.pack import STATE_INIT_SUFFIX, is_ort_format, read_stored_inits, sidecar_path
 
-    graph = _graph_of(model, source).graph
-    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    if is_ort_format(model):  # onnxruntime drops initializers no node reads: `edgernn pack` saved them aside
+        if isinstance(model, bytes):
+            raise StreamError(f"{source} is an ORT-format model whose states start from stored values; open it by "
+                              f"path, so that the <name>{STATE_INIT_SUFFIX} file next to it is read")
+        found = read_stored_inits(model, source)
+        if not found:
+            raise StreamError(f"{source} is an ORT-format model whose states start from stored values, but "
+                              f"{sidecar_path(model, STATE_INIT_SUFFIX).name} is not next to it; copy it from the "
+                              "folder `edgernn pack` wrote")
+    else:
+        from onnx import numpy_helper
+
+        graph = _graph_of(model, source).graph
+        found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
     missing = [n for n in wanted if n not in found]
     if missing:
         raise StreamError(f"{source} names initializer {missing[0]!r} as a state's start value, but has no such "
@@ -485,6 +503,11 @@ def _graph_of(model: str | bytes, source: str):
     """The ONNX graph of a file onnxruntime has already loaded (weights in external files are not read)."""
     import onnx
 
+    from edgernn.runtimes.pack import is_ort_format
+
+    if is_ort_format(model):
+        raise EdgernnError(f"{source} is an ORT-format model without edgernn metadata, so its contract cannot be "
+                           "read from a graph; pass contract=edgernn.runtimes.pack.load_contract(PATH_TO_ORT)")
     try:
         if isinstance(model, bytes):
             return onnx.load_from_string(model)

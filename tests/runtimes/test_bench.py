@@ -188,3 +188,15 @@ def test_bad_settings_raise(gru, tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         bench(tmp_path / "missing.onnx")
     assert math.isfinite(bench(gru["chunk"], steps=1, warmup=0, rounds=5).runtime(EDGERNN).p50_us)
+
+
+def test_batch_major_file_against_pytorch(tmp_path):
+    """A file with batch-major states (export state_layout="batch-major") is checked against the
+    PyTorch layer in the file's layout: same numbers, not a state-shape mismatch."""
+    torch.manual_seed(4)
+    lstm = nn.LSTM(5, 7, 2, batch_first=True).eval()
+    edgernn.save(lstm, tmp_path / "lstm.pt")
+    edgernn.export(lstm, tmp_path / "lstm_bm.onnx", state_layout="batch-major")
+    r = bench(tmp_path / "lstm_bm.onnx", against=tmp_path / "lstm.pt", steps=20, warmup=2, rounds=2, chunk=3, batch=2)
+    assert r.deviations[EAGER] < 1e-5
+    assert any("batch-major" in n for n in r.notes)

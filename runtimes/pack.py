@@ -1,0 +1,688 @@
+"""``pack``: an edgernn ONNX file -> a deployment folder for another runtime.
+
+Target ``ort``: the model in ORT format (the format of onnxruntime's minimal, mobile and web
+builds) and the reduced-operator config that a minimal onnxruntime build takes to include only
+the kernels the model needs, both written by onnxruntime's own converter
+(``onnxruntime.tools.convert_onnx_models_to_ort``), plus a README.md with the build command,
+how to load the file and its state contract. onnxruntime's prebuilt reduced-size packages are
+built from a fixed operator list that may leave out the recurrent kernels (LSTM, GRU, RNN and the
+quantized DynamicQuantizeLSTM); a minimal build from this config has exactly what the model needs.
+
+The folder is made next to its destination under a temporary name and renamed into place once
+every file is written and the ``.ort`` file streams like the ``.onnx`` one: a failure leaves
+nothing behind. See docs/deploy.md, "ORT format for mobile and minimal builds".
+
+The ``.ort`` file keeps the ``metadata_props`` of the ONNX file, so an edgernn file's contract
+travels with it and ``StreamingSession("model.ort")`` works as on the ``.onnx`` file. Two things
+do not travel and are written next to it: the contract of a file from another exporter (inferred,
+not in the metadata: ``<name>.edgernn.json``, read by :func:`load_contract`), and stored start
+values of states (``init: {"initializer": ...}``), which onnxruntime drops as unused
+initializers (``<name>.state_init.npz``, read by :func:`read_stored_inits`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from edgernn.contract import Contract, ContractError, StateSpec, TensorSpec
+from edgernn.errors import EdgernnError
+
+TARGETS = {"ort": "ORT format and reduced-operator config for onnxruntime mobile and minimal builds"}
+OPTIMIZATIONS = ("basic", "extended", "all")
+ORT_IDENTIFIER = b"ORTM"  # flatbuffers file identifier of an ORT-format model (bytes 4..8)
+CONTRACT_SUFFIX = ".edgernn.json"
+STATE_INIT_SUFFIX = ".state_init.npz"
+
+_CONVERT_LOCK = threading.Lock()  # the converter reads its optimization level from the environment
+_LEVEL_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+_CHECK_FRAMES = 12  # frames of the streamed parity check
+_CHECK_CHUNK = 4  # frames per call in chunk mode (3 calls, state carried)
+
+
+class PackError(EdgernnError):
+    """The model cannot be packed as asked (bad target, input or output folder)."""
+
+
+@dataclass
+class PackReport:
+    """What ``pack`` wrote: the folder, each file's size, the operators the model needs, and the
+    streamed parity of the packed model with the ONNX file.
+
+    ``onnx_bytes`` is the size of the source ONNX file, ``ort_bytes`` of the ``.ort`` file,
+    ``config_bytes`` of the operator config; ``files`` maps every file written to its size.
+    ``ops`` holds the config's entries as ``(domain, opset, [op, ...])``. ``metadata_kept``
+    says whether the ``.ort`` file carries the edgernn contract in its metadata (always, for an
+    edgernn file). ``parity``: the largest abs difference of each output and state over a
+    streamed rollout (``None`` when not checked; ``notes`` says why).
+    """
+
+    target: str
+    source: str
+    output_dir: str
+    ort_path: str
+    config_path: str
+    onnx_bytes: int
+    ort_bytes: int
+    config_bytes: int
+    files: dict[str, int]
+    ops: list[tuple[str, int, list[str]]]
+    optimization: str
+    type_reduction: bool
+    onnxruntime_version: str
+    ort_format_version: str
+    contract: Contract
+    contract_from: str
+    metadata_kept: bool
+    build_command: str
+    parity: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config_lines(self) -> list[str]:
+        """The config's entries as written (``domain;opset;op1,op2``)."""
+        return [f"{d};{v};{','.join(ops)}" for d, v, ops in self.ops]
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target, "source": self.source, "output_dir": self.output_dir,
+            "ort_path": self.ort_path, "config_path": self.config_path,
+            "sizes": {"onnx_bytes": self.onnx_bytes, "ort_bytes": self.ort_bytes, "config_bytes": self.config_bytes},
+            "files": dict(self.files),
+            "ops": [{"domain": d, "opset": v, "ops": list(ops)} for d, v, ops in self.ops],
+            "optimization": {"level": self.optimization, "style": "Fixed"},
+            "type_reduction": self.type_reduction,
+            "onnxruntime_version": self.onnxruntime_version, "ort_format_version": self.ort_format_version,
+            "mode": self.contract.mode, "contract_from": self.contract_from, "metadata_kept": self.metadata_kept,
+            "build_command": self.build_command, "parity": self.parity, "notes": list(self.notes),
+        }
+
+
+def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, *, target: str = "ort",
+         optimization: str = "all", type_reduction: bool = False, copy_onnx: bool = True, overwrite: bool = False,
+         state_pairs: Mapping[str, str] | None = None, verify: bool = True, tolerance: float = 1e-4,
+         progress: Callable[[str], None] | None = None) -> PackReport:
+    """Pack the ONNX file ``model`` for ``target`` into the folder ``output_dir``.
+
+    Args:
+        model: an edgernn ONNX file (or a stateful ONNX file from another exporter: its contract
+            is inferred as ``edgernn info`` does, ``state_pairs`` naming pairs the rule misses).
+        output_dir: the folder to write (default: ``<name>-ort`` next to the model). It must not
+            exist, or be empty, or ``overwrite`` must be given (then the files packed replace
+            those of the same names and other files stay).
+        target: ``ort`` (see :data:`TARGETS`).
+        optimization: onnxruntime graph optimization level baked into the ``.ort`` file:
+            ``all`` (default, as onnxruntime's converter: fused CPU kernels, nothing
+            machine-specific: the x86-only NCHWc layout is left out), ``extended`` or ``basic``
+            (standard ONNX operators only; for an app that hands nodes to NNAPI, CoreML or
+            XNNPACK). Always the *Fixed* style: optimizations applied before saving, so the file
+            runs as is in a plain minimal build (docs/deploy.md says why not *Runtime*).
+        type_reduction: also record the element types each operator needs
+            (``<name>.required_operators_and_types.config``; build with
+            ``--enable_reduced_operator_type_support`` for a smaller binary).
+        copy_onnx: put a copy of the ONNX file in the folder (for full builds and tools that read
+            ONNX; the operator config can be made again from it).
+        verify: stream random data through the ``.onnx`` and the ``.ort`` file, carrying state
+            over several calls, and refuse to write when an output or state differs by more
+            than ``tolerance`` (relative to the output's scale, at least 1).
+        progress: called with the name of each stage.
+
+    Raises :class:`PackError` (one sentence) for an unknown target, a missing file, a file that is
+    not a stateful ONNX model, or an output folder that cannot be written; nothing is written then.
+    """
+    step = progress or (lambda _stage: None)
+    if target not in TARGETS:
+        names = "; ".join(f"{k} ({v})" for k, v in TARGETS.items())
+        raise PackError(f"target {target!r} is unknown; the targets are: {names}")
+    if optimization not in OPTIMIZATIONS:
+        raise PackError(f"optimization {optimization!r} is unknown; expected one of {', '.join(OPTIMIZATIONS)}")
+    step("read")
+    src = Path(model)
+    data, external, onnx_model, contract, contract_from = _read_source(src, state_pairs)
+    name = src.name[: -len(".onnx")] if src.name.lower().endswith(".onnx") and len(src.name) > 5 else src.name
+    out = Path(output_dir) if output_dir is not None else src.parent / f"{name}-{target}"
+    if out.name in ("", ".", ".."):  # "." or "..": name the folder, so that its parent can hold the staging one
+        out = Path(os.path.abspath(out))
+    _check_output(out, overwrite)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        report = _pack_ort(src, name, data, external, onnx_model, contract, contract_from, staging, out,
+                           optimization=optimization, type_reduction=type_reduction, copy_onnx=copy_onnx,
+                           verify=verify, tolerance=tolerance, step=step)
+        step("write")
+        _move_into_place(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name in report.files}
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# input and output checks
+# ---------------------------------------------------------------------------------------------
+
+def _read_source(src: Path, state_pairs: Mapping[str, str] | None):
+    """(bytes to convert, whether the weights were in external files, ModelProto, contract, where
+    the contract came from) of an ONNX file."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    from edgernn.contract import infer_contract, read_metadata
+
+    if not src.is_file():
+        raise PackError(f"{src} does not exist or is not a file")
+    data = src.read_bytes()
+    if data[4:8] == ORT_IDENTIFIER:
+        raise PackError(f"{src} is already an ORT-format model; pack the .onnx file it was made from")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:
+        model = None
+    if model is None or not model.graph.node:
+        raise PackError(f"{src} is not an ONNX model (onnx.load could not parse it into a graph)")
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    if external:
+        try:  # weights in external files: convert a single-file copy
+            model = onnx.load(str(src))
+            data = model.SerializeToString()
+        except Exception as e:
+            raise PackError(f"{src} keeps weights in external files that cannot be read "
+                            f"({str(e).splitlines()[0][:200]})") from None
+    has_metadata = any(p.key == "edgernn.format" for p in model.metadata_props)
+    try:
+        if has_metadata and state_pairs is None:
+            return data, external, model, read_metadata(model, str(src)), "metadata"
+        return data, external, model, infer_contract(model, state_pairs, source=str(src)), "inferred"
+    except ContractError as e:
+        raise PackError(str(e)) from None
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PackError(f"output {out} is a file; pack writes a folder, so give a folder path")
+    if not out.parent.is_dir():
+        raise PackError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise PackError(f"cannot write {out}: folder {out.parent} is not writable")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PackError(f"output folder {out} is not empty; choose another folder or allow overwriting")
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished staging folder to ``out`` when there is none (all at once); into an
+    existing folder (empty, or any with ``overwrite``) move the files one by one, each replaced
+    atomically, so that the folder itself (a shell's working directory, its permissions) stays."""
+    if not out.exists():
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
+        try:
+            os.rename(staging, out)
+            return
+        except OSError as e:
+            if not out.is_dir():  # not made meanwhile by someone else
+                raise PackError(f"cannot write {out}: {e.strerror or e}") from None
+    if any(out.iterdir()) and not overwrite:  # filled meanwhile
+        raise PackError(f"output folder {out} is not empty; choose another folder or allow overwriting")
+    for f in sorted(staging.iterdir()):
+        os.replace(f, out / f.name)
+    staging.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# target ort
+# ---------------------------------------------------------------------------------------------
+
+def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract: Contract, contract_from: str,
+              staging: Path, out: Path, *, optimization: str, type_reduction: bool, copy_onnx: bool, verify: bool,
+              tolerance: float, step: Callable[[str], None]) -> PackReport:
+    import onnxruntime as ort
+
+    notes: list[str] = []
+    stored = _stored_values(model, contract, str(src))
+    step("convert")
+    ort_tmp, config_tmp = _convert(data, model, stored, staging, optimization, type_reduction, str(src))
+    config_kind = "required_operators_and_types" if type_reduction else "required_operators"
+    ort_path, config_path = staging / f"{name}.ort", staging / f"{name}.{config_kind}.config"
+    os.replace(ort_tmp, ort_path)
+    ops = _rewrite_config(config_tmp, config_path, ort_path.name, optimization, ort.__version__)
+    shutil.rmtree(staging / ".convert", ignore_errors=True)
+
+    try:
+        session = ort.InferenceSession(str(ort_path), _quiet_options(), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise PackError(f"onnxruntime cannot load the ORT-format model made from {src}: "
+                        f"{str(e).splitlines()[0][:300]}") from None
+    kept = "edgernn.format" in session.get_modelmeta().custom_metadata_map
+    del session
+    format_version = _ort_format_version(ort_path.read_bytes())
+
+    parity = None
+    if verify:
+        step("verify")
+        parity = _check_parity(data, model, ort_path, contract, tolerance, str(src), notes)
+
+    files = [ort_path.name, config_path.name]
+    if copy_onnx:
+        target = staging / f"{name}.onnx"
+        if not external:
+            shutil.copyfile(src, target)
+        else:  # weights were in external files: the single-file model
+            target.write_bytes(data)
+            notes.append(f"{src.name} keeps its weights in external files; {target.name} holds them inline")
+        files.append(target.name)
+    if not kept:
+        sidecar = staging / f"{name}{CONTRACT_SUFFIX}"
+        sidecar.write_text(json.dumps(_contract_json(contract), indent=2) + "\n")
+        files.append(sidecar.name)
+        notes.append(f"the contract is not in the .ort file's metadata (it was {contract_from}); {sidecar.name} "
+                     f"holds it: StreamingSession(\"{ort_path.name}\", contract=load_contract(\"{sidecar.name}\"))")
+    if stored:
+        inits = staging / f"{name}{STATE_INIT_SUFFIX}"
+        buf = io.BytesIO()
+        np.savez(buf, **stored)
+        inits.write_bytes(buf.getvalue())
+        files.append(inits.name)
+        notes.append(f"onnxruntime drops the stored start values of states ({', '.join(stored)}) from the .ort "
+                     f"file as unused initializers; {inits.name} holds them")
+    build = _build_command(config_path.name, type_reduction)
+    if any(d == "com.microsoft" for d, _, _ in ops):
+        notes.append("the model uses onnxruntime contrib operators (com.microsoft): do not build with "
+                     "--disable_contrib_ops")
+    sizes = {f: (staging / f).stat().st_size for f in files}
+    report = PackReport(
+        target="ort", source=str(src), output_dir=str(out), ort_path=str(out / ort_path.name),
+        config_path=str(out / config_path.name), onnx_bytes=src.stat().st_size, ort_bytes=sizes[ort_path.name],
+        config_bytes=sizes[config_path.name], files=sizes, ops=ops, optimization=optimization,
+        type_reduction=type_reduction, onnxruntime_version=ort.__version__, ort_format_version=format_version,
+        contract=contract, contract_from=contract_from, metadata_kept=kept, build_command=build, parity=parity,
+        notes=notes)
+    readme = staging / "README.md"
+    readme.write_text(_readme(report, name, stored))
+    report.files["README.md"] = readme.stat().st_size
+    return report
+
+
+def _stored_values(model, contract: Contract, source: str) -> dict[str, np.ndarray]:
+    """Initializer name -> value of each state's stored start value (``init: {"initializer": ...}``)."""
+    from onnx import numpy_helper
+
+    wanted = [s.init["initializer"] for s in contract.states if isinstance(s.init, dict) and "initializer" in s.init]
+    if not wanted:
+        return {}
+    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise PackError(f"{source} names initializer {missing[0]!r} as a state's start value, but has no such "
+                        "initializer")
+    return {n: found[n] for n in wanted}
+
+
+def _convert(data: bytes, model, stored: Mapping[str, np.ndarray], staging: Path, optimization: str,
+             type_reduction: bool, source: str) -> tuple[Path, Path]:
+    """Run onnxruntime's converter (Fixed style) on a private copy; return (.ort, config) paths."""
+    work = staging / ".convert"
+    work.mkdir()
+    model_path = work / "model.onnx"
+    if stored:  # unused by nodes: onnxruntime would drop them with a warning; they go to the .npz
+        import onnx
+
+        trimmed = onnx.ModelProto()
+        trimmed.CopyFrom(model)
+        keep = [t for t in trimmed.graph.initializer if t.name not in stored]
+        del trimmed.graph.initializer[:]
+        trimmed.graph.initializer.extend(keep)
+        data = trimmed.SerializeToString()
+    model_path.write_bytes(data)
+    result = work / "out"
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    tool_logger = logging.getLogger("ort_format_model.utils")
+    with _CONVERT_LOCK:
+        saved_env = os.environ.get(_LEVEL_ENV)
+        saved_level = tool_logger.level
+        try:
+            from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+            for h in root.handlers[:]:  # the tools' logger module calls logging.basicConfig on import
+                if h not in handlers:
+                    root.removeHandler(h)
+            tool_logger.setLevel(logging.WARNING)
+            os.environ[_LEVEL_ENV] = optimization
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_onnx_models_to_ort(model_path, output_dir=result,
+                                           optimization_styles=[OptimizationStyle.Fixed],
+                                           enable_type_reduction=type_reduction)
+        except Exception as e:
+            raise PackError(f"onnxruntime cannot convert {source} to ORT format: "
+                            f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+        finally:
+            if saved_env is None:
+                os.environ.pop(_LEVEL_ENV, None)
+            else:
+                os.environ[_LEVEL_ENV] = saved_env
+            tool_logger.setLevel(saved_level)
+    orts = list(result.glob("*.ort"))
+    configs = list(result.glob("*.config"))
+    if len(orts) != 1 or len(configs) != 1:
+        raise PackError(f"onnxruntime's converter wrote {len(orts)} .ort and {len(configs)} config files for "
+                        f"{source}; expected one of each")
+    return orts[0], configs[0]
+
+
+def _rewrite_config(tmp: Path, path: Path, ort_name: str, optimization: str,
+                    version: str) -> list[tuple[str, int, list[str]]]:
+    """Write the converter's config to ``path`` with a header that names the .ort file (not the
+    temporary path the converter saw); return its entries."""
+    entries = [line.strip() for line in tmp.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    header = ["# Generated from model/s:", f"# - {ort_name}",
+              f"# by onnxruntime {version} (convert_onnx_models_to_ort, optimization level {optimization}, "
+              "style Fixed) through edgernn pack",
+              "# Use: ./build.sh --minimal_build --include_ops_by_config <this file> ..."]
+    path.write_text("\n".join(header + entries) + "\n")
+    ops = []
+    for line in entries:
+        domain, opset, names = line.split(";", 2)
+        ops.append((domain, int(opset), _op_names(names)))
+    return ops
+
+
+def _op_names(text: str) -> list[str]:
+    """Operator names of a config entry; with type reduction each is followed by a JSON object."""
+    names, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif depth == 0 and ch == ",":
+            names.append(current)
+            current = ""
+        elif depth == 0:
+            current += ch
+    if current:
+        names.append(current)
+    return [n.strip() for n in names if n.strip()]
+
+
+def _ort_format_version(data: bytes) -> str:
+    try:
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+        return InferenceSession.GetRootAsInferenceSession(data, 0).OrtVersion().decode()
+    except Exception:  # the reader moved: the version is informative only
+        return "unknown"
+
+
+def _quiet_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return opts
+
+
+def _check_parity(data: bytes, model, ort_path: Path, contract: Contract, tolerance: float, source: str,
+                  notes: list[str]) -> dict[str, Any] | None:
+    """Stream the same random frames through the .onnx and the .ort model, carrying state over
+    several calls from zero states; raise when they differ by more than ``tolerance``."""
+    from edgernn.converters.quantize.accuracy import synthetic_streams
+    from edgernn.runtimes.session import StreamingSession
+
+    if "edgernn.tree" in contract.extra:
+        notes.append("parity of the .ort file not checked: tree models take structure arrays, not streams")
+        return None
+    zeros = replace(contract, states=tuple(replace(s, init="zeros") for s in contract.states))
+    try:
+        ref = StreamingSession(data, contract=zeros)
+        cand = StreamingSession(str(ort_path), contract=zeros)
+    except EdgernnError as e:
+        raise PackError(f"the ORT-format model made from {source} cannot be checked: {e}") from None
+    chunk = {"step": 1, "chunk": _CHECK_CHUNK}.get(contract.mode, _CHECK_FRAMES)
+    runs = 2 if contract.mode == "sequence" else 1  # a sequence model: carry state into a second call
+    try:
+        streams = synthetic_streams(contract, _CHECK_FRAMES, streams=2, seed=0, model=model)
+        outs_ref = [ref.stream(chunk=chunk, **streams[0]) for _ in range(runs)]
+    except Exception as e:  # the data does not fit the model (not the .ort file's fault)
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        notes.append(f"parity of the .ort file not checked: random streams do not fit this model ({first})")
+        return None
+    try:
+        outs_cand = [cand.stream(chunk=chunk, **streams[0]) for _ in range(runs)]
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise PackError(f"the ORT-format model made from {source} fails on data the .onnx file takes ({first}); "
+                        "nothing was written") from None
+    errors: dict[str, float] = {}
+    worst = None
+    for a, b in zip(outs_ref, outs_cand):
+        for k in a:
+            err, scale = _max_diff(a[k], b[k])
+            errors[k] = max(errors.get(k, 0.0), err)
+            if err > tolerance * max(1.0, scale) and worst is None:
+                worst = (f"output {k!r}", err)
+    state_ref, state_cand = ref.state, cand.state
+    state_errors = {}
+    for k in state_ref:
+        err, scale = _max_diff(state_ref[k], state_cand[k])
+        state_errors[k] = err
+        if err > tolerance * max(1.0, scale) and worst is None:
+            worst = (f"state {k!r}", err)
+    calls = runs * -(-_CHECK_FRAMES // chunk)
+    if worst is not None:
+        raise PackError(f"the ORT-format model made from {source} does not match it: {worst[0]} differs by "
+                        f"{worst[1]:.3g} over {calls} streamed calls (tolerance {tolerance:g}); nothing was written")
+    return {"frames": _CHECK_FRAMES * runs, "calls": calls, "streams": 2, "tolerance": tolerance,
+            "max_abs_error": errors, "state_errors": state_errors, "passed": True}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    if a.shape != b.shape:
+        return float("inf"), 0.0
+    if a.size == 0:
+        return 0.0, 0.0
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    err = float(d.max()) if np.all(np.isfinite(d)) else float("inf")
+    return err, float(np.abs(a.astype(np.float64)).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# README
+# ---------------------------------------------------------------------------------------------
+
+def _build_command(config: str, type_reduction: bool) -> str:
+    flags = ["./build.sh", "--config MinSizeRel", "--minimal_build", f"--include_ops_by_config {config}"]
+    if type_reduction:
+        flags.append("--enable_reduced_operator_type_support")
+    flags += ["--build_shared_lib", "--parallel", "--skip_tests"]
+    return " ".join(flags)
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _readme(r: PackReport, name: str, stored: Mapping[str, np.ndarray]) -> str:
+    c = r.contract
+    ort_name, config_name = Path(r.ort_path).name, Path(r.config_path).name
+    what = {
+        ort_name: f"the model in ORT format (version {r.ort_format_version}), graph optimization level "
+                  f"`{r.optimization}` applied before saving (Fixed style)",
+        config_name: "the operators the model needs" + (" and their element types" if r.type_reduction else "")
+                     + ": the input of a reduced-operator onnxruntime build",
+        f"{name}.onnx": "the source ONNX model (full onnxruntime builds, Netron, `edgernn info`; the config "
+                        "can be made again from it)",
+        f"{name}{CONTRACT_SUFFIX}": "the streaming contract (inputs, outputs, state pairs), which the .ort "
+                                    "file's metadata does not hold for this model",
+        f"{name}{STATE_INIT_SUFFIX}": "stored start values of states (numpy .npz, one array per initializer name)",
+    }
+    lines = [f"# {name}: ORT format for onnxruntime mobile and minimal builds", "",
+             f"Packed by `edgernn pack {Path(r.source).name} --target ort` with onnxruntime "
+             f"{r.onnxruntime_version}.", "", "| file | bytes | what |", "|---|---:|---|"]
+    for f, size in r.files.items():
+        if f in what:
+            lines.append(f"| `{f}` | {size:,} | {what[f]} |")
+    lines.append("| `README.md` | | this file |")
+    lines += ["", f"The source `{Path(r.source).name}` has {r.onnx_bytes:,} bytes; the `.ort` file "
+              f"{r.ort_bytes:,} bytes."]
+    if r.parity:
+        errs = {**r.parity["max_abs_error"], **{f"state {k}": v for k, v in r.parity["state_errors"].items()}}
+        worst = max(errs.values()) if errs else 0.0
+        lines += ["", f"Checked at packing: {r.parity['frames']} random frames of {r.parity['streams']} streams in "
+                  f"{r.parity['calls']} calls, state carried, give the same outputs and states from the `.ort` and "
+                  f"the `.onnx` file (largest difference {worst:.3g})."]
+    lines += ["", "## Operators", "", f"`{config_name}` (domain;opset;operators):", "", "```",
+              *r.config_lines, "```", "",
+              "onnxruntime's prebuilt reduced-size packages are built from a fixed operator list that may leave out "
+              "the recurrent kernels (LSTM, GRU, RNN, DynamicQuantizeLSTM); a minimal build from this config has "
+              "exactly the kernels this model needs and nothing else."]
+    if any(d == "com.microsoft" for d, _, _ in r.ops):
+        lines += ["", "The model uses onnxruntime contrib operators (`com.microsoft`): keep them in the build "
+                  "(do not pass `--disable_contrib_ops`)."]
+    lines += ["", "## Build a minimal onnxruntime", "",
+              f"In a checkout of onnxruntime at release {r.onnxruntime_version} or newer (a build older than the "
+              "converter may not read this ORT format version), with this folder's config:", "", "```sh",
+              r.build_command.replace(config_name, f"/path/to/{config_name}"), "```", "",
+              "Windows: `.\\build.bat` with the same flags. Add the platform flags of onnxruntime's build docs:",
+              "Android `--android --android_sdk_path <sdk> --android_ndk_path <ndk> --android_abi arm64-v8a "
+              "--android_api <level>`, iOS `--ios --use_xcode --apple_sysroot iphoneos --osx_arch arm64 "
+              "--apple_deploy_target <version>`. Smaller still: `--disable_ml_ops --disable_exceptions "
+              "--disable_rtti` (no exceptions: C/C++ API only, no Python bindings)."]
+    if r.type_reduction:
+        lines += ["", "The config lists element types per operator; `--enable_reduced_operator_type_support` "
+                  "keeps only those kernel type variants."]
+    else:
+        lines += ["", "For a smaller binary, pack with type reduction (`required_operators_and_types.config`) and "
+                  "add `--enable_reduced_operator_type_support`."]
+    lines += ["", "To serve several models from one build, convert them together (onnxruntime's "
+              "`python -m onnxruntime.tools.convert_onnx_models_to_ort --optimization_style Fixed FOLDER`) or "
+              "concatenate the configs of models packed without type reduction (the build merges their lines).",
+              "",
+              "Execution providers other than the CPU one (NNAPI, CoreML, XNNPACK) need `--minimal_build extended` "
+              "and the provider's flag; pack with `optimization=\"basic\"` so that the graph keeps standard "
+              "operators they can take.", "",
+              "## Why the Fixed optimization style", "",
+              "onnxruntime's converter has two styles. *Fixed* applies the graph optimizations before saving: the "
+              "file runs as is in every build, including a plain `--minimal_build`, and its config lists exactly "
+              "the operators it runs. *Runtime* saves some optimizations to be replayed at load: it needs an "
+              "extended minimal build and the session option `session.enable_saved_runtime_optimizations`, and its "
+              "config must list the operators of both graphs, so the build is larger. Runtime pays off when a "
+              "compiling provider (NNAPI, CoreML) takes an unknown part of the graph; LSTM and GRU run on the CPU "
+              "provider, so Fixed is the portable choice. The converter leaves out the one machine-specific "
+              "optimization (x86 NCHWc layouts), so the file runs on ARM and x86 alike.", "",
+              "## Load it", "", "Python (any onnxruntime build):", "", "```python", "import onnxruntime as ort",
+              f"session = ort.InferenceSession(\"{ort_name}\")", "# or, with the state carried for you:",
+              "from edgernn.runtimes import StreamingSession"]
+    if r.metadata_kept and not stored:
+        lines.append(f"stream = StreamingSession(\"{ort_name}\")")
+    elif r.metadata_kept:
+        lines.append(f"stream = StreamingSession(\"{ort_name}\")  # start values from {name}{STATE_INIT_SUFFIX} "
+                     "next to it")
+    else:
+        lines += ["from edgernn.runtimes.pack import load_contract",
+                  f"stream = StreamingSession(\"{ort_name}\", contract=load_contract(\"{name}{CONTRACT_SUFFIX}\"))"]
+    lines += ["```", "", "C++:", "", "```cpp",
+              f"Ort::Session session(env, ORT_TSTR(\"{ort_name}\"), Ort::SessionOptions{{}});", "```", "",
+              "Android (Kotlin, `onnxruntime-android` or your build):", "", "```kotlin",
+              f"val session = OrtEnvironment.getEnvironment().createSession(assets.open(\"{ort_name}\").readBytes())",
+              "```", "", "iOS (Swift, `onnxruntime-objc` or your build):", "", "```swift",
+              "let session = try ORTSession(env: try ORTEnv(loggingLevel: .warning), modelPath: path, "
+              "sessionOptions: nil)", "```", "",
+              f"## Streaming contract ({c.mode} mode)", "",
+              "Each call takes the data inputs and every `state_in` tensor and returns the data outputs and every "
+              "`state_out` tensor; feed each `state_out` back as the matching `state_in` on the next call of the "
+              "same stream. A new stream starts from zeros" + (" or the stored start values" if stored else "")
+              + ".", "", "| kind | name | shape | dtype |", "|---|---|---|---|"]
+    for t in c.inputs:
+        lines.append(f"| input | `{t.name}` | {_fmt_shape(t.shape)} | {t.dtype} |")
+    for t in c.outputs:
+        lines.append(f"| output | `{t.name}` | {_fmt_shape(t.shape)} | {t.dtype} |")
+    for s in c.states:
+        start = f"stored `{s.init['initializer']}`" if isinstance(s.init, dict) else "zeros"
+        lines.append(f"| state | `{s.input}` -> `{s.output}` | {_fmt_shape(s.shape)} | {s.dtype}, starts at {start} |")
+    if stored:
+        lines += ["", f"onnxruntime drops initializers that no node reads, so the stored start values are in "
+                  f"`{name}{STATE_INIT_SUFFIX}` (repeat each along the batch axis, where it has size 1, once per "
+                  "stream): " + ", ".join(f"`{k}` {list(v.shape)}" for k, v in stored.items()) + ".",
+                  "Keep the file next to the `.ort` file: `StreamingSession` reads it from there "
+                  "(`edgernn.runtimes.pack.read_stored_inits` gives the arrays)."]
+    if r.notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in r.notes)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the sidecars of an .ort file
+# ---------------------------------------------------------------------------------------------
+
+def is_ort_format(model: str | os.PathLike | bytes) -> bool:
+    """Whether ``model`` (a path or the file's bytes) is an ORT-format model."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model[4:8]) == ORT_IDENTIFIER
+    try:
+        with open(model, "rb") as f:
+            return f.read(8)[4:8] == ORT_IDENTIFIER
+    except OSError:
+        return False
+
+
+def _contract_json(contract: Contract) -> dict[str, Any]:
+    return {"format": contract.format, "mode": contract.mode, "inputs": [t.to_json() for t in contract.inputs],
+            "outputs": [t.to_json() for t in contract.outputs], "states": [s.to_json() for s in contract.states]}
+
+
+def sidecar_path(ort_path: str | os.PathLike, suffix: str) -> Path:
+    """``<name><suffix>`` next to ``<name>.ort``."""
+    p = Path(ort_path)
+    stem = p.name[: -len(".ort")] if p.name.lower().endswith(".ort") else p.name
+    return p.with_name(stem + suffix)
+
+
+def load_contract(path: str | os.PathLike) -> Contract:
+    """The contract in a ``<name>.edgernn.json`` written by ``pack`` (or, given the ``.ort`` file,
+    the one next to it): pass it as ``StreamingSession(ort_path, contract=...)``."""
+    p = Path(path)
+    if p.suffix.lower() == ".ort":
+        p = sidecar_path(p, CONTRACT_SUFFIX)
+    try:
+        d = json.loads(p.read_text())
+    except OSError:
+        raise PackError(f"{p} does not exist or cannot be read") from None
+    except ValueError as e:
+        raise PackError(f"{p} is not valid JSON ({e})") from None
+    try:
+        return Contract(d["mode"], tuple(TensorSpec.from_json(t) for t in d["inputs"]),
+                        tuple(TensorSpec.from_json(t) for t in d["outputs"]),
+                        tuple(StateSpec.from_json(s) for s in d["states"]), format=d.get("format", "1"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackError(f"{p} is not an edgernn contract (missing or bad field {e})") from None
+
+
+def read_stored_inits(model: str | os.PathLike, source: str | None = None) -> dict[str, np.ndarray]:
+    """Initializer name -> stored start value, from the ``<name>.state_init.npz`` next to the
+    ``.ort`` file ``model`` (empty when there is none)."""
+    p = sidecar_path(model, STATE_INIT_SUFFIX)
+    if not p.is_file():
+        return {}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception:
+        raise PackError(f"{p} (start values of {source or model}) is not a numpy .npz file") from None
+
+
+__all__ = ["pack", "PackReport", "PackError", "TARGETS", "OPTIMIZATIONS", "load_contract", "read_stored_inits",
+           "is_ort_format", "sidecar_path"]
