@@ -88,6 +88,8 @@ class PackReport:
     build_command: str
     parity: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # mobile execution providers (NNAPI, CoreML): nodes they take and ops they leave to the CPU
+    mobile_eps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def config_lines(self) -> list[str]:
@@ -106,6 +108,7 @@ class PackReport:
             "onnxruntime_version": self.onnxruntime_version, "ort_format_version": self.ort_format_version,
             "mode": self.contract.mode, "contract_from": self.contract_from, "metadata_kept": self.metadata_kept,
             "build_command": self.build_command, "parity": self.parity, "notes": list(self.notes),
+            "mobile_eps": dict(self.mobile_eps),
         }
 
 
@@ -302,6 +305,13 @@ def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract
     if any(d == "com.microsoft" for d, _, _ in ops):
         notes.append("the model uses onnxruntime contrib operators (com.microsoft): do not build with "
                      "--disable_contrib_ops")
+    mobile = mobile_ep_support(model)
+    for ep, info in mobile.items():
+        if info["unsupported_ops"]:
+            hint = (" (a step-mode export with --cells matmul has MatMul cells instead of recurrent ops)"
+                    if set(info["unsupported_ops"]) & {"GRU", "LSTM", "RNN"} else "")
+            notes.append(f"{ep} takes {info['supported_nodes']} of {info['nodes']} nodes; these ops stay on the CPU: "
+                         f"{', '.join(info['unsupported_ops'])}{hint}")
     sizes = {f: (staging / f).stat().st_size for f in files}
     report = PackReport(
         target="ort", source=str(src), output_dir=str(out), ort_path=str(out / ort_path.name),
@@ -309,7 +319,7 @@ def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract
         config_bytes=sizes[config_path.name], files=sizes, ops=ops, optimization=optimization,
         type_reduction=type_reduction, onnxruntime_version=ort.__version__, ort_format_version=format_version,
         contract=contract, contract_from=contract_from, metadata_kept=kept, build_command=build, parity=parity,
-        notes=notes)
+        notes=notes, mobile_eps=mobile)
     readme = staging / "README.md"
     readme.write_text(_readme(report, name, stored))
     report.files["README.md"] = readme.stat().st_size
@@ -627,6 +637,29 @@ def _readme(r: PackReport, name: str, stored: Mapping[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------------------------------------
 # reading the sidecars of an .ort file
 # ---------------------------------------------------------------------------------------------
+
+def mobile_ep_support(model) -> dict[str, dict[str, Any]]:
+    """Which nodes of ``model`` (an ``onnx.ModelProto``) onnxruntime's NNAPI (Android) and CoreML
+    (iOS, ML Program) providers would take, by onnxruntime's own usability checker
+    (``onnxruntime.tools.mobile_helpers``); the ops they do not take run on the CPU provider.
+    Empty when the checker is unavailable in this onnxruntime."""
+    try:
+        from onnxruntime.tools.mobile_helpers import usability_checker as checker
+    except ImportError:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    probes = {"NNAPI": lambda: checker.check_nnapi_partitions(model, False),
+              "CoreML": lambda: checker.check_coreml_partitions(model, False, "coreml_supported_mlprogram_ops.md")}
+    for ep, probe in probes.items():
+        try:
+            info = probe()
+        except Exception:  # the checker's own limits (e.g. an op type it cannot read): leave it out
+            continue
+        ops = sorted({o.split(":", 1)[-1] for o in info.unsupported_ops})
+        out[ep] = {"nodes": int(info.num_nodes), "supported_nodes": int(info.num_supported_nodes),
+                   "unsupported_ops": ops}
+    return out
+
 
 def is_ort_format(model: str | os.PathLike | bytes) -> bool:
     """Whether ``model`` (a path or the file's bytes) is an ORT-format model."""

@@ -310,3 +310,26 @@ def test_an_ort_file_that_does_not_match_is_refused_and_nothing_is_written(model
         pack(models["gru"], tmp_path / "out")
     _one_sentence(e)
     assert _listing(tmp_path) == []
+
+
+def test_pack_names_the_ops_mobile_providers_leave_to_the_cpu(tmp_path):
+    """NNAPI and CoreML (by onnxruntime's own usability checker) do not take the GRU op; a step
+    export with MatMul cells has no recurrent op left for them to refuse."""
+    import torch
+    from torch import nn
+
+    import edgernn
+    from edgernn.runtimes.pack import pack
+
+    torch.manual_seed(0)
+    gru = nn.GRU(8, 16, 2, batch_first=True).eval()
+    edgernn.export(gru, tmp_path / "fused.onnx", mode="step")
+    edgernn.export(gru, tmp_path / "cells.onnx", mode="step", cells="matmul")
+    fused = pack(tmp_path / "fused.onnx", tmp_path / "fused")
+    cells = pack(tmp_path / "cells.onnx", tmp_path / "cells")
+    assert fused.mobile_eps["NNAPI"]["unsupported_ops"] == ["GRU"]
+    assert fused.mobile_eps["NNAPI"]["supported_nodes"] < fused.mobile_eps["NNAPI"]["nodes"]
+    assert any(n.startswith("NNAPI takes") and "GRU" in n and "--cells matmul" in n for n in fused.notes)
+    assert "GRU" not in cells.mobile_eps["NNAPI"]["unsupported_ops"]
+    assert "GRU" not in cells.mobile_eps["CoreML"]["unsupported_ops"]
+    assert fused.to_json()["mobile_eps"] == fused.mobile_eps
