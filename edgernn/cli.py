@@ -197,10 +197,9 @@ def info(
         out.print(f"inferred: time axis: {report.inferred.get('time')}", highlight=False)
     ops = ", ".join(f"{k} x{v}" for k, v in report.op_counts.items())
     out.print(f"ops: {ops}", highlight=False)
-    from edgernn.runtimes.providers import short_name
+    from edgernn.runtimes.providers import describe
 
-    here = ", ".join(p if short_name(p) == p else f"{short_name(p)} ({p})" for p in report.providers)
-    out.print(f"execution providers on this machine: {here}", highlight=False)
+    out.print(f"execution providers on this machine: {describe(report.providers)}", highlight=False)
 
 
 @app.command()

@@ -546,8 +546,12 @@ def _check_shapes(ctx, contract: Contract, model: str, against: str, batch: int,
                                 f"takes {spec.dtype} {_fmt(shape)}")
     want = {s.name: s.concrete_shape(batch) for s in contract.states}
     moved = moved or {}
-    have = {n: tuple(np.moveaxis(v.numpy() if hasattr(v, "numpy") else v, moved[n], 0).shape if n in moved else v.shape)
-            for n, v in zip(ctx.state_names, ctx.initial_states(batch))}
+    have = {}
+    for n, v in zip(ctx.state_names, ctx.initial_states(batch)):
+        shape = list(v.shape)
+        if n in moved:  # the file keeps this state batch-major
+            shape.insert(0, shape.pop(moved[n]))
+        have[n] = tuple(shape)
     if set(want) != set(have):
         raise MismatchError(f"the states differ: {model} has {', '.join(sorted(want)) or 'none'} but {against} has "
                             f"{', '.join(sorted(have)) or 'none'}")

@@ -47,8 +47,13 @@ def short_name(provider: str) -> str:
     return next((k for k, v in ALIASES.items() if v == provider), provider)
 
 
+def describe(providers: Sequence[str]) -> str:
+    """``cpu (CPUExecutionProvider), ...``: each provider by short name and onnxruntime's name."""
+    return ", ".join(p if short_name(p) == p else f"{short_name(p)} ({p})" for p in providers)
+
+
 def _installed_text() -> str:
-    return ", ".join(p if short_name(p) == p else f"{short_name(p)} ({p})" for p in available())
+    return describe(available())
 
 
 def resolve(providers: str | Sequence[str] | None) -> list[str]:

@@ -78,7 +78,6 @@ class _BoundStates:
                 b.bind_ortvalue_input(s.input, self.values[k][s.name])
                 b.bind_ortvalue_output(s.output, self.values[1 - k][s.name])
             self.bindings.append(b)
-        self.n_out = len(outputs)
         self.output_names = [t.name for t in outputs]
         self.input_names = [t.name for t in inputs]
         self._ort = ort
@@ -138,7 +137,7 @@ class _BoundStates:
         if slot is not None:
             return [buf.copy() for buf, _ in slot[1]]
         values = b.get_outputs()
-        arrays = [values[i].numpy() for i in range(self.n_out)]
+        arrays = [values[i].numpy() for i in range(len(self.output_names))]
         if key is not None:
             slots = self.slots[k]
             if len(slots) >= 8:  # many chunk sizes: keep the memory bounded
