@@ -1,0 +1,697 @@
+// @ts-check
+/**
+ * edgernn-web: stream edgernn ONNX files with onnxruntime-web (browsers) or onnxruntime-node.
+ *
+ * Every file `edgernn export` writes describes its recurrent state in its metadata (the state I/O
+ * contract, docs/state-contract.md): which graph inputs are data and which carry state, their
+ * shapes with the batch and time axes named, and how each state starts. `StreamingSession` reads
+ * that description, allocates the start states, and carries each call's state outputs into the
+ * next call's state inputs, so an application only feeds frames:
+ *
+ *   import * as ort from 'onnxruntime-web';              // or 'onnxruntime-node'
+ *   import { StreamingSession } from 'edgernn-web';
+ *   const s = await StreamingSession.create('gru.onnx', { ort });
+ *   const { y } = await s.step(frame);                   // frame: 1 frame of 1 stream, e.g. Float32Array(40)
+ *   s.reset();                                           // a new stream: states back to their start values
+ *
+ * The same class is the Python runtime's `edgernn.runtimes.StreamingSession`, with the same
+ * contract and the same checks; tests compare the two on the same frames.
+ */
+
+import { EdgernnError } from './errors.js';
+import { isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
+
+export { EdgernnError } from './errors.js';
+export { isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
+
+/** The contract version this runtime reads (edgernn.format in the metadata). */
+export const FORMAT_VERSION = '1';
+
+/**
+ * A data input or output of the model.
+ * @typedef {object} TensorSpec
+ * @property {string} name graph input/output name
+ * @property {(number|string)[]} shape sizes; "batch" and "time" mark those axes, other strings are free sizes
+ * @property {string} dtype float32, int64, ...
+ * @property {number|null} batch_axis
+ * @property {number|null} time_axis
+ */
+
+/**
+ * A recurrent state carried from one call to the next.
+ * @typedef {object} StateSpec
+ * @property {string} name the state's name (e.g. "gru.h")
+ * @property {string} input graph input that takes it (e.g. "state_in.gru.h")
+ * @property {string} output graph output that gives its next value (e.g. "state_out.gru.h")
+ * @property {(number|string)[]} shape
+ * @property {string} dtype
+ * @property {number|null} batch_axis
+ * @property {"zeros" | {initializer: string}} init how each stream starts
+ */
+
+/**
+ * What a runtime needs to stream a file.
+ * @typedef {object} Contract
+ * @property {"step"|"chunk"|"sequence"} mode step: one frame per call; chunk: any number of frames per call
+ * @property {TensorSpec[]} inputs
+ * @property {TensorSpec[]} outputs
+ * @property {StateSpec[]} states
+ */
+
+/**
+ * A value as this package hands it out: an onnxruntime Tensor (`.data`, `.dims`, `.type`).
+ * @typedef {import('onnxruntime-common').Tensor} Tensor
+ */
+
+/**
+ * Frame data: a typed array or a plain array of numbers, flat, in the model's layout; or, for a batch,
+ * one such array per stream. A number for an input of rank 0 (a setting such as a sample rate).
+ * @typedef {ArrayLike<number> | ArrayLike<bigint> | ArrayLike<number>[] | number} FrameData
+ */
+
+/**
+ * @typedef {object} OpenOptions
+ * @property {any} [ort] the onnxruntime module (`import * as ort from 'onnxruntime-web'` or
+ *   'onnxruntime-node'); default: `globalThis.ort` (a script tag), else onnxruntime-node under Node,
+ *   else onnxruntime-web
+ * @property {number} [batch] number of streams run side by side (default 1)
+ * @property {object} [sessionOptions] passed to `ort.InferenceSession.create`
+ *   (e.g. `{executionProviders: ['webgpu', 'wasm']}`)
+ * @property {Record<string, string>} [states] state pairs, graph input name -> graph output name, for a
+ *   file without edgernn metadata (or to override it)
+ * @property {Contract} [contract] the whole contract, given yourself (e.g. for an ORT-format file)
+ * @property {string} [name] how errors name the model (default: its path or URL)
+ */
+
+const TYPED = /** @type {Record<string, any>} */ ({
+  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, int8: Int8Array,
+  uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array, uint32: Uint32Array, bool: Uint8Array,
+});
+
+const isNode = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
+
+/** @param {readonly number[]} dims */
+const size = (dims) => dims.reduce((a, b) => a * b, 1);
+
+/** @param {unknown} x @returns {x is ArrayLike<any>} */
+const isArrayLike = (x) => x != null && typeof x === 'object' && typeof (/** @type {any} */ (x)).length === 'number';
+
+/**
+ * Reads the model's bytes: a Uint8Array/ArrayBuffer as is, a path (Node) or a URL (fetch).
+ * @param {string | URL | ArrayBuffer | Uint8Array} model
+ * @returns {Promise<Uint8Array>}
+ */
+async function modelBytes(model) {
+  if (model instanceof Uint8Array) return model;
+  if (model instanceof ArrayBuffer) return new Uint8Array(model);
+  const where = String(model);
+  if (isNode && !/^(https?|data|blob):/.test(where)) {
+    const fs = await import('node:fs/promises');
+    try {
+      return new Uint8Array(await fs.readFile(model instanceof URL ? model : where));
+    } catch (e) {
+      throw new EdgernnError(`cannot read ${where}: ${/** @type {Error} */ (e).message}`);
+    }
+  }
+  let response;
+  try {
+    response = await fetch(model);
+  } catch (e) {
+    throw new EdgernnError(`cannot fetch ${where}: ${/** @type {Error} */ (e).message}`);
+  }
+  if (!response.ok) throw new EdgernnError(`cannot fetch ${where}: HTTP ${response.status} ${response.statusText}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** The onnxruntime module to use when none is given. */
+async function defaultOrt() {
+  const g = /** @type {any} */ (globalThis);
+  if (g.ort && g.ort.InferenceSession) return g.ort;
+  const name = isNode ? 'onnxruntime-node' : 'onnxruntime-web';
+  try {
+    return await import(name);
+  } catch {
+    throw new EdgernnError(`no onnxruntime module was given and '${name}' cannot be imported; install it ` +
+      `(npm install ${name}) or pass {ort} to StreamingSession.create`);
+  }
+}
+
+/**
+ * The contract in a file's metadata, or null when the file has none.
+ * @param {Record<string, string>} meta @param {string} source
+ * @returns {Contract | null}
+ */
+export function contractFromMetadata(meta, source) {
+  if (!('edgernn.format' in meta)) return null;
+  if (meta['edgernn.format'] !== FORMAT_VERSION) {
+    throw new EdgernnError(`${source} uses edgernn contract version ${meta['edgernn.format']}; this runtime ` +
+      `reads version ${FORMAT_VERSION} (update edgernn-web)`);
+  }
+  /** @param {string} key */
+  const json = (key) => {
+    if (!(key in meta)) throw new EdgernnError(`${source} has edgernn metadata without '${key}'; re-export it with edgernn export`);
+    try {
+      return JSON.parse(meta[key]);
+    } catch {
+      throw new EdgernnError(`${source} has metadata '${key}' that is not JSON; re-export it with edgernn export`);
+    }
+  };
+  const mode = meta['edgernn.mode'];
+  if (!['step', 'chunk', 'sequence'].includes(mode)) {
+    throw new EdgernnError(`${source} has edgernn.mode '${mode}'; expected step, chunk or sequence`);
+  }
+  return {
+    mode: /** @type {Contract["mode"]} */ (mode),
+    inputs: json('edgernn.inputs'),
+    outputs: json('edgernn.outputs'),
+    states: json('edgernn.states'),
+  };
+}
+
+/**
+ * A contract for a file without edgernn metadata, from the state pairs the user names and the
+ * shapes onnxruntime reports. The batch axis is where the first symbolic size that a data input
+ * shares with a state input sits (else the first symbolic size of the first data input); every
+ * call feeds one frame (or window) as given, with no time axis. This is a simpler rule than the
+ * Python package's `infer_contract`, which also guesses the pairs: here they must be named.
+ * @param {any} session an onnxruntime InferenceSession
+ * @param {Record<string, string>} pairs graph input -> graph output
+ * @param {string} source
+ * @returns {Contract}
+ */
+export function contractFromPairs(session, pairs, source) {
+  const ins = session.inputNames;
+  const outs = session.outputNames;
+  const meta = /** @type {Record<string, any>} */ ({});
+  for (const m of [...(session.inputMetadata || []), ...(session.outputMetadata || [])]) meta[m.name] = m;
+  for (const [i, o] of Object.entries(pairs)) {
+    if (!ins.includes(i)) throw new EdgernnError(`${source} has no graph input '${i}'; its inputs are ${ins.join(', ')}`);
+    if (!outs.includes(o)) throw new EdgernnError(`${source} has no graph output '${o}'; its outputs are ${outs.join(', ')}`);
+  }
+  const stateIns = new Set(Object.keys(pairs));
+  const stateOuts = new Set(Object.values(pairs));
+  /** @param {string} name */
+  const shapeOf = (name) => {
+    const m = meta[name];
+    if (!m || !m.isTensor || !Array.isArray(m.shape)) {
+      throw new EdgernnError(`onnxruntime reports no tensor shape for '${name}' of ${source}; pass {contract} instead`);
+    }
+    return /** @type {(number|string)[]} */ ([...m.shape]);
+  };
+  const dataIns = ins.filter((/** @type {string} */ n) => !stateIns.has(n));
+  const symbolsOf = (/** @type {string} */ n) => shapeOf(n).filter((d) => typeof d === 'string' || d < 0);
+  const stateSymbols = new Set([...stateIns].flatMap(symbolsOf));
+  let batch = dataIns.flatMap(symbolsOf).find((d) => stateSymbols.has(d));
+  if (batch === undefined && dataIns.length) batch = symbolsOf(dataIns[0])[0];
+  /** @param {string} name @returns {TensorSpec} */
+  const spec = (name) => {
+    const shape = shapeOf(name).map((d) => (batch !== undefined && d === batch ? 'batch' : typeof d === 'number' && d < 0 ? '?' : d));
+    const axis = shape.indexOf('batch');
+    return { name, shape, dtype: meta[name].type, batch_axis: axis < 0 ? null : axis, time_axis: null };
+  };
+  return {
+    mode: 'step',
+    inputs: dataIns.map(spec),
+    outputs: outs.filter((/** @type {string} */ n) => !stateOuts.has(n)).map(spec),
+    states: Object.entries(pairs).map(([i, o]) => {
+      const s = spec(i);
+      return { name: i, input: i, output: o, shape: s.shape, dtype: s.dtype, batch_axis: s.batch_axis, init: 'zeros' };
+    }),
+  };
+}
+
+/**
+ * One onnxruntime session over an edgernn file, carrying the recurrent state between calls, for
+ * one stream or a batch of streams. Create it with `await StreamingSession.create(model, options)`.
+ *
+ * Layouts are the model's own (`edgernn info` prints them): a frame for input `x` of shape
+ * `[1, "batch", 40]` is 40 values for one stream, or `batch` × 40 values (or `batch` arrays of 40).
+ */
+export class StreamingSession {
+  /**
+   * @param {any} ort @param {any} session @param {Contract} contract @param {Record<string, any>} stored
+   * @param {number} batch @param {string} source
+   * @private
+   */
+  constructor(ort, session, contract, stored, batch, source) {
+    /** the onnxruntime module in use */
+    this.ort = ort;
+    /** the underlying onnxruntime InferenceSession */
+    this.session = session;
+    /** @type {Contract} */
+    this.contract = contract;
+    /** how errors name the model */
+    this.source = source;
+    /** @private */
+    this._stored = stored;
+    /** @private @type {Record<string, Tensor>} */
+    this._state = {};
+    /** @private */
+    this._batch = batch;
+    /** @private @type {Promise<any>} calls run one after another, in the order they were made */
+    this._queue = Promise.resolve();
+    this.reset(batch);
+  }
+
+  /**
+   * Opens `model` (a path under Node, a URL, or the file's bytes) and reads its state contract.
+   * @param {string | URL | ArrayBuffer | Uint8Array} model
+   * @param {OpenOptions} [options]
+   * @returns {Promise<StreamingSession>}
+   */
+  static async create(model, options = {}) {
+    const source = options.name ?? (model instanceof Uint8Array || model instanceof ArrayBuffer ? 'the model' : String(model));
+    const batch = options.batch ?? 1;
+    if (!Number.isInteger(batch) || batch < 1) throw new EdgernnError(`batch must be a whole number of streams, at least 1; got ${batch}`);
+    const ort = options.ort ?? (await defaultOrt());
+    const bytes = await modelBytes(model);
+    const ortFormat = isOrtFormat(bytes);
+    let contract = options.contract ?? null;
+    const meta = ortFormat ? {} : readMetadata(bytes);
+    if (!contract && !options.states) {
+      contract = contractFromMetadata(meta, source);
+      if (!contract && ortFormat) {
+        throw new EdgernnError(`${source} is an ORT-format model, whose metadata this runtime cannot read; pass ` +
+          `{contract} (the edgernn.* entries of \`edgernn info MODEL.onnx --json\`) or open the .onnx file`);
+      }
+    }
+    let session;
+    try {
+      session = await ort.InferenceSession.create(bytes, options.sessionOptions ?? {});
+    } catch (e) {
+      throw new EdgernnError(`onnxruntime cannot load ${source}: ${String(/** @type {Error} */ (e).message ?? e).split('\n')[0]}`);
+    }
+    if (!contract) {
+      if (!options.states) {
+        throw new EdgernnError(`${source} has no edgernn metadata (no edgernn.states in its metadata_props), so ` +
+          `which inputs carry state is unknown; pass {states: {'<state input>': '<state output>', ...}} naming ` +
+          `each pair (its inputs: ${session.inputNames.join(', ')}; outputs: ${session.outputNames.join(', ')}), ` +
+          'or export it with edgernn export');
+      }
+      contract = contractFromPairs(session, options.states, source);
+    }
+    checkIO(session, contract, source);
+    const stored = storedStarts(bytes, contract, source, ortFormat);
+    return new StreamingSession(ort, session, contract, stored, batch, source);
+  }
+
+  /** "step", "chunk" or "sequence" @returns {Contract["mode"]} */
+  get mode() {
+    return this.contract.mode;
+  }
+
+  /** The data inputs. @returns {TensorSpec[]} */
+  get inputs() {
+    return this.contract.inputs;
+  }
+
+  /** The data outputs. @returns {TensorSpec[]} */
+  get outputs() {
+    return this.contract.outputs;
+  }
+
+  /** The state pairs. @returns {StateSpec[]} */
+  get states() {
+    return this.contract.states;
+  }
+
+  /** Number of streams run side by side. */
+  get batch() {
+    return this._batch;
+  }
+
+  /**
+   * The carried state by name (onnxruntime Tensors; a new object each time).
+   * @returns {Record<string, Tensor>}
+   */
+  get state() {
+    return { ...this._state };
+  }
+
+  /**
+   * Replaces the carried state: every state by name, as Tensors or flat arrays of the right size.
+   * @param {Record<string, Tensor | ArrayLike<number> | ArrayLike<bigint>>} values
+   */
+  set state(values) {
+    const names = this.states.map((s) => s.name);
+    const unknown = Object.keys(values).filter((k) => !names.includes(k));
+    if (unknown.length) throw new EdgernnError(`unknown state '${unknown[0]}'; this model's states are ${names.join(', ')}`);
+    /** @type {Record<string, Tensor>} */
+    const next = {};
+    for (const s of this.states) {
+      if (!(s.name in values)) throw new EdgernnError(`state '${s.name}' is missing; give every state of the model`);
+      const v = /** @type {any} */ (values[s.name]);
+      const dims = concrete(s.shape, this._batch, 1);
+      const data = v instanceof this.ort.Tensor ? v.data : v;
+      if (!isArrayLike(data) || data.length !== size(dims)) {
+        throw new EdgernnError(`state '${s.name}' has ${isArrayLike(data) ? data.length : 'no'} values; expected ` +
+          `${size(dims)} (shape ${JSON.stringify(dims)} for batch ${this._batch})`);
+      }
+      next[s.name] = new this.ort.Tensor(s.dtype, typed(s.dtype, data, s.name), dims);
+    }
+    this._state = next;
+  }
+
+  /**
+   * Starts new streams: every state back to its start value (zeros, or the value stored in the file).
+   * @param {number} [batch] a new number of streams (default: keep the current one)
+   */
+  reset(batch) {
+    if (batch !== undefined) {
+      if (!Number.isInteger(batch) || batch < 1) throw new EdgernnError(`batch must be a whole number of streams, at least 1; got ${batch}`);
+      this._batch = batch;
+    }
+    /** @type {Record<string, Tensor>} */
+    const state = {};
+    for (const s of this.states) {
+      const dims = concrete(s.shape, this._batch, 1);
+      if (dims.some((d) => d < 0)) {
+        throw new EdgernnError(`state '${s.name}' has shape ${JSON.stringify(s.shape)} with a size not known before ` +
+          'the first call; pass {contract} with its sizes');
+      }
+      const start = this._stored[s.name];
+      const data = start ? tile(start.data, start.dims, s.batch_axis, this._batch) : new TYPED[s.dtype](size(dims));
+      state[s.name] = new this.ort.Tensor(s.dtype, data, dims);
+    }
+    this._state = state;
+  }
+
+  /**
+   * Feeds one frame per stream; resolves to the data outputs by name.
+   * `frame`: the frame of the model's only streamed input, or `{inputName: frame, ...}`.
+   * @param {FrameData | Record<string, FrameData>} frame
+   * @returns {Promise<Record<string, Tensor>>}
+   */
+  step(frame) {
+    const feeds = this._named(frame, 'step');
+    const tensors = {};
+    for (const spec of this.inputs) tensors[spec.name] = this._tensor(spec, feeds[spec.name], 1, 'frame');
+    return this._enqueue(tensors);
+  }
+
+  /**
+   * Feeds several frames per stream, carrying state; resolves to the outputs joined along time.
+   * `frames`: an array of frames (each as `step` takes them), or one flat array in the model's layout
+   * with the time axis holding the frames (`[time, batch, features]` for a step file, `[batch, time,
+   * features]` for a batch-first chunk file); or `{inputName: frames, ...}`. A chunk-mode file takes all
+   * frames in one call; a step-mode file one call per frame. Outputs without a time axis are stacked
+   * on a new leading axis, one entry per frame, for a step file (as Python's `stream` does).
+   * @param {FrameData[] | ArrayLike<number> | Record<string, FrameData[] | ArrayLike<number> | number>} frames
+   * @returns {Promise<Record<string, Tensor>>}
+   */
+  async chunk(frames) {
+    const named = this._named(frames, 'chunk');
+    const streamed = this.inputs.filter((s) => s.batch_axis !== null || s.time_axis !== null);
+    if (!streamed.length) throw new EdgernnError('this model has no input with a batch or time axis to stream; call step() instead');
+    /** @type {Record<string, any[]>} */
+    const perFrame = {};
+    let count = -1;
+    for (const spec of streamed) {
+      const frameList = this._frames(spec, named[spec.name]);
+      if (count >= 0 && frameList.length !== count) {
+        throw new EdgernnError(`inputs have different numbers of frames (${count} and ${frameList.length} for '${spec.name}')`);
+      }
+      count = frameList.length;
+      perFrame[spec.name] = frameList;
+    }
+    if (count === 0) throw new EdgernnError('chunk() got no frames; expected at least one');
+    if (this.mode !== 'step') {
+      /** @type {Record<string, any>} */
+      const tensors = {};
+      for (const spec of this.inputs) {
+        if (!(spec.name in perFrame)) {
+          tensors[spec.name] = this._tensor(spec, named[spec.name], 1, 'frame');
+          continue;
+        }
+        const frameDims = concrete(spec.shape, this._batch, 1);
+        const parts = perFrame[spec.name].map((f) => this._tensor(spec, f, 1, 'frame'));
+        const axis = /** @type {number} */ (spec.time_axis ?? 0);
+        tensors[spec.name] = this._joined(spec.dtype, parts.map((t) => t.data), parts[0].dims, axis, spec.time_axis === null);
+      }
+      return this._enqueue(tensors);
+    }
+    /** @type {Record<string, Tensor[]>} */
+    const pieces = {};
+    for (const spec of this.outputs) pieces[spec.name] = [];
+    for (let t = 0; t < count; t++) {
+      /** @type {Record<string, any>} */
+      const call = {};
+      for (const spec of this.inputs) call[spec.name] = spec.name in perFrame ? perFrame[spec.name][t] : named[spec.name];
+      const out = await this.step(call);
+      for (const spec of this.outputs) pieces[spec.name].push(out[spec.name]);
+    }
+    /** @type {Record<string, Tensor>} */
+    const result = {};
+    for (const spec of this.outputs) {
+      const parts = pieces[spec.name];
+      const stack = spec.time_axis === null;
+      result[spec.name] = this._joined(spec.dtype, parts.map((p) => p.data), parts[0].dims, stack ? 0 : spec.time_axis, stack);
+    }
+    return result;
+  }
+
+  /** Frees onnxruntime's session. */
+  async release() {
+    await this._queue.catch(() => {});
+    await this.session.release();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Runs one call after the calls before it, and carries its state outputs forward.
+   * @private @param {Record<string, Tensor>} tensors
+   */
+  _enqueue(tensors) {
+    const run = async () => {
+      /** @type {Record<string, Tensor>} */
+      const feeds = { ...tensors };
+      for (const s of this.states) feeds[s.input] = this._state[s.name];
+      const results = await this.session.run(feeds);
+      /** @type {Record<string, Tensor>} */
+      const next = {};
+      for (const s of this.states) next[s.name] = results[s.output];
+      this._state = next;
+      /** @type {Record<string, Tensor>} */
+      const out = {};
+      for (const spec of this.outputs) out[spec.name] = results[spec.name];
+      return out;
+    };
+    const p = this._queue.then(run);
+    this._queue = p.catch(() => {});
+    return p;
+  }
+
+  /**
+   * Input values by name, from a bare value (models with one streamed input) or an object.
+   * @private @param {any} value @param {string} call
+   * @returns {Record<string, any>}
+   */
+  _named(value, call) {
+    const names = this.inputs.map((s) => s.name);
+    const plain = value != null && typeof value === 'object' && !isArrayLike(value) && !(value instanceof this.ort.Tensor);
+    /** @type {Record<string, any>} */
+    let named;
+    if (plain) named = value;
+    else if (names.length === 1) named = { [names[0]]: value };
+    else {
+      throw new EdgernnError(`this model takes ${names.length} inputs (${names.join(', ')}); pass ${call}({${names.map((n) => `'${n}': ...`).join(', ')}})`);
+    }
+    for (const k of Object.keys(named)) {
+      if (!names.includes(k)) throw new EdgernnError(`unknown input '${k}'; the model's inputs are ${names.join(', ')}`);
+    }
+    const missing = names.filter((n) => named[n] === undefined);
+    if (missing.length) throw new EdgernnError(`input '${missing[0]}' is missing; the model's inputs are ${names.join(', ')}`);
+    return named;
+  }
+
+  /**
+   * A Tensor for `spec` holding `frames` frames per stream, checked against the model's shape.
+   * @private @param {TensorSpec} spec @param {any} value @param {number} frames @param {string} what
+   * @returns {Tensor}
+   */
+  _tensor(spec, value, frames, what) {
+    if (value instanceof this.ort.Tensor) value = value.data;
+    const dims = concrete(spec.shape, this._batch, frames);
+    if (typeof value === 'number' || typeof value === 'bigint') value = [value];
+    if (!isArrayLike(value)) {
+      throw new EdgernnError(`input '${spec.name}' got ${value === null ? 'null' : typeof value}; expected a typed array or an array of numbers`);
+    }
+    if (value.length > 0 && isArrayLike(value[0])) value = this._perStream(spec, value, dims);
+    const free = dims.map((d, i) => (d < 0 ? i : -1)).filter((i) => i >= 0);
+    const known = size(dims.filter((d) => d >= 0));
+    if (free.length === 1 && known > 0 && value.length % known === 0 && value.length > 0) dims[free[0]] = value.length / known;
+    if (dims.some((d) => d < 0) || value.length !== size(dims)) {
+      const streams = this._batch === 1 ? '1 stream' : `${this._batch} streams`;
+      throw new EdgernnError(`input '${spec.name}' got ${value.length} values; one ${what} for ${streams} needs ` +
+        `${dims.some((d) => d < 0) ? `a multiple of ${known}` : size(dims)} (shape ${JSON.stringify(spec.shape)} ` +
+        `with batch ${this._batch}${spec.time_axis !== null ? `, time ${frames}` : ''})`);
+    }
+    return new this.ort.Tensor(spec.dtype, typed(spec.dtype, value, spec.name), dims);
+  }
+
+  /**
+   * Joins one array per stream into the flat layout, when streams are the outermost axis.
+   * @private @param {TensorSpec} spec @param {ArrayLike<any>} value @param {number[]} dims
+   */
+  _perStream(spec, value, dims) {
+    const axis = spec.batch_axis;
+    if (axis === null || dims.slice(0, axis).some((d) => d !== 1)) {
+      throw new EdgernnError(`input '${spec.name}' got nested arrays, but its streams are not its outermost axis ` +
+        `(shape ${JSON.stringify(spec.shape)}); pass one flat array in that layout`);
+    }
+    if (value.length !== this._batch) {
+      throw new EdgernnError(`input '${spec.name}' got ${value.length} streams; this session runs ${this._batch} (reset(batch) changes it)`);
+    }
+    const flat = [];
+    for (let b = 0; b < value.length; b++) for (let i = 0; i < value[b].length; i++) flat.push(value[b][i]);
+    return flat;
+  }
+
+  /**
+   * The frames of one streamed input: an array of frames, or one flat array along the time axis.
+   * @private @param {TensorSpec} spec @param {any} value
+   * @returns {any[]}
+   */
+  _frames(spec, value) {
+    if (value instanceof this.ort.Tensor) value = value.data;
+    if (!isArrayLike(value)) throw new EdgernnError(`input '${spec.name}' got ${typeof value}; expected an array of frames or a flat array`);
+    if (value.length === 0) return [];
+    if (isArrayLike(value[0])) return Array.from(value);
+    const frame = concrete(spec.shape, this._batch, 1);
+    if (frame.some((d) => d < 0)) throw new EdgernnError(`input '${spec.name}' has free sizes ${JSON.stringify(spec.shape)}; pass chunk() an array of frames`);
+    const n = size(frame);
+    if (value.length % n !== 0) {
+      throw new EdgernnError(`input '${spec.name}' got ${value.length} values, not a whole number of frames of ${n} ` +
+        `(shape ${JSON.stringify(spec.shape)} with batch ${this._batch})`);
+    }
+    const count = value.length / n;
+    const axis = spec.time_axis ?? 0;  // no time axis: frames follow one another
+    const outer = spec.time_axis === null ? 1 : size(frame.slice(0, axis));
+    const inner = spec.time_axis === null ? n : size(frame.slice(axis + 1));
+    const frames = [];
+    for (let t = 0; t < count; t++) {
+      const f = new (Object.getPrototypeOf(value).constructor === Array ? Array : value.constructor)(n);
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) f[o * inner + i] = value[(o * count + t) * inner + i];
+      }
+      frames.push(f);
+    }
+    return frames;
+  }
+
+  /**
+   * Joins per-frame values along `axis` (or stacks them on a new leading axis when `stack`).
+   * @private @param {string} dtype @param {ArrayLike<any>[]} parts @param {readonly number[]} dims
+   * @param {number} axis @param {boolean} stack
+   */
+  _joined(dtype, parts, dims, axis, stack) {
+    const count = parts.length;
+    const n = size(dims);
+    const outer = stack ? 1 : size(dims.slice(0, axis));
+    const inner = stack ? n : size(dims.slice(axis + 1));
+    const step = stack ? 1 : dims[axis];
+    const data = new TYPED[dtype](n * count);
+    for (let t = 0; t < count; t++) {
+      const p = parts[t];
+      for (let o = 0; o < outer; o++) {
+        const block = step * inner;
+        for (let i = 0; i < block; i++) data[(o * count + t) * block + i] = p[o * block + i];
+      }
+    }
+    const out = stack ? [count, ...dims] : dims.map((d, i) => (i === axis ? d * count : d));
+    return new this.ort.Tensor(dtype, data, out);
+  }
+}
+
+/**
+ * Sizes of `shape` with the batch and time filled in; other free sizes are -1.
+ * @param {(number|string)[]} shape @param {number} batch @param {number} time
+ */
+function concrete(shape, batch, time) {
+  return shape.map((d) => (d === 'batch' ? batch : d === 'time' ? time : typeof d === 'number' && d >= 0 ? d : -1));
+}
+
+/**
+ * `value` as the typed array onnxruntime wants for `dtype` (the same array when it already is one).
+ * @param {string} dtype @param {ArrayLike<any>} value @param {string} name
+ */
+function typed(dtype, value, name) {
+  const T = TYPED[dtype];
+  if (!T) throw new EdgernnError(`'${name}' has dtype ${dtype}, which edgernn-web does not feed`);
+  if (value instanceof T) return value;
+  if (dtype === 'int64') return BigInt64Array.from(/** @type {ArrayLike<any>} */ (value), (v) => BigInt(v));
+  if (value instanceof BigInt64Array) return T.from(value, Number);
+  return T.from(value);
+}
+
+/**
+ * `data` (size 1 on the batch axis) repeated for `batch` streams.
+ * @param {ArrayLike<any>} data @param {number[]} dims @param {number|null} axis @param {number} batch
+ */
+function tile(data, dims, axis, batch) {
+  const T = /** @type {any} */ (data).constructor;
+  if (axis === null || batch === 1) return T.from(data);
+  const outer = size(dims.slice(0, axis));
+  const inner = size(dims.slice(axis + 1));
+  const out = new T(outer * batch * inner);
+  for (let o = 0; o < outer; o++) {
+    for (let b = 0; b < batch; b++) {
+      for (let i = 0; i < inner; i++) out[(o * batch + b) * inner + i] = data[o * inner + i];
+    }
+  }
+  return out;
+}
+
+/**
+ * Checks that the contract names the session's graph inputs and outputs.
+ * @param {any} session @param {Contract} contract @param {string} source
+ */
+function checkIO(session, contract, source) {
+  for (const name of [...contract.inputs.map((t) => t.name), ...contract.states.map((s) => s.input)]) {
+    if (!session.inputNames.includes(name)) {
+      throw new EdgernnError(`${source} has no graph input '${name}'; its inputs are ${session.inputNames.join(', ')}`);
+    }
+  }
+  for (const name of [...contract.outputs.map((t) => t.name), ...contract.states.map((s) => s.output)]) {
+    if (!session.outputNames.includes(name)) {
+      throw new EdgernnError(`${source} has no graph output '${name}'; its outputs are ${session.outputNames.join(', ')}`);
+    }
+  }
+}
+
+/**
+ * Start values of states whose init names a graph initializer, read from the file once.
+ * @param {Uint8Array} bytes @param {Contract} contract @param {string} source @param {boolean} ortFormat
+ * @returns {Record<string, {data: any, dims: number[]}>}
+ */
+function storedStarts(bytes, contract, source, ortFormat) {
+  /** @type {Record<string, StateSpec>} */
+  const wanted = {};
+  for (const s of contract.states) {
+    if (s.init === 'zeros') continue;
+    if (!s.init || typeof s.init !== 'object' || typeof s.init.initializer !== 'string') {
+      throw new EdgernnError(`state '${s.name}' has init ${JSON.stringify(s.init)}; expected "zeros" or {"initializer": NAME}`);
+    }
+    wanted[s.init.initializer] = s;
+  }
+  if (!Object.keys(wanted).length) return {};
+  if (ortFormat) {
+    throw new EdgernnError(`${source} is an ORT-format model whose states start from stored values, which only ` +
+      'the .onnx file holds; open the .onnx file');
+  }
+  const found = readInitializers(bytes, Object.keys(wanted));
+  /** @type {Record<string, {data: any, dims: number[]}>} */
+  const out = {};
+  for (const [init, s] of Object.entries(wanted)) {
+    const t = found[init];
+    if (!t) throw new EdgernnError(`${source} names initializer '${init}' as the start value of state '${s.name}', but has no such initializer`);
+    const want = concrete(s.shape, 1, 1);
+    if (t.dims.length !== want.length || t.dims.some((d, i) => d !== want[i])) {
+      throw new EdgernnError(`start value '${init}' of state '${s.name}' has shape ${JSON.stringify(t.dims)}; expected ` +
+        `${JSON.stringify(want)} (the state's shape with size 1 on the batch axis)`);
+    }
+    out[s.name] = { data: typed(s.dtype, t.data, s.name), dims: t.dims };
+  }
+  return out;
+}
