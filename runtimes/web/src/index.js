@@ -199,9 +199,10 @@ export function contractFromPairs(session, pairs, source) {
     return /** @type {(number|string)[]} */ ([...m.shape]);
   };
   const dataIns = ins.filter((/** @type {string} */ n) => !stateIns.has(n));
-  const symbolsOf = (/** @type {string} */ n) => shapeOf(n).filter((d) => typeof d === 'string' || d < 0);
+  /** @param {string} n @returns {(number|string)[]} */
+  const symbolsOf = (n) => shapeOf(n).filter((d) => typeof d === 'string' || d < 0);
   const stateSymbols = new Set([...stateIns].flatMap(symbolsOf));
-  let batch = dataIns.flatMap(symbolsOf).find((d) => stateSymbols.has(d));
+  let batch = dataIns.flatMap(symbolsOf).find((/** @type {number|string} */ d) => stateSymbols.has(d));
   if (batch === undefined && dataIns.length) batch = symbolsOf(dataIns[0])[0];
   /** @param {string} name @returns {TensorSpec} */
   const spec = (name) => {
@@ -267,7 +268,16 @@ export class StreamingSession {
     const bytes = await modelBytes(model);
     const ortFormat = isOrtFormat(bytes);
     let contract = options.contract ?? null;
-    const meta = ortFormat ? {} : readMetadata(bytes);
+    /** @type {Record<string, string>} */
+    let meta = {};
+    if (!ortFormat) {
+      try {
+        meta = readMetadata(bytes);
+      } catch (e) {
+        throw new EdgernnError(`${source} is not an ONNX model (${/** @type {Error} */ (e).message}); expected a .onnx file ` +
+          'such as edgernn export writes');
+      }
+    }
     if (!contract && !options.states) {
       contract = contractFromMetadata(meta, source);
       if (!contract && ortFormat) {
@@ -384,6 +394,7 @@ export class StreamingSession {
    */
   step(frame) {
     const feeds = this._named(frame, 'step');
+    /** @type {Record<string, Tensor>} */
     const tensors = {};
     for (const spec of this.inputs) tensors[spec.name] = this._tensor(spec, feeds[spec.name], 1, 'frame');
     return this._enqueue(tensors);
@@ -445,7 +456,7 @@ export class StreamingSession {
     for (const spec of this.outputs) {
       const parts = pieces[spec.name];
       const stack = spec.time_axis === null;
-      result[spec.name] = this._joined(spec.dtype, parts.map((p) => p.data), parts[0].dims, stack ? 0 : spec.time_axis, stack);
+      result[spec.name] = this._joined(spec.dtype, parts.map((p) => p.data), parts[0].dims, spec.time_axis ?? 0, stack);
     }
     return result;
   }
@@ -571,7 +582,8 @@ export class StreamingSession {
     const inner = spec.time_axis === null ? n : size(frame.slice(axis + 1));
     const frames = [];
     for (let t = 0; t < count; t++) {
-      const f = new (Object.getPrototypeOf(value).constructor === Array ? Array : value.constructor)(n);
+      /** @type {any} */
+      const f = Array.isArray(value) ? new Array(n) : new (/** @type {any} */ (value).constructor)(n);
       for (let o = 0; o < outer; o++) {
         for (let i = 0; i < inner; i++) f[o * inner + i] = value[(o * count + t) * inner + i];
       }

@@ -1,0 +1,264 @@
+"""The JavaScript runtime (runtimes/web) gives the Python runtime's numbers, under Node and in Chromium.
+
+Each case is a sequence of calls (step or chunk, one stream or a batch, in the input forms the JS
+API takes); the Python StreamingSession is fed the same values in the model's layout. The same
+case runner (runtimes/web/test/cases.js) runs under Node with onnxruntime-node and in Debian's
+headless Chromium with onnxruntime-web (WASM), driven by playwright-core. Outputs of every call
+and the final states must agree within fp32 tolerance (int8 files: see INT8_TOL).
+
+Node, the npm packages (runtimes/web/node_modules) and /usr/bin/chromium are installed by
+`bash setup.sh`; without them these tests fail and say what to install
+(EDGERNN_SKIP_WEB=1 skips them, for machines without a browser).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgernn
+from edgernn.converters.quantize import quantize
+from edgernn.runtimes.session import StreamingSession
+from edgernn.runtimes.webserve import WEB_ROOT, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+NTM_CHECKPOINT = ROOT / "examples" / "ntm_copy" / "ntm_copy.pt"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+TOL = 1e-5  # fp32: max |js - python| / max(1, max |python|)
+# int8 (DynamicQuantize*): activations are quantized per call, so a value that lands on a rounding
+# boundary can round the other way in another build of the kernels (WASM vs native), moving an output by
+# one quantization step of the weights times the input; observed differences are far below this
+INT8_TOL = 1e-3
+
+
+def _tools() -> None:
+    if os.environ.get("EDGERNN_SKIP_WEB") == "1":
+        pytest.skip("EDGERNN_SKIP_WEB=1: the JavaScript runtime's tests were asked to be skipped")
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed; the JavaScript runtime's tests need Node.js 18 or newer")
+    if not (WEB_ROOT / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.fail(f"npm packages are missing; run `npm ci` in {WEB_ROOT} (bash setup.sh does)")
+
+
+def _chromium() -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium; bash setup.sh does "
+                    "as root) or set CHROMIUM")
+
+
+class Silero(nn.Module):
+    """silero-vad's interface (no edgernn metadata): input [batch, 16], state [2, batch, 8], sr scalar int64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.rnn, self.head = nn.Linear(16, 8), nn.GRU(8, 8, num_layers=2), nn.Linear(8, 1)
+
+    def forward(self, input, state, sr):
+        x = self.proj(input) * (sr.float() / 16000.0)
+        y, state_n = self.rnn(x.unsqueeze(0), state)
+        return torch.sigmoid(self.head(y[0])), state_n
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("web")
+    torch.manual_seed(0)
+    made = {k: folder / f"{k}.onnx" for k in ("gru_step", "lstm_chunk", "lstm_step", "ntm_step")}
+    assert edgernn.export(nn.GRU(8, 16, 2).eval(), made["gru_step"], mode="step").passed
+    assert edgernn.export(nn.LSTM(8, 16, batch_first=True).eval(), made["lstm_chunk"], mode="chunk").passed
+    assert edgernn.export(nn.LSTM(8, 32, 2).eval(), made["lstm_step"], mode="step").passed
+    assert edgernn.export_file(NTM_CHECKPOINT, made["ntm_step"], mode="step").passed  # stored start values
+    for name in ("gru_step", "lstm_step"):  # edgernn quantize: DynamicQuantizeMatMul / DynamicQuantizeLSTM
+        made[f"{name}_int8"] = folder / f"{name}.int8.onnx"
+        quantize(made[name], made[f"{name}_int8"], method="dynamic", steps=200)
+    made["silero"] = folder / "silero.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Silero().eval(), (torch.randn(1, 16), torch.zeros(2, 1, 8), torch.tensor(16000)),
+                          str(made["silero"]), input_names=["input", "state", "sr"], output_names=["output", "stateN"],
+                          dynamo=False, dynamic_axes={"input": {0: "batch"}, "state": {1: "batch"},
+                                                      "output": {0: "batch"}, "stateN": {1: "batch"}})
+    return made
+
+
+def _frames(rng, n: int, shape: tuple[int, ...]) -> list[np.ndarray]:
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
+    """The calls for JS (``cases``) and the Python runtime's outputs and states for the same calls (``want``)."""
+    rng = np.random.default_rng(7)
+    cases: list[dict] = []
+    want: dict[str, dict] = {}
+
+    def add(name, model, kind, js_calls, py_calls, *, batch=1, states=None, as_=None, concat=None):
+        """``py_calls``: per JS call, the Python calls (feeds by name); outputs of one JS call's Python calls
+        are joined along ``concat[output]`` (time axis) as chunk() does on a step file."""
+        session = StreamingSession(models[model], state_pairs=states)
+        session.reset(batch)
+        outs = []
+        for group in py_calls:
+            got = [session.step(**feeds) for feeds in group]
+            outs.append({k: np.concatenate([g[k] for g in got], axis=concat[k]) if concat else got[0][k]
+                         for k in got[0]})
+        cases.append({"name": name, "model": models[model].name, "kind": kind, "calls": js_calls, "batch": batch,
+                      **({"states": states} if states else {}), **({"as": as_} if as_ else {})})
+        want[name] = {"calls": outs, "state": session.state, "tol": INT8_TOL if "int8" in model else TOL}
+
+    # step files, one stream: flat Float32Arrays of 8 values ([1, batch, 8] at batch 1)
+    for model in ("gru_step", "gru_step_int8", "lstm_step", "lstm_step_int8"):
+        xs = _frames(rng, 12, (1, 1, 8))
+        add(f"{model}_b1", model, "step", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs], as_="float32")
+    # a batch of 3 streams, each call one array per stream (plain JS arrays)
+    xs = _frames(rng, 8, (1, 3, 8))
+    add("gru_step_b3_nested", "gru_step", "step", [x[0].tolist() for x in xs], [[{"x": x}] for x in xs], batch=3)
+    # chunk() on a step file: a list of 5 frames, then one flat [time, batch, 8] array of 4 frames
+    a, b = _frames(rng, 5, (1, 2, 8)), _frames(rng, 4, (1, 2, 8))
+    add("gru_step_chunk", "gru_step", "chunk", [[x.ravel().tolist() for x in a], np.concatenate(b).ravel().tolist()],
+        [[{"x": x} for x in a], [{"x": x} for x in b]], batch=2, concat={"y": 0}, as_="float32")
+    # chunk file, batch-first [batch, time, 8]: flat arrays of 4, 1 and 6 frames for 2 streams
+    xs = [rng.standard_normal((2, t, 8)).astype(np.float32) for t in (4, 1, 6)]
+    add("lstm_chunk_b2", "lstm_chunk", "chunk", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs], batch=2,
+        as_="float32")
+    # chunk file fed a list of frames ([batch, 1, 8] each), joined on its time axis (1) by the runtime
+    xs = _frames(rng, 6, (1, 1, 8))
+    add("lstm_chunk_frames", "lstm_chunk", "chunk", [[x.ravel().tolist() for x in xs]],
+        [[{"x": np.concatenate(xs, axis=1)}]])
+    # NTM: memory and weightings start from values stored in the file, tiled for 2 streams
+    ntm = StreamingSession(models["ntm_step"])
+    spec = ntm.inputs[0]
+    xs = _frames(rng, 10, spec.concrete_shape(2, 1))
+    add("ntm_step_b2", "ntm_step", "step", [x.ravel().tolist() for x in xs], [[{spec.name: x}] for x in xs], batch=2)
+    # a file without edgernn metadata, state pair named by the user; int64 scalar `sr` given by name
+    xs = _frames(rng, 6, (2, 16))
+    sr = np.array(16000, dtype=np.int64)
+    add("silero_given_states", "silero", "step", [{"input": x.ravel().tolist(), "sr": 16000} for x in xs],
+        [[{"input": x, "sr": sr}] for x in xs], batch=2, states={"state": "stateN"})
+    return cases, want
+
+
+ERROR_CASES = [  # (case, words the thrown message must contain)
+    ({"name": "no_metadata", "model": "silero.onnx", "kind": "step", "calls": []},
+     ["has no edgernn metadata", "{states:", "state, sr", "stateN"]),
+    ({"name": "wrong_state_name", "model": "silero.onnx", "kind": "step", "calls": [], "states": {"h0": "stateN"}},
+     ["has no graph input 'h0'", "input, state, sr"]),
+    ({"name": "wrong_frame_size", "model": "gru_step.onnx", "kind": "step", "calls": [[0.5] * 7]},
+     ["input 'x' got 7 values", "one frame for 1 stream needs 8"]),
+    ({"name": "wrong_frame_size_b2", "model": "gru_step.onnx", "kind": "step", "batch": 2, "calls": [[0.5] * 8]},
+     ["got 8 values", "for 2 streams needs 16"]),
+    ({"name": "wrong_stream_count", "model": "gru_step.onnx", "kind": "step", "batch": 3, "calls": [[[0.5] * 8] * 2]},
+     ["got 2 streams; this session runs 3"]),
+    ({"name": "bare_frame_two_inputs", "model": "silero.onnx", "kind": "step", "states": {"state": "stateN"},
+      "calls": [[0.5] * 16]}, ["takes 2 inputs (input, sr)"]),
+    ({"name": "chunk_partial_frame", "model": "lstm_chunk.onnx", "kind": "chunk", "calls": [[0.5] * 12]},
+     ["got 12 values, not a whole number of frames of 8"]),
+    ({"name": "not_onnx", "model": "not-a-model.onnx", "kind": "step", "calls": []},
+     ["not-a-model.onnx is not an ONNX model", "expected a .onnx file"]),
+]
+
+
+@pytest.fixture(scope="module")
+def suite(models, tmp_path_factory):
+    folder = models["gru_step"].parent
+    (folder / "not-a-model.onnx").write_bytes(b"this is not an ONNX file")
+    cases, want = _cases(models)
+    path = folder / "cases.json"
+    path.write_text(json.dumps(cases + [c for c, _ in ERROR_CASES]))
+    return folder, path, want
+
+
+def _node(script: str, *args: str, timeout: int = 300) -> None:
+    done = subprocess.run(["node", str(WEB_ROOT / "test" / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"node {script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def _compare(results: dict, want: dict[str, dict], where: str) -> None:
+    checked = 0
+    for name, w in want.items():
+        got = results[name]
+        assert "error" not in got, f"{where} {name}: {got.get('error')}"
+        assert len(got["calls"]) == len(w["calls"]), (where, name)
+        for i, (g, p) in enumerate(zip(got["calls"], w["calls"])):
+            assert sorted(g) == sorted(p), (where, name, i)
+            for k, ref in p.items():
+                _close(g[k], ref, w["tol"], f"{where} {name} call {i} output {k}")
+                checked += 1
+        assert sorted(got["state"]) == sorted(w["state"]), (where, name)
+        for k, ref in w["state"].items():
+            _close(got["state"][k], ref, w["tol"], f"{where} {name} final state {k}")
+    assert checked > 50
+
+
+def _close(got: dict, ref: np.ndarray, tol: float, what: str) -> None:
+    assert list(got["dims"]) == list(ref.shape), f"{what}: dims {got['dims']}, Python gives {list(ref.shape)}"
+    arr = np.asarray(got["data"], dtype=np.float64).reshape(ref.shape)
+    ref = ref.astype(np.float64)
+    assert float(np.max(np.abs(ref))) > 1e-3, f"{what}: the Python output is all zeros, which checks nothing"
+    err = float(np.max(np.abs(arr - ref))) / max(1.0, float(np.max(np.abs(ref))))
+    assert err <= tol, f"{what}: error {err:.2e} relative to scale (tolerance {tol:g})"
+
+
+def _errors(results: dict, where: str) -> None:
+    for case, words in ERROR_CASES:
+        got = results[case["name"]]
+        assert got.get("errorName") == "EdgernnError", f"{where} {case['name']}: {got}"
+        for w in words:
+            assert w in got["error"], f"{where} {case['name']}: {w!r} not in {got['error']!r}"
+
+
+def test_node_streams_as_the_python_runtime(suite):
+    _tools()
+    folder, cases, want = suite
+    # node reads models by path: the case runner prefixes `base`, here the fixtures' folder
+    data = json.loads(cases.read_text())
+    for c in data:
+        c["model"] = str(folder / c["model"])
+    cases.with_name("cases-node.json").write_text(json.dumps(data))
+    out = folder / "node.json"
+    _node("stream-node.mjs", str(cases.with_name("cases-node.json")), str(out))
+    results = json.loads(out.read_text())["results"]
+    _compare(results, want, "node")
+    _errors(results, "node")
+
+
+@pytest.fixture(scope="module")
+def server(suite):
+    folder = suite[0]
+    s = serve({"/fixtures/": folder})
+    yield f"http://127.0.0.1:{s.server_address[1]}"
+    s.shutdown()
+
+
+def test_chromium_wasm_streams_as_the_python_runtime(suite, server):
+    _tools()
+    _chromium()
+    folder, cases, want = suite
+    out = folder / "browser.json"
+    _node("browser.mjs", f"{server}/test/page.html", str(cases), str(out), "wasm", "/fixtures/")
+    got = json.loads(out.read_text())
+    assert "(wasm)" in got["runtime"]
+    _compare(got["results"], want, "chromium")
+    _errors(got["results"], "chromium")
+
+
+def test_server_keeps_requests_inside_its_folders(server):
+    import urllib.error
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server}/src/index.js") as r:
+        assert r.headers["Content-Type"] == "text/javascript"
+        assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    for path in ("/fixtures/../../../etc/passwd", "/fixtures/%2e%2e/%2e%2e/etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server + path)
+        assert e.value.code == 404
