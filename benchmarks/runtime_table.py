@@ -170,10 +170,10 @@ def _markdown(rows: list[dict], env: dict, steps: int, rounds: int, warmup: int,
     return head + "\n".join(_line(r) for r in rows) + "\n"
 
 
-def _write_between_markers(path: Path, table: str) -> None:
+def _write_between_markers(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
     text = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{table}{END}", text, count=1))
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{table}{end}", text, count=1))
 
 
 if __name__ == "__main__":

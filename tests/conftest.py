@@ -37,3 +37,33 @@ def load_ntm_example(name: str) -> ModuleType:
 def ntm_example() -> Callable[[str], ModuleType]:
     """Loader of the NTM copy-task example scripts (see :func:`load_ntm_example`)."""
     return load_ntm_example
+
+
+@pytest.fixture
+def web_tools() -> None:
+    """Node.js and runtimes/web's npm packages, for the JavaScript runtime's tests (bash setup.sh
+    installs the packages). Missing, the test fails and says what to install; EDGERNN_SKIP_WEB=1
+    skips those tests instead, for machines that cannot have them."""
+    import os
+    import shutil
+
+    from edgernn.runtimes.webserve import WEB_ROOT
+
+    if os.environ.get("EDGERNN_SKIP_WEB") == "1":
+        pytest.skip("EDGERNN_SKIP_WEB=1: the JavaScript runtime's tests were asked to be skipped")
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed; the JavaScript runtime's tests need Node.js 18 or newer")
+    if not (WEB_ROOT / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.fail(f"npm packages are missing; run `npm ci` in {WEB_ROOT} (bash setup.sh does)")
+
+
+@pytest.fixture
+def chromium(web_tools) -> str:
+    """Debian's Chromium (or $CHROMIUM), for the browser tests; bash setup.sh installs it as root."""
+    import os
+
+    path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not Path(path).is_file():
+        pytest.fail(f"{path} is missing; install Debian's chromium (apt-get install chromium; bash setup.sh does "
+                    "as root) or set CHROMIUM")
+    return path

@@ -14,8 +14,6 @@ Node, the npm packages (runtimes/web/node_modules) and /usr/bin/chromium are ins
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -32,27 +30,11 @@ from edgernn.runtimes.webserve import WEB_ROOT, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 NTM_CHECKPOINT = ROOT / "examples" / "ntm_copy" / "ntm_copy.pt"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 TOL = 1e-5  # fp32: max |js - python| / max(1, max |python|)
 # int8 (DynamicQuantize*): activations are quantized per call, so a value that lands on a rounding
 # boundary can round the other way in another build of the kernels (WASM vs native), moving an output by
 # one quantization step of the weights times the input; observed differences are far below this
 INT8_TOL = 1e-3
-
-
-def _tools() -> None:
-    if os.environ.get("EDGERNN_SKIP_WEB") == "1":
-        pytest.skip("EDGERNN_SKIP_WEB=1: the JavaScript runtime's tests were asked to be skipped")
-    if shutil.which("node") is None:
-        pytest.fail("node is not installed; the JavaScript runtime's tests need Node.js 18 or newer")
-    if not (WEB_ROOT / "node_modules" / "onnxruntime-node").is_dir():
-        pytest.fail(f"npm packages are missing; run `npm ci` in {WEB_ROOT} (bash setup.sh does)")
-
-
-def _chromium() -> None:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium; bash setup.sh does "
-                    "as root) or set CHROMIUM")
 
 
 class Silero(nn.Module):
@@ -75,7 +57,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     made = {k: folder / f"{k}.onnx" for k in ("gru_step", "lstm_chunk", "lstm_step", "ntm_step")}
     assert edgernn.export(nn.GRU(8, 16, 2).eval(), made["gru_step"], mode="step").passed
     assert edgernn.export(nn.LSTM(8, 16, batch_first=True).eval(), made["lstm_chunk"], mode="chunk").passed
-    assert edgernn.export(nn.LSTM(8, 32, 2).eval(), made["lstm_step"], mode="step").passed
+    lstm = nn.LSTM(8, 32, 2).eval()
+    assert edgernn.export(lstm, made["lstm_step"], mode="step").passed  # ONNX LSTM op, one per layer
+    made["lstm_step_matmul"] = folder / "lstm_step_matmul.onnx"
+    assert edgernn.export(lstm, made["lstm_step_matmul"], mode="step", cells="matmul").passed
     assert edgernn.export_file(NTM_CHECKPOINT, made["ntm_step"], mode="step").passed  # stored start values
     for name in ("gru_step", "lstm_step"):  # edgernn quantize: DynamicQuantizeMatMul / DynamicQuantizeLSTM
         made[f"{name}_int8"] = folder / f"{name}.int8.onnx"
@@ -115,7 +100,7 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
         want[name] = {"calls": outs, "state": session.state, "tol": INT8_TOL if "int8" in model else TOL}
 
     # step files, one stream: flat Float32Arrays of 8 values ([1, batch, 8] at batch 1)
-    for model in ("gru_step", "gru_step_int8", "lstm_step", "lstm_step_int8"):
+    for model in ("gru_step", "gru_step_int8", "lstm_step", "lstm_step_int8", "lstm_step_matmul"):
         xs = _frames(rng, 12, (1, 1, 8))
         add(f"{model}_b1", model, "step", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs], as_="float32")
     # a batch of 3 streams, each call one array per stream (plain JS arrays)
@@ -183,7 +168,9 @@ def _node(script: str, *args: str, timeout: int = 300) -> None:
 
 
 def _compare(results: dict, want: dict[str, dict], where: str) -> None:
+    """Every call's outputs and the final states within tolerance; prints the largest error per case."""
     checked = 0
+    worst: dict[str, float] = {}
     for name, w in want.items():
         got = results[name]
         assert "error" not in got, f"{where} {name}: {got.get('error')}"
@@ -191,21 +178,24 @@ def _compare(results: dict, want: dict[str, dict], where: str) -> None:
         for i, (g, p) in enumerate(zip(got["calls"], w["calls"])):
             assert sorted(g) == sorted(p), (where, name, i)
             for k, ref in p.items():
-                _close(g[k], ref, w["tol"], f"{where} {name} call {i} output {k}")
+                err = _close(g[k], ref, w["tol"], f"{where} {name} call {i} output {k}")
+                worst[name] = max(worst.get(name, 0.0), err)
                 checked += 1
         assert sorted(got["state"]) == sorted(w["state"]), (where, name)
         for k, ref in w["state"].items():
-            _close(got["state"][k], ref, w["tol"], f"{where} {name} final state {k}")
+            worst[name] = max(worst[name], _close(got["state"][k], ref, w["tol"], f"{where} {name} final state {k}"))
     assert checked > 50
+    print(f"\n{where}: largest error relative to scale per case: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
-def _close(got: dict, ref: np.ndarray, tol: float, what: str) -> None:
+def _close(got: dict, ref: np.ndarray, tol: float, what: str) -> float:
     assert list(got["dims"]) == list(ref.shape), f"{what}: dims {got['dims']}, Python gives {list(ref.shape)}"
     arr = np.asarray(got["data"], dtype=np.float64).reshape(ref.shape)
     ref = ref.astype(np.float64)
     assert float(np.max(np.abs(ref))) > 1e-3, f"{what}: the Python output is all zeros, which checks nothing"
     err = float(np.max(np.abs(arr - ref))) / max(1.0, float(np.max(np.abs(ref))))
     assert err <= tol, f"{what}: error {err:.2e} relative to scale (tolerance {tol:g})"
+    return err
 
 
 def _errors(results: dict, where: str) -> None:
@@ -216,8 +206,7 @@ def _errors(results: dict, where: str) -> None:
             assert w in got["error"], f"{where} {case['name']}: {w!r} not in {got['error']!r}"
 
 
-def test_node_streams_as_the_python_runtime(suite):
-    _tools()
+def test_node_streams_as_the_python_runtime(suite, web_tools):
     folder, cases, want = suite
     # node reads models by path: the case runner prefixes `base`, here the fixtures' folder
     data = json.loads(cases.read_text())
@@ -239,9 +228,7 @@ def server(suite):
     s.shutdown()
 
 
-def test_chromium_wasm_streams_as_the_python_runtime(suite, server):
-    _tools()
-    _chromium()
+def test_chromium_wasm_streams_as_the_python_runtime(suite, server, chromium):
     folder, cases, want = suite
     out = folder / "browser.json"
     _node("browser.mjs", f"{server}/test/page.html", str(cases), str(out), "wasm", "/fixtures/")
@@ -262,3 +249,35 @@ def test_server_keeps_requests_inside_its_folders(server):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(server + path)
         assert e.value.code == 404
+
+
+def test_jsdoc_types_check_and_the_shipped_declarations_are_current(tmp_path, web_tools):
+    """tsc type-checks the JSDoc-typed sources (strict) and the committed types/*.d.ts are what it emits."""
+    tsc = WEB_ROOT / "node_modules" / "typescript" / "bin" / "tsc"
+    done = subprocess.run(["node", str(tsc), "-p", str(WEB_ROOT / "tsconfig.json"), "--outDir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"tsc found type errors:\n{done.stdout[-3000:]}"
+    shipped = sorted(p.name for p in (WEB_ROOT / "types").glob("*.d.ts"))
+    assert shipped == sorted(p.name for p in tmp_path.glob("*.d.ts"))
+    for name in shipped:
+        assert (tmp_path / name).read_text() == (WEB_ROOT / "types" / name).read_text(), \
+            f"runtimes/web/types/{name} is stale; run `npm run types` in runtimes/web"
+
+
+def test_chromium_webgpu_streams_fp32_files_as_the_python_runtime(suite, server, chromium):
+    """onnxruntime-web's WebGPU backend, on SwiftShader's software adapter (no GPU here): fp32 files
+    agree with Python. Left out, as onnxruntime-web 1.30 bugs (runtimes/web/README.md, "WebGPU"):
+    int8 files (its WebGPU Sub kernel rejects the int8 GRU cell: "Can't perform binary op on the given
+    tensors") and the 2-layer LSTM step file that uses ONNX's LSTM op (wrong from the second call on;
+    the same model exported with --cells matmul is in, and agrees)."""
+    folder, cases, want = suite
+    left_out = ("int8", "lstm_step_b1")
+    fp32 = [c for c in json.loads(cases.read_text()) if c["name"] in want and not any(k in c["name"] for k in left_out)]
+    assert any(c["name"] == "lstm_step_matmul_b1" for c in fp32)
+    path = folder / "cases-webgpu.json"
+    path.write_text(json.dumps(fp32))
+    out = folder / "webgpu.json"
+    _node("browser.mjs", f"{server}/test/page.html", str(path), str(out), "webgpu", "/fixtures/")
+    got = json.loads(out.read_text())
+    assert "(webgpu)" in got["runtime"]
+    _compare(got["results"], {c["name"]: want[c["name"]] for c in fp32}, "chromium webgpu")

@@ -87,7 +87,14 @@ async function loadData() {
     m.probPy = Float32Array.from(m.python, (/** @type {number[]} */ z) => sigmoid(z[1] - z[0]));
     ui.model.add(new Option(m.label, m.label));
   }
-  if (navigator.gpu) ui.backend.add(new Option('webgpu', 'webgpu'));
+  const gpu = /** @type {any} */ (navigator).gpu;
+  if (gpu) {
+    // offered where the browser has WebGPU; greyed out when it finds no adapter (e.g. no GPU)
+    const adapter = await gpu.requestAdapter().catch(() => null);
+    const option = new Option(adapter ? 'webgpu' : 'webgpu (no adapter)', 'webgpu');
+    option.disabled = !adapter;
+    ui.backend.add(option);
+  }
 }
 
 /** The session for a model and a backend, made once (and warmed up) and kept. */
@@ -208,12 +215,14 @@ function buttons() {
 
 const HEAT = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]];
 
-/** The whole stream as an image, one pixel per frame and band (low bands at the bottom). */
+/** The whole stream as an image, one pixel per frame and band (low bands at the bottom); each band
+ *  is shown against its median over the stream, so events stand out from the spectral tilt. */
 function spectrogramImage(/** @type {Float32Array[]} */ frames) {
   const bands = frames.length ? frames[0].length : 0;
-  const all = Float64Array.from(frames.flatMap((f) => Array.from(f))).sort();
-  const lo = all[Math.floor(all.length * 0.02)] ?? 0;
-  const hi = all[Math.floor(all.length * 0.995)] ?? 1;
+  const median = Array.from({ length: bands }, (_, b) => percentile(frames.map((f) => f[b]), 50));
+  const all = Float64Array.from(frames.flatMap((f) => Array.from(f, (v, b) => v - median[b]))).sort();
+  const lo = all[Math.floor(all.length * 0.05)] ?? 0;
+  const hi = all[Math.floor(all.length * 0.998)] ?? 1;
   const c = document.createElement('canvas');
   c.width = Math.max(frames.length, 1);
   c.height = Math.max(bands, 1);
@@ -221,7 +230,7 @@ function spectrogramImage(/** @type {Float32Array[]} */ frames) {
   const img = ctx.createImageData(c.width, c.height);
   frames.forEach((f, t) => {
     for (let b = 0; b < bands; b++) {
-      const v = Math.min(1, Math.max(0, (f[b] - lo) / (hi - lo || 1))) * (HEAT.length - 1);
+      const v = Math.min(1, Math.max(0, (f[b] - median[b] - lo) / (hi - lo || 1))) * (HEAT.length - 1);
       const k = Math.min(Math.floor(v), HEAT.length - 2);
       const w = v - k;
       const p = ((bands - 1 - b) * c.width + t) * 4;
@@ -294,7 +303,7 @@ function draw() {
     if (b + 1 <= from || a >= done) continue;
     const x0 = xOf(Math.max(a, from)), x1 = xOf(Math.min(b + 1, done));
     ctx.fillRect(x0, prob.y, x1 - x0, prob.h);
-    ctx.fillRect(x0, spec.y - 5, x1 - x0, 3); // and a mark above the bands
+    ctx.fillRect(x0, spec.y + spec.h + 2, x1 - x0, 4); // and a mark under the bands
   }
   const yOf = (/** @type {number} */ p) => prob.y + (1 - p) * prob.h;
   ctx.textAlign = 'right';
@@ -384,12 +393,14 @@ async function shown(/** @type {() => Promise<any>} */ fn) {
 }
 const quiet = (/** @type {Promise<any>} */ p) => p.catch(() => {}); // (already shown)
 
-const ready = shown(async () => {
+const loaded = shown(async () => {
   await loadData();
   draw();
+});
+const ready = loaded.then(() => shown(async () => {
   await use(st.data.models[0].label, 'wasm');
   buttons();
-});
+}));
 quiet(ready);
 
 ui.start.addEventListener('click', () => quiet(shown(async () => {
@@ -420,7 +431,7 @@ window.addEventListener('resize', () => scheduleDraw());
  * @param {{model?: string, backend?: 'wasm'|'webgpu', fast?: boolean}} [options]
  */
 async function run({ model, backend = 'wasm', fast = true } = {}) {
-  await ready;
+  await loaded; // (not ready: another model may load where the first did not)
   return shown(async () => {
     await stop();
     await use(model ?? st.data.models[0].label, backend);

@@ -5,11 +5,13 @@
  * compared with the Python runtime on identical calls (tests/runtimes/test_web.py writes the cases).
  *
  * A case: {name, model (path or URL, after `base`), batch?, states? (pairs for files without
- * metadata), kind: "step"|"chunk", calls: [input, ...], as?: "float32"|"plain", keep?: false}.
+ * metadata), kind: "step"|"chunk", calls: [input, ...], as?: "float32", keep?: false}.
  * Each call's input is what step()/chunk() take: a flat list, nested lists, or {name: ...}; with
  * `as: "float32"` flat lists become Float32Arrays first. The result per case is
  * {calls: [{output: {dims, data}}], state: {name: {dims, data}}, stepUs: {p50, mean}, backend}
- * (with `keep: false`, only the timing), or {error, errorName} when something threw.
+ * (with `keep: false`, only the timing), or {error, errorName} when something threw. `repeat` runs the
+ * calls again (state carried) and `warmup` leaves the first calls out of the timing; `kind: "plain"`
+ * times a hand-written onnxruntime loop instead (see plainLoop).
  */
 
 import { StreamingSession } from '../src/index.js';
@@ -34,6 +36,39 @@ function stats(xs) {
 }
 
 /**
+ * The baseline of benchmarks/web_latency.py: the loop an application writes by hand without this
+ * package, over the same file and frames: zero states, `session.run`, the state outputs fed back.
+ * `c.plain`: {input, dims, states: [{input, output, dims}]} (taken from the contract by the caller).
+ * @param {any} ort @param {string} url @param {any} c @param {object} sessionOptions
+ */
+async function plainLoop(ort, url, c, sessionOptions) {
+  const session = await ort.InferenceSession.create(url, sessionOptions);
+  const p = c.plain;
+  /** @type {Record<string, any>} */
+  let states = {};
+  for (const s of p.states) states[s.input] = new ort.Tensor('float32', new Float32Array(size(s.dims)), s.dims);
+  const frames = c.calls.map((/** @type {number[]} */ x) => Float32Array.from(x));
+  const times = [];
+  for (let r = 0; r < (c.repeat ?? 1); r++) {
+    for (const x of frames) {
+      const t0 = performance.now();
+      const out = await session.run({ [p.input]: new ort.Tensor('float32', x, p.dims), ...states });
+      /** @type {Record<string, any>} */
+      const next = {};
+      for (const s of p.states) next[s.input] = out[s.output];
+      states = next;
+      times.push(performance.now() - t0);
+    }
+  }
+  await session.release();
+  const warm = times.slice(Math.min(times.length - 1, c.warmup ?? 0));
+  return { stepUs: stats(warm), steps: warm.length };
+}
+
+/** @param {number[]} dims */
+const size = (dims) => dims.reduce((a, b) => a * b, 1);
+
+/**
  * @param {any} ort onnxruntime-node or onnxruntime-web
  * @param {any[]} cases
  * @param {{base?: string, sessionOptions?: object}} [options]
@@ -43,6 +78,10 @@ export async function runCases(ort, cases, { base = '', sessionOptions = {} } = 
   const results = {};
   for (const c of cases) {
     try {
+      if (c.kind === 'plain') {
+        results[c.name] = await plainLoop(ort, base + c.model, c, sessionOptions);
+        continue;
+      }
       const s = await StreamingSession.create(base + c.model, { ort, batch: c.batch ?? 1, states: c.states, sessionOptions });
       const calls = [];
       const times = [];
