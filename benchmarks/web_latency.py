@@ -9,9 +9,10 @@ go, repeated, through
 
 * Python: ``StreamingSession.step`` and a hand-written ``sess.run`` loop, interleaved in this process;
 * Node (onnxruntime-node): edgernn-web's ``step`` and a hand-written ``session.run`` loop that feeds
-  the state outputs back (runtimes/web/test/cases.js, ``plainLoop``), alternated in one process;
+  the state outputs back (runtimes/web/test/cases.js, ``plainLoop``), alternated in 4 rounds (ABBA,
+  each with its own warm-up; the median of the rounds' p50s) in one process;
 * headless Chromium (Debian's, via playwright-core), onnxruntime-web with each backend asked for:
-  the same two, alternated in one page (served cross-origin isolated, so ``performance.now()``
+  the same two, alternated the same way in one page (served cross-origin isolated, so ``performance.now()``
   resolves 5 µs, not 100 µs).
 
 All with one thread. Latencies are p50 per step in µs; "web / loop" is edgernn-web over the hand
@@ -51,6 +52,7 @@ DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- web-table:begin -->", "<!-- web-table:end -->"
 WAKEWORD = ROOT / "examples" / "wakeword" / "wakeword_gru.pt"
 FRAMES = 200  # distinct frames, repeated to make up --steps
+ROUNDS = 4  # JS: edgernn-web and the hand loop alternate in this many rounds (ABBA); the p50 is the rounds' median
 
 
 def build(folder: Path) -> dict[str, Path]:
@@ -109,11 +111,12 @@ def js_cases(files: dict[str, Path], frames: dict[str, list[np.ndarray]], steps:
         plain = {"input": spec.name, "dims": list(spec.concrete_shape(1, 1)),
                  "states": [{"input": st.input, "output": st.output, "dims": list(st.concrete_shape(1))}
                             for st in s.states]}
-        common = {"model": path.name, "calls": calls, "repeat": max(1, steps // len(calls) // 2), "warmup": warmup,
-                  "keep": False, "as": "float32"}
-        for r in range(2):  # alternated: edgernn-web, loop, edgernn-web, loop
-            cases.append({"name": f"{key}|web|{r}", "kind": "step", **common})
-            cases.append({"name": f"{key}|loop|{r}", "kind": "plain", "plain": plain, **common})
+        common = {"model": path.name, "calls": calls, "repeat": max(1, steps // len(calls) // ROUNDS),
+                  "warmup": warmup, "keep": False, "as": "float32"}
+        for r in range(ROUNDS):  # alternated in ABBA order, so that neither always runs first
+            web = {"name": f"{key}|web|{r}", "kind": "step", **common}
+            loop = {"name": f"{key}|loop|{r}", "kind": "plain", "plain": plain, **common}
+            cases += [web, loop] if r % 2 == 0 else [loop, web]
     return cases
 
 
@@ -126,9 +129,9 @@ def _node(*args: str) -> None:
 def js_times(results: dict, key: str) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     for kind in ("web", "loop"):
-        got = [results[f"{key}|{kind}|{r}"] for r in range(2)]
+        got = [results[f"{key}|{kind}|{r}"] for r in range(ROUNDS)]
         errors = [g["error"] for g in got if "error" in g]
-        out[kind] = errors[0] if errors else statistics.mean(g["stepUs"]["p50"] for g in got)
+        out[kind] = errors[0] if errors else statistics.median(g["stepUs"]["p50"] for g in got)
     return out
 
 
@@ -137,6 +140,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000, help="timed steps per runtime (default 2000)")
     ap.add_argument("--warmup", type=int, default=200, help="untimed steps first (default 200)")
     ap.add_argument("--backends", default="wasm,webgpu", help="onnxruntime-web backends to try (default wasm,webgpu)")
+    ap.add_argument("--webgpu-steps", type=int, default=200,
+                    help="timed steps for webgpu (default 200: without a GPU it is SwiftShader, milliseconds a step)")
     ap.add_argument("-o", "--output", type=Path, default=None,
                     help=f"markdown file with the {BEGIN} ... {END} markers (e.g. {DOC.relative_to(ROOT)})")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON here")
@@ -172,8 +177,11 @@ def main() -> None:
             for backend in backends:
                 print(f"chromium {backend} ...", flush=True)
                 out = folder / f"browser-{backend}.json"
-                _node(str(WEB_ROOT / "test" / "browser.mjs"), url, str(folder / "cases.json"), str(out), backend,
-                      "/fixtures/")
+                path = folder / "cases.json"
+                if backend == "webgpu":
+                    path = folder / "cases-webgpu.json"
+                    path.write_text(json.dumps(js_cases(files, frames, args.webgpu_steps, 20)))
+                _node(str(WEB_ROOT / "test" / "browser.mjs"), url, str(path), str(out), backend, "/fixtures/")
                 got = json.loads(out.read_text())
                 raw["browser"][backend] = {k: js_times(got["results"], k) for k in files}
                 raw["browser_version"] = got.get("browser")
@@ -202,7 +210,8 @@ def markdown(raw: dict, files: dict, backends: list[str], args) -> str:
     head = (f"Measured {datetime.date.today().isoformat()}: Python onnxruntime {ort.__version__}, "
             f"{raw.get('ort_node', '?')}, {raw.get('ort_web', '?').split(' (')[0]} in Chromium "
             f"{raw.get('browser_version', '?')} (headless); batch 1, one thread, {args.steps} steps per runtime after "
-            f"{args.warmup} warm-up steps. p50 µs per step.\n\n")
+            f"{args.warmup} warm-up steps ({args.webgpu_steps} and 20 for webgpu, on SwiftShader when there is no "
+            "GPU). p50 µs per step.\n\n")
     cols = ["model", "file", "Python edgernn", "Python loop", "Node edgernn-web", "Node loop"]
     for b in backends:
         cols += [f"Chromium {b} edgernn-web", f"Chromium {b} loop", f"{b} web / loop", f"{b} browser / Python"]

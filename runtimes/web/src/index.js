@@ -384,6 +384,14 @@ export class StreamingSession {
       state[s.name] = new this.ort.Tensor(s.dtype, data, dims);
     }
     this._state = state;
+    // the common call, one typed array of exactly one frame for a model with one input, skips the
+    // general checks: its dims at this batch and the length that passes them are known now
+    const only = this.inputs.length === 1 ? this.inputs[0] : null;
+    const dims = only ? concrete(only.shape, this._batch, 1) : [];
+    /** @private */
+    this._fast = only && !dims.some((d) => d < 0) && TYPED[only.dtype]
+      ? { name: only.name, dtype: only.dtype, type: TYPED[only.dtype], dims, length: size(dims) }
+      : null;
   }
 
   /**
@@ -393,6 +401,10 @@ export class StreamingSession {
    * @returns {Promise<Record<string, Tensor>>}
    */
   step(frame) {
+    const fast = this._fast;
+    if (fast && frame instanceof fast.type && /** @type {ArrayLike<number>} */ (frame).length === fast.length) {
+      return this._enqueue({ [fast.name]: new this.ort.Tensor(fast.dtype, frame, fast.dims) });
+    }
     const feeds = this._named(frame, 'step');
     /** @type {Record<string, Tensor>} */
     const tensors = {};

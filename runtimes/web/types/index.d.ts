@@ -81,6 +81,8 @@ export class StreamingSession {
      * @param {number} [batch] a new number of streams (default: keep the current one)
      */
     reset(batch?: number): void;
+    /** @private */
+    private _fast;
     /**
      * Feeds one frame per stream; resolves to the data outputs by name.
      * `frame`: the frame of the model's only streamed input, or `{inputName: frame, ...}`.
