@@ -85,18 +85,28 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
     cases: list[dict] = []
     want: dict[str, dict] = {}
 
-    def add(name, model, kind, js_calls, py_calls, *, batch=1, states=None, as_=None, concat=None):
+    def add(name, model, kind, js_calls, py_calls, *, batch=1, states=None, as_=None, concat=None, restart=None):
         """``py_calls``: per JS call, the Python calls (feeds by name); outputs of one JS call's Python calls
-        are joined along ``concat[output]`` (time axis) as chunk() does on a step file."""
+        are joined along ``concat[output]`` (time axis) as chunk() does on a step file. ``restart``
+        ({call: stream}): resetStream(stream) before that call, done in Python by writing the start
+        value into the stream's slice of every state."""
         session = StreamingSession(models[model], state_pairs=states)
         session.reset(batch)
         outs = []
-        for group in py_calls:
+        for k, group in enumerate(py_calls):
+            if restart and k in restart:
+                state, start = session.state, session.initial_state(batch)
+                for spec in session.states:
+                    index = [slice(None)] * state[spec.name].ndim
+                    index[spec.batch_axis] = restart[k]
+                    state[spec.name][tuple(index)] = start[spec.name][tuple(index)]
+                session.set_state(state)
             got = [session.step(**feeds) for feeds in group]
             outs.append({k: np.concatenate([g[k] for g in got], axis=concat[k]) if concat else got[0][k]
                          for k in got[0]})
         cases.append({"name": name, "model": models[model].name, "kind": kind, "calls": js_calls, "batch": batch,
-                      **({"states": states} if states else {}), **({"as": as_} if as_ else {})})
+                      **({"states": states} if states else {}), **({"as": as_} if as_ else {}),
+                      **({"resetStream": restart} if restart else {})})
         want[name] = {"calls": outs, "state": session.state, "tol": INT8_TOL if "int8" in model else TOL}
 
     # step files, one stream: flat Float32Arrays of 8 values ([1, batch, 8] at batch 1)
@@ -105,7 +115,8 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
         add(f"{model}_b1", model, "step", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs], as_="float32")
     # a batch of 3 streams, each call one array per stream (plain JS arrays)
     xs = _frames(rng, 8, (1, 3, 8))
-    add("gru_step_b3_nested", "gru_step", "step", [x[0].tolist() for x in xs], [[{"x": x}] for x in xs], batch=3)
+    add("gru_step_b3_nested", "gru_step", "step", [x[0].tolist() for x in xs], [[{"x": x}] for x in xs], batch=3,
+        restart={4: 0})  # stream 0 starts again before the 5th call
     # chunk() on a step file: a list of 5 frames, then one flat [time, batch, 8] array of 4 frames
     a, b = _frames(rng, 5, (1, 2, 8)), _frames(rng, 4, (1, 2, 8))
     add("gru_step_chunk", "gru_step", "chunk", [[x.ravel().tolist() for x in a], np.concatenate(b).ravel().tolist()],
@@ -122,7 +133,8 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
     ntm = StreamingSession(models["ntm_step"])
     spec = ntm.inputs[0]
     xs = _frames(rng, 10, spec.concrete_shape(2, 1))
-    add("ntm_step_b2", "ntm_step", "step", [x.ravel().tolist() for x in xs], [[{spec.name: x}] for x in xs], batch=2)
+    add("ntm_step_b2", "ntm_step", "step", [x.ravel().tolist() for x in xs], [[{spec.name: x}] for x in xs], batch=2,
+        restart={6: 1})  # stream 1 back to the stored start values before the 7th call
     # a file without edgernn metadata, state pair named by the user; int64 scalar `sr` given by name
     xs = _frames(rng, 6, (2, 16))
     sr = np.array(16000, dtype=np.int64)
@@ -146,6 +158,8 @@ ERROR_CASES = [  # (case, words the thrown message must contain)
       "calls": [[0.5] * 16]}, ["takes 2 inputs (input, sr)"]),
     ({"name": "chunk_partial_frame", "model": "lstm_chunk.onnx", "kind": "chunk", "calls": [[0.5] * 12]},
      ["got 12 values, not a whole number of frames of 8"]),
+    ({"name": "reset_missing_stream", "model": "gru_step.onnx", "kind": "step", "batch": 2, "calls": [[0.5] * 16],
+      "resetStream": {"0": 5}}, ["stream 5 does not exist; this session runs streams 0 to 1"]),
     ({"name": "not_onnx", "model": "not-a-model.onnx", "kind": "step", "calls": []},
      ["not-a-model.onnx is not an ONNX model", "expected a .onnx file"]),
 ]

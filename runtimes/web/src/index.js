@@ -395,6 +395,42 @@ export class StreamingSession {
   }
 
   /**
+   * Starts stream `index` of the batch afresh (its slice of every state back to the start value);
+   * the other streams keep theirs. Takes effect from the next call (after calls already made).
+   * @param {number} index 0 <= index < batch
+   * @returns {Promise<void>}
+   */
+  resetStream(index) {
+    if (!Number.isInteger(index) || index < 0 || index >= this._batch) {
+      throw new EdgernnError(`stream ${index} does not exist; this session runs streams 0 to ${this._batch - 1}`);
+    }
+    const shared = this.states.find((s) => s.batch_axis === null);
+    if (shared) throw new EdgernnError(`state '${shared.name}' has no batch axis, so all streams share it; use reset()`);
+    const run = () => {
+      /** @type {Record<string, Tensor>} */
+      const next = { ...this._state };
+      for (const s of this.states) {
+        const old = this._state[s.name];
+        const dims = /** @type {number[]} */ (Array.from(old.dims));
+        const start = this._stored[s.name];
+        const one = start ? start.data : new TYPED[s.dtype](size(dims) / this._batch);
+        const data = /** @type {any} */ (old.data).slice();
+        const axis = /** @type {number} */ (s.batch_axis);
+        const outer = size(dims.slice(0, axis));
+        const inner = size(dims.slice(axis + 1));
+        for (let o = 0; o < outer; o++) {
+          for (let i = 0; i < inner; i++) data[(o * this._batch + index) * inner + i] = one[o * inner + i];
+        }
+        next[s.name] = new this.ort.Tensor(s.dtype, data, dims);
+      }
+      this._state = next;
+    };
+    const p = this._queue.then(run);
+    this._queue = p.catch(() => {});
+    return p;
+  }
+
+  /**
    * Feeds one frame per stream; resolves to the data outputs by name.
    * `frame`: the frame of the model's only streamed input, or `{inputName: frame, ...}`.
    * @param {FrameData | Record<string, FrameData>} frame

@@ -10,7 +10,8 @@
  * `as: "float32"` flat lists become Float32Arrays first. The result per case is
  * {calls: [{output: {dims, data}}], state: {name: {dims, data}}, stepUs: {p50, mean}, backend}
  * (with `keep: false`, only the timing), or {error, errorName} when something threw. `repeat` runs the
- * calls again (state carried) and `warmup` leaves the first calls out of the timing; `kind: "plain"`
+ * calls again (state carried) and `warmup` leaves the first calls out of the timing; `resetStream`
+ * ({callIndex: stream}) restarts one stream of the batch before that call; `kind: "plain"`
  * times a hand-written onnxruntime loop instead (see plainLoop).
  */
 
@@ -87,7 +88,8 @@ export async function runCases(ort, cases, { base = '', sessionOptions = {} } = 
       const times = [];
       const inputs = c.calls.map((/** @type {any} */ x) => convert(x, c.as));
       for (let r = 0; r < (c.repeat ?? 1); r++) {
-        for (const input of inputs) {
+        for (const [k, input] of inputs.entries()) {
+          if (c.resetStream && k in c.resetStream) await s.resetStream(c.resetStream[k]);
           const t0 = performance.now();
           const out = c.kind === 'chunk' ? await s.chunk(input) : await s.step(input);
           times.push(performance.now() - t0);

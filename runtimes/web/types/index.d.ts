@@ -84,6 +84,13 @@ export class StreamingSession {
     /** @private */
     private _fast;
     /**
+     * Starts stream `index` of the batch afresh (its slice of every state back to the start value);
+     * the other streams keep theirs. Takes effect from the next call (after calls already made).
+     * @param {number} index 0 <= index < batch
+     * @returns {Promise<void>}
+     */
+    resetStream(index: number): Promise<void>;
+    /**
      * Feeds one frame per stream; resolves to the data outputs by name.
      * `frame`: the frame of the model's only streamed input, or `{inputName: frame, ...}`.
      * @param {FrameData | Record<string, FrameData>} frame
