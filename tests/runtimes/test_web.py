@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -65,6 +66,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     for name in ("gru_step", "lstm_step"):  # edgernn quantize: DynamicQuantizeMatMul / DynamicQuantizeLSTM
         made[f"{name}_int8"] = folder / f"{name}.int8.onnx"
         quantize(made[name], made[f"{name}_int8"], method="dynamic", steps=200)
+    for name, key, value in (("bad_states", "edgernn.states", '[{"name": "h"}]'), ("format_2", "edgernn.format", "2")):
+        model = onnx.load(made["gru_step"])  # the GRU file with one metadata entry broken
+        next(p for p in model.metadata_props if p.key == key).value = value
+        made[name] = folder / f"{name}.onnx"
+        onnx.save(model, made[name])
     made["silero"] = folder / "silero.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -160,6 +166,10 @@ ERROR_CASES = [  # (case, words the thrown message must contain)
      ["got 12 values, not a whole number of frames of 8"]),
     ({"name": "reset_missing_stream", "model": "gru_step.onnx", "kind": "step", "batch": 2, "calls": [[0.5] * 16],
       "resetStream": {"0": 5}}, ["stream 5 does not exist; this session runs streams 0 to 1"]),
+    ({"name": "bad_metadata", "model": "bad_states.onnx", "kind": "step", "calls": []},
+     ["has edgernn.states entries without name, shape and dtype, input and output", "re-export it"]),
+    ({"name": "newer_format", "model": "format_2.onnx", "kind": "step", "calls": []},
+     ["uses edgernn contract version 2; this runtime reads version 1"]),
     ({"name": "not_onnx", "model": "not-a-model.onnx", "kind": "step", "calls": []},
      ["not-a-model.onnx is not an ONNX model", "expected a .onnx file"]),
 ]

@@ -160,12 +160,22 @@ export function contractFromMetadata(meta, source) {
   if (!['step', 'chunk', 'sequence'].includes(mode)) {
     throw new EdgernnError(`${source} has edgernn.mode '${mode}'; expected step, chunk or sequence`);
   }
-  return {
+  const contract = {
     mode: /** @type {Contract["mode"]} */ (mode),
     inputs: json('edgernn.inputs'),
     outputs: json('edgernn.outputs'),
     states: json('edgernn.states'),
   };
+  for (const key of /** @type {const} */ (['inputs', 'outputs', 'states'])) {
+    const list = contract[key];
+    const bad = !Array.isArray(list) ? list : list.find((t) => !t || typeof t.name !== 'string' || !Array.isArray(t.shape) ||
+      typeof t.dtype !== 'string' || (key === 'states' && (typeof t.input !== 'string' || typeof t.output !== 'string')));
+    if (bad !== undefined) {
+      throw new EdgernnError(`${source} has edgernn.${key} entries without name, shape and dtype` +
+        `${key === 'states' ? ', input and output' : ''} (${JSON.stringify(bad).slice(0, 80)}); re-export it with edgernn export`);
+    }
+  }
+  return contract;
 }
 
 /**
@@ -291,18 +301,23 @@ export class StreamingSession {
     } catch (e) {
       throw new EdgernnError(`onnxruntime cannot load ${source}: ${String(/** @type {Error} */ (e).message ?? e).split('\n')[0]}`);
     }
-    if (!contract) {
-      if (!options.states) {
-        throw new EdgernnError(`${source} has no edgernn metadata (no edgernn.states in its metadata_props), so ` +
-          `which inputs carry state is unknown; pass {states: {'<state input>': '<state output>', ...}} naming ` +
-          `each pair (its inputs: ${session.inputNames.join(', ')}; outputs: ${session.outputNames.join(', ')}), ` +
-          'or export it with edgernn export');
+    try {
+      if (!contract) {
+        if (!options.states) {
+          throw new EdgernnError(`${source} has no edgernn metadata (no edgernn.states in its metadata_props), so ` +
+            `which inputs carry state is unknown; pass {states: {'<state input>': '<state output>', ...}} naming ` +
+            `each pair (its inputs: ${session.inputNames.join(', ')}; outputs: ${session.outputNames.join(', ')}), ` +
+            'or export it with edgernn export');
+        }
+        contract = contractFromPairs(session, options.states, source);
       }
-      contract = contractFromPairs(session, options.states, source);
+      checkIO(session, contract, source);
+      const stored = storedStarts(bytes, contract, source, ortFormat);
+      return new StreamingSession(ort, session, contract, stored, batch, source);
+    } catch (e) {
+      await session.release().catch(() => {});  // nothing is left open when create() throws
+      throw e;
     }
-    checkIO(session, contract, source);
-    const stored = storedStarts(bytes, contract, source, ortFormat);
-    return new StreamingSession(ort, session, contract, stored, batch, source);
   }
 
   /** "step", "chunk" or "sequence" @returns {Contract["mode"]} */
