@@ -15,6 +15,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import unquote
 
 from edgernn.errors import EdgernnError
 
@@ -39,7 +40,7 @@ class _Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         for prefix, folder in self.mounts.items():
             if path.startswith(prefix):
-                rest = path[len(prefix):].split("?", 1)[0].split("#", 1)[0]
+                rest = unquote(path[len(prefix):].split("?", 1)[0].split("#", 1)[0])
                 target = (folder / rest).resolve()
                 # nothing outside the mounted folder
                 return str(target) if target.is_relative_to(folder.resolve()) else str(folder / "__outside__")

@@ -67,3 +67,23 @@ def chromium(web_tools) -> str:
         pytest.fail(f"{path} is missing; install Debian's chromium (apt-get install chromium; bash setup.sh does "
                     "as root) or set CHROMIUM")
     return path
+
+
+@pytest.fixture(scope="session")
+def silero_like() -> type:
+    """A model class with silero-vad's interface, for files from other exporters: input [batch, 16],
+    state [2, batch, 8] (state -> stateN when exported with those names), a scalar int64 sr."""
+    import torch
+    from torch import nn
+
+    class Silero(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.rnn, self.head = nn.Linear(16, 8), nn.GRU(8, 8, num_layers=2), nn.Linear(8, 1)
+
+        def forward(self, input, state, sr):
+            x = self.proj(input) * (sr.float() / 16000.0)
+            y, state_n = self.rnn(x.unsqueeze(0), state)
+            return torch.sigmoid(self.head(y[0])), state_n
+
+    return Silero

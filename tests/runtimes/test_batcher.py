@@ -44,19 +44,6 @@ class TwoInputs(nn.Module):
         return h * 2.0, self.head(h), h
 
 
-class Silero(nn.Module):
-    """silero-vad's interface: input [batch, 16], state [2, batch, 8], a scalar sr without batch axis."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj, self.rnn, self.head = nn.Linear(16, 8), nn.GRU(8, 8, num_layers=2), nn.Linear(8, 1)
-
-    def forward(self, input, state, sr):
-        x = self.proj(input) * (sr.float() / 16000.0)
-        y, state_n = self.rnn(x.unsqueeze(0), state)
-        return torch.sigmoid(self.head(y[0])), state_n
-
-
 def _torch_export(module, args, path, inputs, outputs, axes=None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +53,7 @@ def _torch_export(module, args, path, inputs, outputs, axes=None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, silero_like) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("batcher")
     torch.manual_seed(0)
     gru = nn.GRU(8, 16, 2, batch_first=True).eval()
@@ -81,7 +68,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["two_inputs"] = _torch_export(two, (torch.randn(2, 3), torch.randn(2, 2), torch.zeros(2, 6)),
                                        folder / "two_inputs.onnx", ["x", "z", "h0"], ["y", "score", "hn"],
                                        {n: {0: "batch"} for n in ("x", "z", "h0", "y", "score", "hn")})
-    silero = Silero().eval()
+    silero = silero_like().eval()
     args = (torch.randn(1, 16), torch.zeros(2, 1, 8), torch.tensor(16000))
     names = (["input", "state", "sr"], ["output", "stateN"])
     made["silero"] = _torch_export(silero, args, folder / "silero.onnx", *names,

@@ -38,21 +38,8 @@ TOL = 1e-5  # fp32: max |js - python| / max(1, max |python|)
 INT8_TOL = 1e-3
 
 
-class Silero(nn.Module):
-    """silero-vad's interface (no edgernn metadata): input [batch, 16], state [2, batch, 8], sr scalar int64."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj, self.rnn, self.head = nn.Linear(16, 8), nn.GRU(8, 8, num_layers=2), nn.Linear(8, 1)
-
-    def forward(self, input, state, sr):
-        x = self.proj(input) * (sr.float() / 16000.0)
-        y, state_n = self.rnn(x.unsqueeze(0), state)
-        return torch.sigmoid(self.head(y[0])), state_n
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory, silero_like) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("web")
     torch.manual_seed(0)
     made = {k: folder / f"{k}.onnx" for k in ("gru_step", "lstm_chunk", "lstm_step", "ntm_step")}
@@ -74,7 +61,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     made["silero"] = folder / "silero.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Silero().eval(), (torch.randn(1, 16), torch.zeros(2, 1, 8), torch.tensor(16000)),
+        torch.onnx.export(silero_like().eval(), (torch.randn(1, 16), torch.zeros(2, 1, 8), torch.tensor(16000)),
                           str(made["silero"]), input_names=["input", "state", "sr"], output_names=["output", "stateN"],
                           dynamo=False, dynamic_axes={"input": {0: "batch"}, "state": {1: "batch"},
                                                       "output": {0: "batch"}, "stateN": {1: "batch"}})

@@ -19,7 +19,7 @@
  */
 
 import { EdgernnError } from './errors.js';
-import { isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
+import { TYPED_ARRAYS as TYPED, isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
 
 export { EdgernnError } from './errors.js';
 export { isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
@@ -83,10 +83,6 @@ export const FORMAT_VERSION = '1';
  * @property {string} [name] how errors name the model (default: its path or URL)
  */
 
-const TYPED = /** @type {Record<string, any>} */ ({
-  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, int8: Int8Array,
-  uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array, uint32: Uint32Array, bool: Uint8Array,
-});
 
 const isNode = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
 
@@ -440,9 +436,7 @@ export class StreamingSession {
       }
       this._state = next;
     };
-    const p = this._queue.then(run);
-    this._queue = p.catch(() => {});
-    return p;
+    return this._serial(run);
   }
 
   /**
@@ -526,7 +520,7 @@ export class StreamingSession {
 
   /** Frees onnxruntime's session. */
   async release() {
-    await this._queue.catch(() => {});
+    await this._queue;  // (never rejects: _serial catches)
     await this.session.release();
   }
 
@@ -538,8 +532,7 @@ export class StreamingSession {
    */
   _enqueue(tensors) {
     const run = async () => {
-      /** @type {Record<string, Tensor>} */
-      const feeds = { ...tensors };
+      const feeds = tensors;  // each caller builds a fresh object: the states are added to it
       for (const s of this.states) feeds[s.input] = this._state[s.name];
       const results = await this.session.run(feeds);
       /** @type {Record<string, Tensor>} */
@@ -551,7 +544,15 @@ export class StreamingSession {
       for (const spec of this.outputs) out[spec.name] = results[spec.name];
       return out;
     };
-    const p = this._queue.then(run);
+    return this._serial(run);
+  }
+
+  /**
+   * Runs `fn` after every call made before it (a failed call does not stop the ones after it).
+   * @private @template T @param {() => T | Promise<T>} fn @returns {Promise<T>}
+   */
+  _serial(fn) {
+    const p = this._queue.then(fn);
     this._queue = p.catch(() => {});
     return p;
   }

@@ -24,6 +24,12 @@ const I64 = 1;
 const LEN = 2;
 const I32 = 5;
 
+/** The typed array that holds each dtype's values (onnxruntime-web's Tensor takes the same ones). */
+export const TYPED_ARRAYS = /** @type {Record<string, any>} */ ({
+  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, int8: Int8Array,
+  uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array, uint32: Uint32Array, bool: Uint8Array,
+});
+
 /** onnx TensorProto.DataType numbers -> the dtype names used in edgernn metadata. */
 export const ONNX_DTYPES = /** @type {Record<number, string>} */ ({
   1: 'float32', 2: 'uint8', 3: 'int8', 4: 'uint16', 5: 'int16', 6: 'int32', 7: 'int64', 9: 'bool',
@@ -211,11 +217,6 @@ function readTensor(bytes, start, end, wanted) {
   return { name, dtype, dims, data };
 }
 
-/** @type {Record<string, any>} */
-const ARRAYS = {
-  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array,
-  uint8: Uint8Array, int8: Int8Array, bool: Uint8Array,
-};
 
 /**
  * Decodes a tensor's values from raw_data (little-endian bytes) or from the typed repeated fields.
@@ -223,7 +224,7 @@ const ARRAYS = {
  * @param {{field: number, wire: number, start: number, end: number}[]} payload @param {string} name
  */
 function decode(bytes, dtype, count, payload, name) {
-  const Array_ = ARRAYS[dtype];
+  const Array_ = TYPED_ARRAYS[dtype];
   const out = new Array_(count);
   const raw = payload.find((f) => f.field === 9);
   if (raw) {

@@ -116,6 +116,11 @@ export class StreamingSession {
      */
     private _enqueue;
     /**
+     * Runs `fn` after every call made before it (a failed call does not stop the ones after it).
+     * @private @template T @param {() => T | Promise<T>} fn @returns {Promise<T>}
+     */
+    private _serial;
+    /**
      * Input values by name, from a bare value (models with one streamed input) or an object.
      * @private @param {any} value @param {string} call
      * @returns {Record<string, any>}

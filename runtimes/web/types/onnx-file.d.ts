@@ -23,6 +23,8 @@ export function readMetadata(bytes: Uint8Array): Record<string, string>;
  * @returns {Record<string, StoredTensor>}
  */
 export function readInitializers(bytes: Uint8Array, names: Iterable<string>): Record<string, StoredTensor>;
+/** The typed array that holds each dtype's values (onnxruntime-web's Tensor takes the same ones). */
+export const TYPED_ARRAYS: Record<string, any>;
 /** onnx TensorProto.DataType numbers -> the dtype names used in edgernn metadata. */
 export const ONNX_DTYPES: Record<number, string>;
 export type StoredTensor = {
