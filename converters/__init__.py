@@ -1,6 +1,6 @@
 """Export and graph passes: PyTorch module -> ONNX graph with explicit state I/O.
 
-Pipeline (``passes.PIPELINE``): resolve-inputs, lift-state, capture, lower-recurrent,
+Pipeline (``passes.PIPELINE``): resolve-inputs, time-loop, lift-state, capture, lower-recurrent,
 scan-over-time, describe-state-io, optimize, check, verify. Quantization: ``converters.quantize``.
 """
 

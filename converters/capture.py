@@ -2,7 +2,8 @@
 
 How it works (checked on torch 2.13 / onnxscript 0.7):
 
-1. Each ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in the model is wrapped in :class:`StatefulRecurrent`.
+1. Each ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in the model becomes a :class:`StatefulRecurrent` (its class
+   is swapped for a subclass, so user code still sees the layer).
    A probe run records which layers are called without an initial state: those get *lifted*, i.e.
    their initial state comes from a graph input and their final state goes to a graph output.
 2. :class:`StateLifter` is the module that is exported: ``forward(*data, *states)`` returns
@@ -96,41 +97,65 @@ def _translation_table() -> dict:
     def recurrent_lstm(x, h0, c0, layer: int):
         return E.RecurrentLSTM(x, h0, c0, layer=layer)
 
+    from edgernn.converters.context import translations
+
     return {torch.ops.edgernn.recurrent.default: recurrent,
-            torch.ops.edgernn.recurrent_lstm.default: recurrent_lstm}
+            torch.ops.edgernn.recurrent_lstm.default: recurrent_lstm, **translations()}
 
 
-class StatefulRecurrent(nn.Module):
-    """Wraps a recurrent layer so that its state can be lifted and its body replaced in capture."""
+class StatefulRecurrent:
+    """Mixed into a recurrent layer's own class, so that its state can be lifted and its body
+    replaced in capture while user code keeps seeing the layer it wrote.
 
-    def __init__(self, layer: nn.RNNBase, path: str, layer_id: int) -> None:
-        super().__init__()
-        self.layer = layer
-        self.path = path
-        self.layer_id = layer_id
-        self.spec = RecurrentLayerSpec.from_module(path, layer)
-        self.lifted: tuple[torch.Tensor, ...] | None = None  # set by StateLifter before each call
-        self.final: tuple[torch.Tensor, ...] | None = None
-        self.calls_without_state = 0
-        self.calls = 0
-        self.capturing = False
+    :func:`wrap_recurrent_layers` does not put the layer inside another module: it swaps the
+    layer's class for ``Stateful<Class>`` (this mixin, then the layer's class), so
+    ``flatten_parameters()``, ``hidden_size``, ``weight_ih_l0``, ``named_parameters()`` and
+    ``state_dict()`` are the layer's own. The eager path calls the original class's forward.
+    """
+
+    # set by :func:`make_stateful`; read by the passes
+    path: str
+    layer_id: int
+    spec: RecurrentLayerSpec
+    lifted: tuple[torch.Tensor, ...] | None  # set by StateLifter before each call
+    final: tuple[torch.Tensor, ...] | None
+    calls_without_state: int
+    calls: int
+    capturing: bool
+    batches: list[int]  # the batch size of each call without a state (since reset_counters)
+
+    @property
+    def layer(self) -> nn.RNNBase:
+        """The recurrent layer itself (the same object: the wrapper is the layer)."""
+        return self  # type: ignore[return-value]
+
+    @property
+    def original_class(self) -> type:
+        return type(self).__mro__[2]
 
     def forward(self, x, hx=None):
         if isinstance(x, nn.utils.rnn.PackedSequence):
             raise ExportError(f"layer {self.path!r} received a PackedSequence; streaming export needs padded tensors")
         self.calls += 1
         use_lifted = hx is None and self.lifted is not None
-        if hx is None:
-            self.calls_without_state += 1
-        if use_lifted:
-            hx = self.lifted if self.spec.kind == "lstm" else self.lifted[0]
         if x.dim() == 2:
             raise ExportError(f"layer {self.path!r} received an unbatched 2-D input; feed [batch, time, features] "
                               "or [time, batch, features]")
-        if self.capturing:
+        if hx is None:
+            self.calls_without_state += 1
+            if not self.capturing:
+                self.batches.append(int(x.shape[0 if self.spec.batch_first else 1]))
+        if use_lifted:
+            hx = self.lifted if self.spec.kind == "lstm" else self.lifted[0]
+        gate = self.__dict__.get("gate")
+        if gate is not None:  # frames a lookahead before the layer emits early leave its state (context.py)
+            from edgernn.converters.context import run_gated
+
+            out, hn = run_gated(self, x, hx, gate)
+        elif self.capturing:
             out, hn = self._placeholder(x, hx)
         else:
-            out, hn = self.layer(x, hx)
+            out, hn = super().forward(x, hx)  # type: ignore[misc]  # the layer class's own forward
         if use_lifted:
             self.final = tuple(hn) if isinstance(hn, tuple) else (hn,)
         return out, hn
@@ -155,18 +180,37 @@ class StatefulRecurrent(nn.Module):
         return y, hn
 
 
+_STATEFUL_CLASSES: dict[type, type] = {}
+
+
+def stateful_class(cls: type) -> type:
+    """``Stateful<cls>``: :class:`StatefulRecurrent` first, then ``cls`` (made once per class)."""
+    made = _STATEFUL_CLASSES.get(cls)
+    if made is None:
+        made = type(f"Stateful{cls.__name__}", (StatefulRecurrent, cls), {"__module__": __name__})
+        _STATEFUL_CLASSES[cls] = made
+    return made
+
+
+def make_stateful(layer: nn.RNNBase, path: str, layer_id: int) -> StatefulRecurrent:
+    """Turn ``layer`` (in place: the same object, parameters and all) into a :class:`StatefulRecurrent`."""
+    spec = RecurrentLayerSpec.from_module(path, layer)
+    layer.__class__ = stateful_class(type(layer))
+    for name, value in (("path", path), ("layer_id", layer_id), ("spec", spec), ("lifted", None), ("final", None),
+                        ("calls_without_state", 0), ("calls", 0), ("capturing", False), ("batches", [])):
+        object.__setattr__(layer, name, value)
+    return layer  # type: ignore[return-value]
+
+
 def wrap_recurrent_layers(model: nn.Module) -> list[StatefulRecurrent]:
-    """Replace every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in ``model`` (in place) by a wrapper."""
+    """Make every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in ``model`` (in place) a :class:`StatefulRecurrent`.
+    A layer reached by two paths (shared) is wrapped once, under its first path."""
     wrappers: list[StatefulRecurrent] = []
     if isinstance(model, nn.RNNBase):
         raise TypeError("wrap the bare layer in a parent module first")
     for path, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.RNNBase) and not isinstance(child, StatefulRecurrent):
-                full = f"{path}.{child_name}" if path else child_name
-                w = StatefulRecurrent(child, full, len(wrappers))
-                setattr(module, child_name, w)
-                wrappers.append(w)
+        if isinstance(module, nn.RNNBase) and not isinstance(module, StatefulRecurrent):
+            wrappers.append(make_stateful(module, path, len(wrappers)))
     return wrappers
 
 
@@ -175,10 +219,18 @@ class LiftedState:
     """One lifted state: ``name`` (module path + part), the wrapper and which part it is."""
 
     name: str
-    wrapper: StatefulRecurrent
+    wrapper: Any  # a StatefulRecurrent, or another holder of lifted state (``context.TemporalState``)
     part: int
 
+    @property
+    def batch_axis(self) -> int:
+        """Where the batch is: axis 1 for recurrent layers (PyTorch's ``[layers, batch, H]``)."""
+        axis = getattr(self.wrapper, "state_batch_axis", None)
+        return 1 if axis is None else axis(self.part)
+
     def example(self, batch: int) -> torch.Tensor:
+        if hasattr(self.wrapper, "state_example"):  # not a recurrent layer: the holder knows its shapes
+            return self.wrapper.state_example(self.part, batch)
         s = self.wrapper.spec
         p = s.state_parts[self.part]
         return torch.zeros(s.num_layers * s.directions, batch, s.state_size(p))
@@ -252,6 +304,7 @@ def capturing(wrappers: Sequence[StatefulRecurrent]) -> Iterator[dict[int, Recur
 def reset_counters(wrappers: Sequence[StatefulRecurrent]) -> None:
     for w in wrappers:
         w.calls = w.calls_without_state = 0
+        w.batches = []
 
 
 def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], example: Sequence[torch.Tensor],

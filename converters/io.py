@@ -61,9 +61,22 @@ class InputSpec:
         """The shape in step mode: the time axis is fixed to 1."""
         return tuple(1 if d == TIME else d for d in self.shape)
 
-    def to_tensor_spec(self, step: bool) -> TensorSpec:
+    def to_tensor_spec(self, step: bool, frame_multiple: int = 1) -> TensorSpec:
+        """The contract's spec; ``frame_multiple`` (frames per call must be a multiple of it) is
+        kept only where calls have a time axis of any length (not in step mode)."""
         shape = self.step_shape() if step else self.shape
-        return TensorSpec(self.name, tuple(shape), self.dtype, self.batch_axis, self.time_axis)
+        multiple = frame_multiple if self.time_axis is not None and not step else 1
+        return TensorSpec(self.name, tuple(shape), self.dtype, self.batch_axis, self.time_axis,
+                          frame_multiple=multiple)
+
+    def flag(self) -> str:
+        """``--input`` text that declares this input, e.g. ``x:float32:B,T,40``."""
+        dims = ",".join("B" if d == BATCH else "T" if d == TIME else str(d) for d in self.shape)
+        return f"{self.name}:{self.dtype}:{dims}"
+
+    def describe(self) -> str:
+        """The shape in words, e.g. ``[batch, time, 40]``."""
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
 
 
 def parse_input(text: str) -> InputSpec:
@@ -137,6 +150,35 @@ def infer_data_input(model: nn.Module, name: str) -> InputSpec:
         return InputSpec(name, "float32", (BATCH, first.in_channels, TIME))
     size = first.in_features if isinstance(first, nn.Linear) else first.input_size
     return InputSpec(name, "float32", (*bt, size))
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The layer whose sizes :func:`infer_data_input` reads (the first that consumes the input)."""
+    return next((m for m in model.modules()
+                 if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv1d, nn.RNNBase, nn.RNNCellBase))), None)
+
+
+def describe_layer(m: nn.Module) -> str:
+    """``Conv1d(16 -> 20)``: a layer by its class and its input and output sizes."""
+    sizes = {nn.Embedding: ("num_embeddings", "embedding_dim"), nn.Linear: ("in_features", "out_features"),
+             nn.Conv1d: ("in_channels", "out_channels")}
+    keys = next((v for k, v in sizes.items() if isinstance(m, k)), ("input_size", "hidden_size"))
+    if not all(hasattr(m, k) for k in keys):
+        return type(m).__name__
+    return f"{type(m).__name__}({getattr(m, keys[0])} -> {getattr(m, keys[1])})"
+
+
+def input_layouts(guess: InputSpec) -> list[InputSpec]:
+    """``guess`` first, then the other layouts of its axes a model commonly takes: batch-first
+    ``[batch, time, features...]`` and time-major ``[time, batch, features...]``."""
+    if guess.time_axis is None or guess.batch_axis is None:
+        return [guess]
+    feat = tuple(d for d in guess.shape if d not in (BATCH, TIME))
+    out: list[InputSpec] = []
+    for shape in (guess.shape, (BATCH, TIME, *feat), (TIME, BATCH, *feat)):
+        if all(o.shape != shape for o in out):
+            out.append(InputSpec(guess.name, guess.dtype, tuple(shape), guess.high))
+    return out
 
 
 def numpy_dtype(dtype: str) -> np.dtype:

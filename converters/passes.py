@@ -8,6 +8,7 @@ by one (see ``tests/converters/test_passes.py``).
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,18 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from edgernn.converters import capture
-from edgernn.converters.io import InputSpec, forward_parameters, infer_data_input
-from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, lower_sequence, lower_step
+from edgernn.converters import capture, timeloop
+from edgernn.converters.context import CacheTemporalContext
+from edgernn.converters.io import (InputSpec, describe_layer, first_layer, forward_parameters, infer_data_input,
+                                   input_layouts)
+from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, lower_gated, lower_sequence, lower_step
 from edgernn.contract import BATCH, FORMAT_VERSION, TIME, Contract, StateSpec, TensorSpec, write_metadata
 from edgernn.errors import ExportError
 
 TRACE_BATCH, TRACE_TIME = 2, 5
+# tried in turn when a model fails on TRACE_TIME frames: lengths TRACE_TIME * m (TRACE_TIME is odd,
+# so a model that needs a multiple of 8 fails at 2 * 5 and 4 * 5 and runs at 8 * 5)
+FRAME_MULTIPLES = (2, 4, 8, 16)
 STATE_LAYOUTS = ("native", "batch-major")  # how state tensors sit in the file (see DescribeStateIO)
 STATE_ARG = re.compile(r"(state|hidden|memory|carry|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
 INIT_HOOKS = ("initial_state", "init_state", "init_hidden", "zero_state")
@@ -91,6 +97,14 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     records: list[PassRecord] = field(default_factory=list)
     frame_model: bool = False  # one frame per forward, exported for chunk/sequence as a Scan over time
+    # every call's frames must be a multiple of this (a model that reshapes time into blocks, a
+    # stride over time); probes, capture and verification use lengths that are multiples of it.
+    # Combine new constraints with math.lcm.
+    frame_multiple: int = 1
+    temporal: Any = None  # context.TemporalPlan: convolutions over time with context caches, delays
+    # why the forward loops over time in Python ("" if it does not): captured for one frame, chunk and
+    # sequence files run that frame in a Scan over the data's own time axis (converters/timeloop.py)
+    time_loop: str = ""
     # state name -> axis order of the file's state in terms of PyTorch's (state_layout="batch-major"
     # moves the batch axis first); states absent here have PyTorch's layout in the file too
     state_perms: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -104,8 +118,9 @@ class ExportContext:
 
     @property
     def capture_mode(self) -> str:
-        """The mode the model is captured in: a one-frame model is always captured one step at a time."""
-        return "step" if self.frame_model else self.mode
+        """The mode the model is captured in: a one-frame model, or one whose forward loops over time
+        in Python, is always captured one step at a time."""
+        return "step" if self.frame_model or self.time_loop else self.mode
 
     @property
     def streams_time(self) -> bool:
@@ -173,6 +188,19 @@ def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
     for k, p in enumerate(perm):
         inv[p] = k
     return tuple(inv)
+
+
+def trace_time(ctx: ExportContext, frames: int = TRACE_TIME) -> int:
+    """A trace or probe length: ``frames`` blocks of the model's frame multiple."""
+    return frames * ctx.frame_multiple
+
+
+def time_dimension(ctx: ExportContext) -> Any:
+    """torch.export's dynamic time dimension: any length, or any multiple of ``ctx.frame_multiple``."""
+    m = ctx.frame_multiple
+    if m == 1:
+        return torch.export.Dim("time", min=1, max=1 << 24)
+    return m * torch.export.Dim("time_blocks", min=1, max=(1 << 24) // m)
 
 
 class ResolveInputs:
@@ -320,29 +348,33 @@ class LiftState:
         if isinstance(model, nn.RNNBase):
             raise ExportError("internal: bare layers are wrapped by edgernn.load before export")
         ctx.wrappers = capture.wrap_recurrent_layers(model)
-        gen = torch.Generator().manual_seed(0)
-        time_len = 1 if ctx.capture_mode == "step" else TRACE_TIME
-        data = ctx.example_data(TRACE_BATCH, time_len, gen)
-        explicit = [e.make(TRACE_BATCH) for e in ctx.explicit]
-        capture.reset_counters(ctx.wrappers)
-        with torch.no_grad():
-            try:
-                model(*data, *explicit)
-            except ExportError:
-                raise
-            except Exception as e:
-                raise ExportError(f"{type(ctx.original).__name__} failed on example inputs "
-                                  f"{[list(t.shape) for t in data]}: {str(e).splitlines()[0][:300]}") from None
+        time_len, step_multiple = self._first_probe(ctx)
+        own_batch = self._layers_off_batch(ctx, time_len)
         lifted = []
         for w in ctx.wrappers:
             if w.calls_without_state > 1:
                 raise ExportError(f"recurrent layer {w.path!r} is called {w.calls_without_state} times per forward "
                                   "without a state; lifting its state needs exactly one call")
-            if w.calls_without_state == 1:
+            if w.calls_without_state == 1 and id(w) in own_batch:
+                b = own_batch[id(w)]
+                if ctx.mode != "sequence":
+                    raise ExportError(f"layer {w.path!r} runs on a batch of {b} where the model's batch is "
+                                      f"{TRACE_BATCH} (the model reshapes its batch); its state cannot be carried "
+                                      "between calls: export with --mode sequence")
+                ctx.notes.append(f"layer {w.path!r} runs on a batch of {b} where the model's batch is {TRACE_BATCH} "
+                                 "(the model reshapes its batch): it has no state pair and starts from zeros "
+                                 "in every call")
+            elif w.calls_without_state == 1:
                 base = w.path if w.path else w.spec.kind
                 lifted += [capture.LiftedState(f"{base}.{part}", w, k) for k, part in enumerate(w.spec.state_parts)]
             if w.spec.bidirectional and ctx.mode != "sequence":
                 raise ExportError(f"layer {w.path!r} is bidirectional and cannot stream; export with --mode sequence")
+        if step_multiple:
+            raise ExportError(f"{type(ctx.original).__name__} only runs on lengths that are a multiple of "
+                              f"{step_multiple} frames (it fails on 1 frame); step mode feeds one frame per call: "
+                              "export with --mode chunk or --mode sequence")
+        if ctx.temporal is not None:  # context caches of convolutions over time (converters/context.py)
+            lifted += [s for st in ctx.temporal.states for s in st.lifted_states()]
         ctx.lifted = sorted(lifted, key=lambda s: s.name)
         ctx.lifter = capture.StateLifter(model, len(ctx.data), [(e.arg, e.treespec) for e in ctx.explicit],
                                          ctx.lifted)
@@ -352,10 +384,82 @@ class LiftState:
             raise ExportError(f"two states are both named {sorted(dup)[0]!r}")
         return ", ".join(s.name for s in ctx.lifted) or "no layer called without a state"
 
+    @staticmethod
+    def _run(ctx: ExportContext, batch: int, time_len: int, seed: int = 0) -> list[torch.Tensor]:
+        """The model once on random data of ``batch`` and ``time_len`` frames (counters reset first)."""
+        gen = torch.Generator().manual_seed(seed)
+        data = ctx.example_data(batch, time_len, gen)
+        explicit = [e.make(batch) for e in ctx.explicit]
+        capture.reset_counters(ctx.wrappers)
+        with torch.no_grad():
+            ctx.model(*data, *explicit)
+        return data
+
+    def _first_probe(self, ctx: ExportContext) -> tuple[int, int]:
+        """Run the model at the trace length; if it fails there, at lengths that are multiples of
+        2, 4, 8, 16 (the first that runs sets ``ctx.frame_multiple``). Returns the length that ran
+        and, for a step-mode model that needs several frames per call, that multiple (else 0)."""
+        name = type(ctx.original).__name__
+        step = ctx.capture_mode == "step"
+        time_len = 1 if step else trace_time(ctx)
+        try:
+            self._run(ctx, TRACE_BATCH, time_len)
+            return time_len, 0
+        except ExportError:
+            raise
+        except Exception as e:
+            shapes = [list(t.shape) for t in ctx.example_data(TRACE_BATCH, time_len, torch.Generator())]
+            failure = ExportError(f"{name} failed on example inputs {shapes}: {str(e).splitlines()[0][:300]}")
+        if ctx.streams_time:
+            tried = {1 if step else ctx.frame_multiple}
+            for m in FRAME_MULTIPLES:
+                multiple = math.lcm(ctx.frame_multiple, m)
+                if multiple in tried:
+                    continue
+                tried.add(multiple)
+                try:
+                    for k in (TRACE_TIME + 2, TRACE_TIME):  # two lengths: the last that ran is the trace length
+                        self._run(ctx, TRACE_BATCH, k * multiple)
+                except ExportError:
+                    raise
+                except Exception:
+                    continue
+                if step:
+                    return TRACE_TIME * multiple, multiple
+                ctx.notes.append(f"{name} fails on {time_len} frames and runs on multiples of {multiple}: every call "
+                                 f"must feed a multiple of {multiple} frames")
+                ctx.frame_multiple = multiple
+                return TRACE_TIME * multiple, 0
+        raise failure from None
+
+    def _layers_off_batch(self, ctx: ExportContext, time_len: int) -> dict[int, int]:
+        """Layers called without a state whose batch is not the model's (a model that reshapes its
+        batch, e.g. a dual-path block running a GRU over chunks): wrapper id -> its batch at
+        TRACE_BATCH. A second run at another batch tells a batch that follows the model's from one
+        that only equals it by chance. Leaves the counters of the first run in place."""
+        first = {id(w): (w.calls, w.calls_without_state, list(w.batches)) for w in ctx.wrappers}
+        candidates = [w for w in ctx.wrappers if w.calls_without_state == 1]
+        if not candidates:
+            return {}
+        off = {id(w): w.batches[0] for w in candidates if w.batches[0] != TRACE_BATCH}
+        if len(off) < len(candidates):
+            try:
+                self._run(ctx, TRACE_BATCH + 1, time_len, seed=3)
+                for w in candidates:
+                    if w.batches and w.batches[0] != TRACE_BATCH + 1:
+                        off[id(w)] = first[id(w)][2][0]
+            except ExportError:
+                raise
+            except Exception:
+                pass  # the output probe (_describe_outputs) reports a model that fails at another batch
+            for w in ctx.wrappers:
+                w.calls, w.calls_without_state, w.batches = first[id(w)]
+        return off
+
     def _describe_outputs(self, ctx: ExportContext) -> None:
         """Run the lifter at two batch sizes and two lengths; axes that follow them are the outputs'
         batch and time axes. A step-mode model that only takes one frame is probed at length 1."""
-        outs = self._probe(ctx, TRACE_TIME, TRACE_TIME + 2) if ctx.streams_time else None
+        outs = self._probe(ctx, trace_time(ctx), trace_time(ctx, TRACE_TIME + 2)) if ctx.streams_time else None
         one_frame = outs is None
         if one_frame:
             outs = self._probe(ctx, 1, 1, must=True)
@@ -423,10 +527,10 @@ class Capture:
     def __call__(self, ctx: ExportContext) -> str:
         assert ctx.lifter is not None
         gen = torch.Generator().manual_seed(2)
-        time_len = 1 if ctx.capture_mode == "step" else TRACE_TIME
+        time_len = 1 if ctx.capture_mode == "step" else trace_time(ctx)
         example = [*ctx.example_data(TRACE_BATCH, time_len, gen), *ctx.initial_states(TRACE_BATCH)]
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        time_dim = torch.export.Dim("time", min=1, max=1 << 24)
+        time_dim = time_dimension(ctx)
         dyn: list[dict[int, Any]] = []
         for s in ctx.data:
             d = {}
@@ -437,11 +541,16 @@ class Capture:
             dyn.append(d)
         for e in ctx.explicit:
             dyn += [{a: batch} if a is not None else {} for a in e.batch_axes]
-        dyn += [{1: batch} for _ in ctx.lifted]
+        dyn += [{s.batch_axis: batch} for s in ctx.lifted]
         input_names = [s.name for s in ctx.data] + [f"state_in.{n}" for n in ctx.state_names]
         output_names = list(ctx.output_names) + [f"state_out.{n}" for n in ctx.state_names]
         ctx.onnx_model = capture.export_graph(ctx.lifter, ctx.wrappers, example, input_names, output_names,
                                               dyn, ctx.options.opset)
+        fixed = timeloop.static_time_inputs(ctx, ctx.onnx_model) if ctx.capture_mode != "step" else []
+        if fixed:  # the trace unrolled a Python loop over time that the time-loop pass did not see
+            timeloop.reroute(ctx, fixed)
+            LiftState()(ctx)
+            return f"{ctx.time_loop}: captured again for one frame, {self(ctx)}"
         ctx.layer_specs = {w.layer_id: w.spec for w in ctx.wrappers}
         n = len(ctx.onnx_model.graph.node)
         return f"{n} nodes, {sum(1 for x in ctx.onnx_model.graph.node if x.domain == capture.DOMAIN)} placeholders"
@@ -464,10 +573,14 @@ class LowerRecurrentLayers:
             layer = next(a.i for a in node.attribute if a.name == "layer")
             spec = ctx.layer_specs[layer]
             g = GraphBuilder(spec.path or spec.kind)
-            x, h0, *c0 = node.input
+            ins = list(node.input)
+            valid = ins.pop() if node.op_type.endswith("Gated") else None  # skips warm-up frames (context.py)
+            x, h0, *c0 = ins
             y, hn, *cn = node.output
             args = (g, spec, x, h0, c0[0] if c0 else None, y, hn, cn[0] if cn else None)
-            if ctx.capture_mode == "step":
+            if valid is not None:
+                lower_gated(*args[:5], valid, *args[5:])
+            elif ctx.capture_mode == "step":
                 lower_step(*args, cells=ctx.options.cells)
             else:
                 lower_sequence(*args)
@@ -492,6 +605,8 @@ class ScanOverTime:
     name = "scan-over-time"
 
     def __call__(self, ctx: ExportContext) -> str:
+        if ctx.time_loop and ctx.mode != "step":
+            return timeloop.scan_over_time(ctx)
         if not ctx.frame_model:
             return "not needed (the model takes a time axis)"
         model = ctx.onnx_model
@@ -565,18 +680,20 @@ class DescribeStateIO:
         if layout not in STATE_LAYOUTS:
             raise ExportError(f"state layout {layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
         step = ctx.mode == "step"
-        inputs = tuple(s.to_tensor_spec(step) for s in ctx.data)
+        inputs = tuple(s.to_tensor_spec(step, ctx.frame_multiple) for s in ctx.data)
         graph = ctx.onnx_model.graph
         outs_by_name = {o.name: o for o in graph.output}
         outputs = []
-        for name, (b, t) in zip(ctx.output_names, ctx.output_axes):
+        delays = list(ctx.temporal.delays) if ctx.temporal is not None else []
+        for k, (name, (b, t)) in enumerate(zip(ctx.output_names, ctx.output_axes)):
             vi = outs_by_name[name]
             shape = _graph_shape(vi)
             if b is not None:
                 shape[b] = BATCH
             if t is not None:
                 shape[t] = 1 if step else TIME
-            outputs.append(TensorSpec(name, tuple(shape), _dtype_name(vi), b, t))
+            delay = delays[k] if k < len(delays) and t is not None else 0
+            outputs.append(TensorSpec(name, tuple(shape), _dtype_name(vi), b, t, delay=delay))
         states = []
         lifted_leaves = {s.name: s for s in ctx.lifted}
         explicit_axes = {n: a for e in ctx.explicit for n, a in zip(e.leaf_names, e.batch_axes)}
@@ -586,7 +703,7 @@ class DescribeStateIO:
         for name in ctx.state_names:
             vi = ins_by_name[f"state_in.{name}"]
             shape = _graph_shape(vi)
-            axis = 1 if name in lifted_leaves else explicit_axes[name]
+            axis = lifted_leaves[name].batch_axis if name in lifted_leaves else explicit_axes[name]
             if axis is not None:
                 shape[axis] = BATCH
             start = stored.get(name)
@@ -725,7 +842,7 @@ class Verify:
         return ctx.parity.summary()
 
 
-PIPELINE: tuple = (ResolveInputs(), LiftState(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
+PIPELINE: tuple = (ResolveInputs(), CacheTemporalContext(), timeloop.DetectTimeLoop(), LiftState(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
                    DescribeStateIO(), Optimize(), CheckAndInferShapes(), Verify())
 
 

@@ -306,10 +306,36 @@ def _onnx_rnn_op(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, 
     return Y, Yh, None
 
 
-def scan_layer(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str, c: str | None):
+def lower_gated(g: GraphBuilder, spec: RecurrentLayerSpec, x: str, h0: str, c0: str | None, valid: str,
+                y: str, hn: str, cn: str | None) -> None:
+    """Like :func:`lower_sequence`, but frames where ``valid`` [T, B, 1] is 0 leave the states as
+    they are (the warm-up frames a lookahead before the layer emits; see ``context.py``): each
+    layer is a :func:`scan_layer` with the mask as a second scan input."""
+    if spec.bidirectional:
+        raise ValueError("bidirectional layers cannot skip warm-up frames")
+    mask = g.op1("Cast", [valid], to=TensorProto.BOOL)
+    inp, hs, cs = x, [], []
+    for layer in range(spec.num_layers):
+        sl = (g.ints("start", [layer]), g.ints("end", [layer + 1]), g.ints("axes", [0]))
+        h = g.op1("Slice", [h0, *sl])
+        c = g.op1("Slice", [c0, *sl]) if c0 else None
+        Y, Yh, Yc = scan_layer(g, spec, layer, inp, h, c, valid=mask)
+        hs.append(Yh)
+        if Yc:
+            cs.append(Yc)
+        inp = g.op1("Squeeze", [Y, g.ints("axis1", [1])])
+    g.op("Identity", [inp], outputs=[y])
+    _stack(g, hs, hn)
+    if cn:
+        _stack(g, cs, cn)
+
+
+def scan_layer(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h: str, c: str | None,
+               valid: str | None = None):
     """One layer as MatMul cells: the input projection of all T frames at once (one big MatMul),
     then a Scan over time doing only the recurrence, per direction. h, c are [D, B, .]; returns
-    Y [T, D, B, H_out], Y_h [D, B, H_out], Y_c [D, B, H] (or None) like the ONNX ops."""
+    Y [T, D, B, H_out], Y_h [D, B, H_out], Y_c [D, B, H] (or None) like the ONNX ops. ``valid``
+    (bool [T, B, 1], forward only): frames where it is false keep the states unchanged."""
     ys, yhs, ycs = [], [], []
     axis0, axis1 = g.ints("axis0", [0]), g.ints("axis1", [1])
     for reverse in range(spec.directions):
@@ -322,18 +348,23 @@ def scan_layer(g: GraphBuilder, spec: RecurrentLayerSpec, layer: int, x: str, h:
         h_new, c_new = recurrence(body, spec, layer, "gi_t", "h_prev", "c_prev" if c is not None else None,
                                   bool(reverse))
         body_in, body_out = ["h_prev"], ["h_next"]
-        body.op("Identity", [h_new], outputs=["h_next"])
+        keep = (lambda new, old: body.op1("Where", ["valid_t", new, old])) if valid else (lambda new, old: new)
+        body.op("Identity", [keep(h_new, "h_prev")], outputs=["h_next"])
         if c_new is not None:
-            body.op("Identity", [c_new], outputs=["c_next"])
+            body.op("Identity", [keep(c_new, "c_prev")], outputs=["c_next"])
             body_in.append("c_prev")
             body_out.append("c_next")
         body.op("Identity", [h_new], outputs=["y_t"])
         vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+        scanned = ["gi_t"] + (["valid_t"] if valid else [])
         graph = helper.make_graph(body.nodes, f"{spec.kind}_l{layer}_{reverse}",
-                                  [vi(n) for n in [*body_in, "gi_t"]], [vi(n) for n in [*body_out, "y_t"]],
-                                  initializer=body.initializers)
-        outs = g.op("Scan", [*states, gi], len(states) + 1, body=graph, num_scan_inputs=1,
-                    scan_input_directions=[reverse], scan_output_directions=[reverse])
+                                  [vi(n) for n in body_in] + [vi("gi_t")] + (
+                                      [helper.make_tensor_value_info("valid_t", TensorProto.BOOL, None)]
+                                      if valid else []),
+                                  [vi(n) for n in [*body_out, "y_t"]], initializer=body.initializers)
+        outs = g.op("Scan", [*states, gi, *([valid] if valid else [])], len(states) + 1, body=graph,
+                    num_scan_inputs=len(scanned), scan_input_directions=[reverse] * len(scanned),
+                    scan_output_directions=[reverse])
         ys.append(g.op1("Unsqueeze", [outs[-1], axis1]))
         yhs.append(g.op1("Unsqueeze", [outs[0], axis0]))
         if c is not None:

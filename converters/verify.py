@@ -83,7 +83,9 @@ def verify_parity(ctx) -> ParityReport:
     report = ParityReport(ctx.options.tolerance)
     gen = torch.Generator().manual_seed(1234)
     n_out = len(ctx.output_names)
+    multiple = getattr(ctx, "frame_multiple", 1)  # calls must feed multiples of it: scale every chunk
     for batch, chunks, random_init in CASES[ctx.mode]:
+        chunks = [c * multiple for c in chunks] if ctx.mode != "step" else chunks
         total = sum(chunks)
         init = _reached_state(ctx, batch, gen) if random_init else ctx.initial_states(batch)
         if ctx.streams_time:
@@ -128,9 +130,10 @@ def _reached_state(ctx, batch: int, gen: torch.Generator, frames: int = 4) -> li
     states = ctx.initial_states(batch)
     if ctx.streams_time and not ctx.frame_model:
         try:
-            return _jitter(ctx.run_lifter(ctx.example_data(batch, frames, gen), states)[n_out:], gen)
+            length = frames * getattr(ctx, "frame_multiple", 1)
+            return _jitter(ctx.run_lifter(ctx.example_data(batch, length, gen), states)[n_out:], gen)
         except Exception:
-            if ctx.capture_mode != "step":
+            if ctx.capture_mode != "step" or ctx.time_loop:  # a loop over time runs on any length
                 raise
     for _ in range(frames):
         frame = ctx.example_data(batch, 1, gen)
@@ -151,7 +154,7 @@ def _reference_sequence(ctx, data, init, total) -> tuple[list[np.ndarray], str]:
     if ctx.frame_model:  # PyTorch takes one frame per forward: frames along the graph's axis 0
         frames = [[t.select(0, k) for t in data] for k in range(total)]
         return _reference_frames(ctx, frames, init), "frame by frame"
-    try:
+    try:  # a forward that loops over time in Python (ctx.time_loop) runs here too: the real model, full length
         out = ctx.run_lifter(data, init)
         return [t.numpy() for t in out], "on the whole sequence"
     except Exception:

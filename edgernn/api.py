@@ -133,12 +133,17 @@ class RunReport:
     final_state: dict[str, tuple[int, ...]]
     provider: str = "CPUExecutionProvider"
     notes: list[str] = field(default_factory=list)
+    frame_multiple: int = 1  # the frames of each call are a multiple of this (the model strides over time)
+    delays: dict[str, int] = field(default_factory=dict)  # per output: frames of lookahead, as the file produces them
+    aligned: bool = False  # outputs with a delay were aligned to the model's frames (``align=True``)
+    flushed_frames: int = 0  # zero frames fed at the end to align them
 
     def to_json(self) -> dict:
         return {"path": self.path, "frames": self.frames, "calls": self.calls, "chunk": self.chunk,
                 "outputs": {k: list(v) for k, v in self.outputs.items()}, "saved_to": self.saved_to,
                 "final_state": {k: list(v) for k, v in self.final_state.items()}, "provider": self.provider,
-                "notes": self.notes}
+                "notes": self.notes, "frame_multiple": self.frame_multiple, "delays": self.delays,
+                "aligned": self.aligned, "flushed_frames": self.flushed_frames}
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
@@ -154,13 +159,19 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
 def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
         output: str | os.PathLike | None = None, threads: int | None = 1,
         state_pairs: Mapping[str, str] | None = None, providers: str | Sequence[str] | None = None,
-        allow_fallback: bool = False) -> tuple[RunReport, dict[str, np.ndarray]]:
+        allow_fallback: bool = False, align: bool = False) -> tuple[RunReport, dict[str, np.ndarray]]:
     """Stream ``inputs`` through the model ``chunk`` frames per call (default: 1 in step mode, the
     whole stream otherwise), carrying state; optionally save outputs to ``output`` (``.npy`` for
     one output, ``.npz`` for several). Returns the report and the outputs. A file without edgernn
     metadata is read as :func:`info` reads it (``state_pairs`` as there); its inputs with neither a
     batch nor a time axis (a scalar such as silero-vad's ``sr``) are fed whole to every call.
-    ``providers`` and ``allow_fallback``: as for :class:`~edgernn.runtimes.StreamingSession`."""
+    ``providers`` and ``allow_fallback``: as for :class:`~edgernn.runtimes.StreamingSession`.
+
+    A model that strides over time takes calls of a multiple of its ``frame_multiple`` frames:
+    ``chunk`` and the stream's length must be multiples of it, or :class:`StreamError` says so
+    before anything runs or is written. Outputs with lookahead (``delay``) are saved as the file
+    produces them (frame ``t`` is the model's frame ``t - delay``; the report says the delay), or
+    with ``align=True`` as the model's frames (see :meth:`StreamingSession.stream`)."""
     from edgernn.converters.export import write_atomic
     from edgernn.runtimes.session import StreamingSession
 
@@ -179,7 +190,21 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
     total = first.shape[axis] if first.ndim > axis else 0
     if chunk is None:
         chunk = 1 if session.mode == "step" else max(total, 1)
-    outputs = session.stream(chunk=chunk, **arrays)
+    outputs = session.stream(chunk=chunk, align=align, **arrays)
+    aligned = bool(align) and session.delay > 0
+    notes = list(session.notes)
+    for t in session.inputs:
+        if t.frame_multiple != 1:
+            notes.append(f"input {t.name} takes a multiple of {t.frame_multiple} frames per call (the model strides "
+                         "over time)")
+    for t in session.outputs:
+        if t.delay:
+            frames = f"{t.delay} frame{'s' if t.delay > 1 else ''}"
+            notes.append(f"{t.name}: {frames} of lookahead (delay); " + (
+                f"aligned: its first {frames} dropped and {session.flushed_frames} zero frames fed at the end, so "
+                "frame t is the model's frame t" if aligned else
+                f"frame t is the model's frame t - {t.delay} (the first {frames} come before the model's first "
+                "output; --align gives the model's frames)"))
     if out_path is not None:
         import io
 
@@ -189,9 +214,12 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
         else:
             np.savez(buf, **outputs)
         write_atomic(out_path, buf.getvalue())
-    report = RunReport(str(path), total, -(-total // chunk), chunk, {k: v.shape for k, v in outputs.items()},
+    flush_calls = session.flushed_frames // session.frame_multiple if aligned else 0
+    report = RunReport(str(path), total, -(-total // chunk) + flush_calls, chunk,
+                       {k: v.shape for k, v in outputs.items()},
                        str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()},
-                       session.provider, list(session.notes))
+                       session.provider, notes, session.frame_multiple, session.delays, aligned,
+                       session.flushed_frames if aligned else 0)
     return report, outputs
 
 

@@ -61,16 +61,32 @@ def _io_table(title: str, contract) -> Table:
     for col in ("kind", "name", "shape", "dtype", "batch axis", "time axis / output"):
         t.add_column(col)
     for spec in contract.inputs:
-        t.add_row("input", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), str(spec.time_axis))
+        time = str(spec.time_axis) + (f" (multiple of {spec.frame_multiple})" if spec.frame_multiple != 1 else "")
+        t.add_row("input", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), time)
     for spec in contract.outputs:
-        t.add_row("output", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), str(spec.time_axis))
+        time = str(spec.time_axis) + (f" (delay {spec.delay})" if spec.delay else "")
+        t.add_row("output", spec.name, _fmt_shape(spec.shape), spec.dtype, str(spec.batch_axis), time)
     for s in contract.states:
         t.add_row("state", s.name, _fmt_shape(s.shape), s.dtype, str(s.batch_axis), f"{s.input} -> {s.output}")
     return t
 
 
+def _timing_lines(contract) -> list[str]:
+    """The strides and lookahead over time that a contract declares (nothing for most files), as
+    rich markup (names escaped)."""
+    from rich.markup import escape
+
+    lines = [f"{t.name}: takes a multiple of {t.frame_multiple} frames per call (the model strides over time)"
+             for t in contract.inputs if t.frame_multiple != 1]
+    lines += [f"{t.name}: {t.delay} frame{'s' if t.delay > 1 else ''} of lookahead (delay): its frame t is the "
+              f"model's frame t - {t.delay}" for t in contract.outputs if t.delay]
+    return [escape(line) for line in lines]
+
+
 def _print_export(report) -> None:
     out.print(_io_table(f"edgernn export ({report.contract.mode} mode)", report.contract))
+    for line in _timing_lines(report.contract):
+        out.print(line, highlight=False)
     if report.parity is not None:
         t = Table(title="parity with PyTorch", title_justify="left")
         for col in ("tensor", "kind", "max abs error", "scale", "error / max(1, scale)", "ok"):
@@ -188,6 +204,8 @@ def info(
              else "no edgernn metadata, contract inferred from the graph")
     out.print(_io_table(f"{report.path}: {where}, {c.mode} mode, opset {report.opset}, "
                         f"{_size(report.size_bytes)}", c))
+    for line in _timing_lines(c):
+        out.print(line, highlight=False)
     if report.inferred is not None:
         for pair in report.inferred.get("pairs", []):
             rule = "given with --state-pair" if pair["rule"] == "given" else f"rule {pair['rule']}"
@@ -217,6 +235,9 @@ def run(
     state_pair: Optional[List[str]] = typer.Option(None, "--state-pair", help=_STATE_PAIR_HELP),
     provider: Optional[str] = typer.Option(None, "--provider", help=_PROVIDER_HELP, show_default="cpu"),
     fallback: bool = typer.Option(False, "--fallback", help=_FALLBACK_HELP),
+    align: bool = typer.Option(False, "--align", help="Outputs with lookahead (delay): drop their first delay "
+                               "frames and feed zero frames at the end, giving the model's frames on the whole "
+                               "sequence (default: as the file produces them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
@@ -239,7 +260,8 @@ def run(
                 raise EdgernnError("give either one unnamed --input or NAME=FILE.npy for every input")
             arrays = arrays[""]
         report, _ = run_fn(model, arrays, chunk=chunk, output=output, threads=threads, state_pairs=pairs,
-                           providers=provider.split(",") if provider else None, allow_fallback=fallback)
+                           providers=provider.split(",") if provider else None, allow_fallback=fallback,
+                           align=align)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return

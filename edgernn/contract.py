@@ -58,15 +58,29 @@ class TensorSpec:
     dtype: str
     batch_axis: int | None = None
     time_axis: int | None = None
+    # inputs: a call's frames along the time axis must be a multiple of this (a stride over time)
+    frame_multiple: int = 1
+    # outputs: frames of lookahead; frame t of the stream is the model's frame t - delay of the
+    # whole sequence (the first ``delay`` frames come before the model's first output)
+    delay: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        for key, default in (("frame_multiple", 1), ("delay", 0)):  # written only where they say something
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TensorSpec:
-        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("batch_axis"), d.get("time_axis"))
+        multiple, delay = d.get("frame_multiple", 1), d.get("delay", 0)
+        if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+            raise ValueError(f"frame_multiple {multiple!r} of {d['name']!r} is not a positive integer")
+        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
+            raise ValueError(f"delay {delay!r} of {d['name']!r} is not a non-negative integer")
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("batch_axis"), d.get("time_axis"),
+                   multiple, delay)
 
     def concrete_shape(self, batch: int, time: int = 1) -> tuple[int, ...]:
         """The shape with ``batch`` and ``time`` filled in (other symbols become 1)."""

@@ -43,8 +43,10 @@ class StreamBatcher:
     with one input, or ``{input name: array}`` with every input for a model with several. Each
     array has the model's layout (``edgernn info``) with size 1 on the batch axis, or leaves the
     batch axis out; its dtype must be the model's. One frame per call in ``step`` mode; in
-    ``chunk`` (and ``sequence``) mode any number of frames, the same number for all streams of
-    one call (step streams with other lengths in another call). Outputs have the model's layout
+    ``chunk`` (and ``sequence``) mode any number of frames (a multiple of ``frame_multiple`` for
+    a model that strides over time), the same number for all streams of one call (step streams
+    with other lengths in another call). Outputs come as the file produces them: an output with
+    lookahead (``delays``) is ``delay`` frames behind its stream. Outputs have the model's layout
     with size 1 on the batch axis; for speed they are views of one array per output, fresh each
     call. An input without a batch axis (silero-vad's ``sr``) is the same for all streams: pass it
     as ``step(frames, shared={name: value})``; an output without a batch axis is given to every
@@ -79,6 +81,10 @@ class StreamBatcher:
         self.outputs = s.outputs
         self.states = s.states
         self._ort = s.session
+        #: the frames of a call must be a multiple of this (the model strides over time; see StreamingSession)
+        self.frame_multiple: int = s.frame_multiple
+        #: per output: frames of lookahead, as the file produces them (frame t is the model's frame t - delay)
+        self.delays: dict[str, int] = s.delays
         self._streamed = [t for t in s.inputs if t.batch_axis is not None]
         self._shared = [t for t in s.inputs if t.batch_axis is None]
         if not self._streamed:
@@ -364,6 +370,9 @@ class StreamBatcher:
             if spec.time_axis is not None and arr.shape[spec.time_axis] == 0:
                 raise StreamError(f"stream {sid}'s input {name!r} has no frames (its time axis has length 0); "
                                   "expected at least one frame")
+            if spec.time_axis is not None and arr.shape[spec.time_axis] % spec.frame_multiple:
+                raise StreamError(f"stream {sid}'s input {name!r} has {arr.shape[spec.time_axis]} frames; the model "
+                                  f"takes a multiple of {spec.frame_multiple} frames per call (it strides over time)")
             wants[i], first[i] = arr.shape, sid
         elif arr.shape != wants[i]:
             a = next(a for a, (x, y) in enumerate(zip(arr.shape, wants[i])) if x != y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -251,6 +252,13 @@ class StreamingSession:
         self._state: dict[str, np.ndarray] = {}  # the plain path's state
         self.batch_size: int | None = None
         self._stored_init = _stored_inits(model, self.states, source)
+        _check_timing(self.contract, source)
+        # inputs whose frames per call must be a multiple of their frame_multiple (checked per new shape)
+        self._multiples = {t.name: t.frame_multiple for t in self.inputs
+                           if t.frame_multiple > 1 and t.time_axis is not None}
+        self._fresh = True  # no call since the streams started (stream(align=True) needs it)
+        #: zero frames the last ``stream(align=True)`` fed at its end to flush the outputs' delay
+        self.flushed_frames = 0
 
     def _check_io(self, source: str) -> None:
         """A contract not read from the file's metadata must name the file's graph I/O."""
@@ -266,6 +274,28 @@ class StreamingSession:
     @property
     def mode(self) -> str:
         return self.contract.mode
+
+    @property
+    def frame_multiples(self) -> dict[str, int]:
+        """Per data input: its frames per call must be a multiple of this (1: any number)."""
+        return {t.name: t.frame_multiple for t in self.inputs}
+
+    @property
+    def frame_multiple(self) -> int:
+        """The frames of every call must be a multiple of this (the model strides over time; 1:
+        any number of frames): the least common multiple of the inputs' ``frame_multiple``."""
+        return math.lcm(1, *(t.frame_multiple for t in self.inputs))
+
+    @property
+    def delays(self) -> dict[str, int]:
+        """Per data output: frames of lookahead. Frame ``t`` of the streamed output is frame
+        ``t - delay`` of the model's output on the whole sequence (0: no lookahead)."""
+        return {t.name: t.delay for t in self.outputs}
+
+    @property
+    def delay(self) -> int:
+        """The largest delay of the data outputs, in frames (0: every output is in step with the input)."""
+        return max((t.delay for t in self.outputs), default=0)
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -304,6 +334,7 @@ class StreamingSession:
         Without ``batch_size`` the batch is taken from the next call's input."""
         self.batch_size = batch_size
         self._state = {}
+        self._fresh = state is None
         if batch_size:
             self._load(self.initial_state(batch_size))
         else:
@@ -330,6 +361,7 @@ class StreamingSession:
             batch = b
         self._load({k: np.asarray(v) for k, v in state.items()})
         self.batch_size = batch
+        self._fresh = False
 
     def _check(self, what: str, name: str, value: np.ndarray, shape: Sequence, dtype: str,
                batch_axis: int | None) -> int | None:
@@ -360,6 +392,10 @@ class StreamingSession:
                 value = feeds[name] = np.asarray(value, order="C")  # (keeps 0-d inputs 0-d)
                 spec = self.inputs[self._input_names.index(name)]
                 self._check("input", name, value, spec.shape, spec.dtype, batch_axis)
+                multiple = self._multiples.get(name)
+                if multiple and value.shape[spec.time_axis] % multiple:
+                    raise StreamError(f"input {name!r} takes a multiple of {multiple} frames per call (the model "
+                                      f"strides over time); got {value.shape[spec.time_axis]}")
                 seen[name] = value.shape
             if batch_axis is not None:
                 batch = value.shape[batch_axis]
@@ -368,6 +404,7 @@ class StreamingSession:
         elif batch is not None and self.batch_size is not None and batch != self.batch_size:
             raise StreamError(f"input has batch {batch} but the carried state has batch {self.batch_size}; "
                               "call reset() to start streams of another batch size")
+        self._fresh = False
         if self._bound is not None:
             results = self._bound.run(feeds)
             return dict(zip(self._data_output_names, results))
@@ -392,7 +429,8 @@ class StreamingSession:
             raise StreamError(f"input {missing[0]!r} is missing; the model's inputs are {', '.join(names)}")
         return {n: feeds[n] for n in names}  # in input order, as the bound buffers are
 
-    def stream(self, *inputs: np.ndarray, chunk: int = 1, **named: np.ndarray) -> dict[str, np.ndarray]:
+    def stream(self, *inputs: np.ndarray, chunk: int = 1, align: bool = False,
+               **named: np.ndarray) -> dict[str, np.ndarray]:
         """Feed whole streams ``chunk`` frames per call, carrying state; join outputs along time.
 
         Inputs keep the model's layout; an input that has no time axis in the model (a per-frame
@@ -401,12 +439,30 @@ class StreamingSession:
         Outputs without a time axis are stacked along a new leading axis, one entry per call, when
         the model is per-frame, and are those of the last call otherwise. The state is not reset
         first: call ``reset()`` to start afresh.
+
+        A model that strides over time (``frame_multiple`` > 1) takes a multiple of that many frames
+        per call: ``chunk`` and the stream's length must be multiples of it. Outputs with lookahead
+        (``delays``) come as the file produces them: frame ``t`` is the model's frame ``t - delay``
+        of the whole sequence, the first ``delay`` frames come before the model's first output, and
+        the last ``delay`` frames of the model are still to come. ``align=True`` gives the model's
+        frames instead, as PyTorch on the whole sequence: it drops each output's first ``delay``
+        frames and, at the end, feeds zero frames (in the input's dtype; ``frame_multiple`` per
+        call) until every output has its last frames, which is the model's own right zero padding
+        where the lookahead layers read the input (a 'same'-padded Conv1d front end), and trims the
+        outputs to the frames the stream produced. Since the lookahead's first frames are dropped,
+        ``align=True`` starts a stream: it needs fresh streams (a new session, or ``reset()``); the
+        zero frames end it (the carried state is then the state after the whole padded sequence:
+        ``reset()`` before the next stream).
         """
         if chunk < 1:
             raise StreamError(f"chunk must be at least 1 frame, got {chunk}")
         if self.mode == "step" and chunk != 1:
             raise StreamError(f"this model was exported in step mode and takes one frame per call; use chunk 1, "
                               f"not {chunk}")
+        aligning = bool(align) and self.delay > 0
+        if aligning and not self._fresh:
+            raise StreamError("align=True drops the first frames of a stream, so it must start one: call reset() "
+                              "first (or open a new session)")
         feeds = self._feeds(inputs, named)
         streamed = [spec for spec in self.inputs if _streamed(spec)]
         if not streamed:
@@ -425,32 +481,91 @@ class StreamingSession:
         if total == 0:
             raise StreamError(f"input {next(iter(lengths))!r} has no frames (its time axis has length 0); "
                               "expected at least one frame")
-        pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in self.outputs}
-        for start in range(0, total, chunk):
+        for name, multiple in self._multiples.items():
+            if total % multiple:
+                raise StreamError(f"input {name!r} has {total} frames, not a multiple of {multiple} (the model strides "
+                                  f"over time); pad or cut the stream to a multiple of {multiple} frames")
+        for name, multiple in self._multiples.items():
+            if chunk % multiple:
+                raise StreamError(f"chunk {chunk} is not a multiple of {multiple}: input {name!r} takes a multiple of "
+                                  f"{multiple} frames per call (the model strides over time)")
+        per_frame = any(i.time_axis is None for i in streamed)
+
+        def call_of(start: int, stop: int, zeros: bool = False) -> dict[str, np.ndarray]:
             call = {spec.name: feeds[spec.name] for spec in self.inputs if not _streamed(spec)}
             for spec in streamed:
-                arr = feeds[spec.name]
                 axis = self._stream_axis(spec)
-                part = np.take(arr, range(start, min(start + chunk, total)), axis=axis)
+                part = np.take(feeds[spec.name], range(start, stop), axis=axis)
+                if zeros:
+                    part = np.zeros_like(part)
                 if spec.time_axis is None:
                     part = part[0] if part.shape[0] == 1 else part
                 call[spec.name] = part
-            out = self.step(**call)
+            return call
+
+        pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in self.outputs}
+        for start in range(0, total, chunk):
+            out = self.step(**call_of(start, min(start + chunk, total)))
             for t in self.outputs:
                 pieces[t.name].append(out[t.name])
+
+        # the axis each output is joined on (None: the last call's value)
+        join = {t.name: t.time_axis if t.time_axis is not None else 0 if per_frame else None for t in self.outputs}
+
+        def frames(t: TensorSpec) -> int:
+            if t.time_axis is None:
+                return len(pieces[t.name])
+            return sum(p.shape[t.time_axis] for p in pieces[t.name])
+
+        target: dict[str, int] = {}
+        self.flushed_frames = 0
+        if aligning:
+            target = {t.name: frames(t) for t in self.outputs if join[t.name] is not None}
+            step = self.frame_multiple if self.mode != "step" else 1
+            flush = call_of(0, step, zeros=True)
+            lacking = lambda: [t for t in self.outputs if t.name in target and frames(t) < target[t.name] + t.delay]  # noqa: E731
+            calls = 0
+            while lacking():
+                if calls > 4 * self.delay + 4:
+                    t = lacking()[0]
+                    raise StreamError(f"output {t.name!r} gave too few frames for {calls * step} zero frames to "
+                                      f"flush its delay of {t.delay}; stream without align=True")
+                out = self.step(**flush)
+                for t in self.outputs:
+                    pieces[t.name].append(out[t.name])
+                calls += 1
+                self.flushed_frames += step
         result = {}
         for t in self.outputs:
             if t.time_axis is not None:
-                result[t.name] = np.concatenate(pieces[t.name], axis=t.time_axis)
-            elif any(i.time_axis is None for i in streamed):
-                result[t.name] = np.stack(pieces[t.name], axis=0)
+                value = np.concatenate(pieces[t.name], axis=t.time_axis)
+            elif per_frame:
+                value = np.stack(pieces[t.name], axis=0)
             else:
-                result[t.name] = pieces[t.name][-1]
+                value = pieces[t.name][-1]
+            if t.name in target:
+                axis = join[t.name]
+                value = value[(slice(None),) * axis + (slice(t.delay, t.delay + target[t.name]),)]
+            result[t.name] = value
         return result
 
     @staticmethod
     def _stream_axis(spec: TensorSpec) -> int:
         return 0 if spec.time_axis is None else spec.time_axis
+
+
+def _check_timing(contract: Contract, source: str) -> None:
+    """A data input's ``frame_multiple`` > 1 needs calls of several frames along a time axis."""
+    for t in contract.inputs:
+        if t.frame_multiple == 1:
+            continue
+        if contract.mode == "step":
+            raise ContractError(f"{source} is a step-mode file whose input {t.name!r} takes a multiple of "
+                                f"{t.frame_multiple} frames per call, but a step file takes one frame per call; "
+                                "re-export it in chunk mode")
+        if t.time_axis is None:
+            raise ContractError(f"{source} declares frame_multiple {t.frame_multiple} for input {t.name!r}, which "
+                                "has no time axis; re-export it")
 
 
 def _streamed(spec: TensorSpec) -> bool:

@@ -182,6 +182,7 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
     if batched:
         notes.append("a request carries one stream: batch size 1 on axis 0 of every input and output; Triton "
                      f"batches up to {max_batch_size} sequences per execution")
+    notes.extend(_timing(inputs, outputs))
     for s in states:
         if s["initial_state"].get("data_file"):
             notes.append(f"state {s['input_name']!r} starts from its stored start value "
@@ -276,6 +277,11 @@ def _check_contract(contract: Contract, source: str, batched: bool) -> None:
     if not contract.states:
         raise TritonError(f"{source} has no recurrent state; Triton's sequence batcher is for stateful models (serve "
                           "it as a plain ONNX model)")
+    for t in contract.inputs:
+        if t.frame_multiple != 1 and (contract.mode == "step" or t.time_axis is None):
+            raise TritonError(f"input {t.name!r} of {source} takes a multiple of {t.frame_multiple} frames per call "
+                              "but has no time axis to carry them (a step-mode file takes one frame per request); "
+                              "re-export it in chunk mode")
     for t in (*contract.inputs, *contract.outputs):
         if t.dtype not in TRITON_TYPES:
             raise TritonError(f"tensor {t.name!r} of {source} has dtype {t.dtype}, which Triton's ONNX Runtime "
@@ -352,8 +358,22 @@ def _tensor_entry(t: TensorSpec, value_info: Any, batched: bool, is_input: bool)
             dims.append(declared[k])
         else:
             dims.append(int(d) if isinstance(d, (int, np.integer)) else -1)
-    return {"name": t.name, "data_type": TRITON_TYPES[t.dtype], "dims": dims,
-            "time_axis": t.time_axis, "batch_axis": t.batch_axis}
+    entry = {"name": t.name, "data_type": TRITON_TYPES[t.dtype], "dims": dims,
+             "time_axis": t.time_axis, "batch_axis": t.batch_axis}
+    if is_input and t.frame_multiple != 1:
+        entry["frame_multiple"] = t.frame_multiple
+    if not is_input and t.delay:
+        entry["delay"] = t.delay
+    return entry
+
+
+def _timing(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[str]:
+    """What a client must know about strides and lookahead over time (config comments and notes)."""
+    lines = [f"input {e['name']!r}: each request carries a multiple of {e['frame_multiple']} frames (the model "
+             "strides over time)" for e in inputs if e.get("frame_multiple", 1) != 1]
+    lines += [f"output {e['name']!r}: {e['delay']} frame{'s' if e['delay'] > 1 else ''} of lookahead (delay): frame t "
+              f"of a sequence's output is the model's frame t - {e['delay']}" for e in outputs if e.get("delay")]
+    return lines
 
 
 def _state_entry(s: StateSpec, batched: bool, start: np.ndarray | None) -> dict[str, Any]:
@@ -498,6 +518,7 @@ def _config_text(name: str, max_batch_size: int, inputs: list[dict], outputs: li
 
     lines = [f"# Triton model configuration written by edgernn {__version__} from {Path(source).name}.",
              "# Each sequence's recurrent state stays in Triton (sequence_batching.state: implicit state).",
+             *(f"# {line}" for line in _timing(inputs, outputs)),
              f"name: {_q(name)}", f"platform: {_q(PLATFORM)}", f"max_batch_size: {max_batch_size}"]
 
     def tensors(key: str, entries: list[dict]) -> None:

@@ -87,3 +87,78 @@ def silero_like() -> type:
             return torch.sigmoid(self.head(y[0])), state_n
 
     return Silero
+
+
+@pytest.fixture(scope="session")
+def timed_files(tmp_path_factory) -> dict:
+    """Files whose contract says a stride over time (``frame_multiple``) or lookahead (``delay``):
+
+    - ``gru``: a batch-first GRU(8 -> 16) exported in chunk mode, as it is;
+    - ``gru_m2_d1``: the same file with ``frame_multiple`` 2 on ``x`` and ``delay`` 1 on ``y``
+      stamped into its metadata (for refusals and reports: the numbers are not the model's);
+    - ``gru_step_m2``: a step-mode file stamped with ``frame_multiple`` 2 (export refuses these);
+    - ``conv`` / ``conv_m2``: the streaming form of a 'same'-padded ``Conv1d(3, 4, 3)`` over
+      ``[batch, time, 3]`` (a state ``ctx`` keeps the last 2 frames, zeros at start), so its
+      output has 1 frame of lookahead (``delay`` 1), truly; ``conv_m2`` also says
+      ``frame_multiple`` 2. ``conv_module`` is the ``Conv1d`` (padding 1) it streams.
+    """
+    import dataclasses
+    import warnings
+
+    import onnx
+    import torch
+    from torch import nn
+
+    import edgernn
+    from edgernn.contract import Contract, StateSpec, TensorSpec, read_metadata, write_metadata
+
+    folder = tmp_path_factory.mktemp("timed")
+    torch.manual_seed(3)
+    files: dict = {}
+
+    def stamp(src: Path, name: str, multiple: int = 1, delay: int = 0) -> Path:
+        model = onnx.load(src)
+        c = read_metadata(model)
+        inputs = tuple(dataclasses.replace(t, frame_multiple=multiple) for t in c.inputs)
+        outputs = tuple(dataclasses.replace(t, delay=delay) for t in c.outputs)
+        write_metadata(model, Contract(c.mode, inputs, outputs, c.states, dict(c.extra), c.format))
+        onnx.save(model, folder / name)
+        return folder / name
+
+    gru = nn.GRU(8, 16, batch_first=True).eval()
+    files["gru"] = folder / "gru.onnx"
+    assert edgernn.export(gru, files["gru"], mode="chunk").passed
+    files["gru_m2_d1"] = stamp(files["gru"], "gru_m2_d1.onnx", 2, 1)
+    step = folder / "gru_step.onnx"
+    assert edgernn.export(gru, step, mode="step").passed
+    files["gru_step_m2"] = stamp(step, "gru_step_m2.onnx", 2)
+
+    conv = nn.Conv1d(3, 4, 3, padding=1).eval()
+
+    class StreamingConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x, ctx):  # x [batch, time, 3], ctx [batch, 2, 3]: the 2 frames before x
+            full = torch.cat([ctx, x], dim=1)
+            y = nn.functional.conv1d(full.transpose(1, 2), self.conv.weight, self.conv.bias)
+            return y.transpose(1, 2), full[:, -2:]
+
+    raw = folder / "conv_raw.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(StreamingConv().eval(), (torch.randn(1, 4, 3), torch.zeros(1, 2, 3)), str(raw),
+                          input_names=["x", "state_in.ctx"], output_names=["y", "state_out.ctx"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "state_in.ctx": {0: "batch"},
+                                        "y": {0: "batch", 1: "time"}, "state_out.ctx": {0: "batch"}})
+    for name, multiple in (("conv", 1), ("conv_m2", 2)):
+        model = onnx.load(raw)
+        write_metadata(model, Contract(
+            "chunk", (TensorSpec("x", ("batch", "time", 3), "float32", 0, 1, frame_multiple=multiple),),
+            (TensorSpec("y", ("batch", "time", 4), "float32", 0, 1, delay=1),),
+            (StateSpec("ctx", ("batch", 2, 3), "float32", 0),)))
+        files[name] = folder / f"{name}.onnx"
+        onnx.save(model, files[name])
+    files["conv_module"] = conv
+    return files

@@ -159,6 +159,10 @@ def _set(d: dict, path: str, value) -> None:
     ("inputs/0/time_axis", -1),
     ("inputs/0/shape", "batch,time,8"),
     ("outputs/0/extra", 1),
+    ("inputs/0/frame_multiple", 0),
+    ("inputs/0/frame_multiple", 1.5),
+    ("outputs/0/delay", -1),
+    ("outputs/0/delay", "1"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_schema_rejects_what_the_contract_does_not_allow(schema, path, value):
     jsonschema.validate(_valid_decoded(), schema, cls=jsonschema.Draft202012Validator)
@@ -174,6 +178,37 @@ def test_schema_accepts_a_stored_initial_state_and_step_mode(schema):
     d["inputs"][0].update(shape=["batch", 1, 8])
     d["states"][0]["init"] = {"initializer": "gru.h.init"}
     jsonschema.validate(d, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_schema_accepts_a_frame_multiple_and_a_delay(schema):
+    d = _valid_decoded()
+    d["inputs"][0]["frame_multiple"] = 2
+    d["outputs"][0]["delay"] = 1
+    jsonschema.validate(d, schema, cls=jsonschema.Draft202012Validator)
+    props = {"edgernn.format": "1", "edgernn.mode": "chunk", **{f"edgernn.{k}": json.dumps(d[k])
+                                                                 for k in ("inputs", "outputs", "states")}}
+    contract = Contract.from_metadata(props)
+    assert (contract.inputs[0].frame_multiple, contract.outputs[0].delay) == (2, 1)
+    assert (contract.outputs[0].frame_multiple, contract.inputs[0].delay) == (1, 0)
+    again = {k: json.loads(v) for k, v in contract.to_metadata().items() if k != "edgernn.format" and
+             k != "edgernn.mode"}
+    assert again["edgernn.inputs"] == d["inputs"] and again["edgernn.outputs"] == d["outputs"]  # defaults left out
+    assert "frame_multiple" not in json.dumps(_handmade().to_metadata())  # nor written where they are default
+
+
+@pytest.mark.parametrize("where, field, value, message", [
+    ("inputs", "frame_multiple", 0, "frame_multiple 0 of 'x' is not a positive integer"),
+    ("inputs", "frame_multiple", True, "frame_multiple True of 'x' is not a positive integer"),
+    ("outputs", "delay", -1, "delay -1 of 'y' is not a non-negative integer"),
+])
+def test_a_bad_frame_multiple_or_delay_is_refused_with_a_sentence(where, field, value, message):
+    d = _valid_decoded()
+    d[where][0][field] = value
+    props = {"edgernn.format": "1", "edgernn.mode": "chunk", **{f"edgernn.{k}": json.dumps(d[k])
+                                                                 for k in ("inputs", "outputs", "states")}}
+    with pytest.raises(ContractError) as info:
+        Contract.from_metadata(props, "model.onnx")
+    assert f"malformed entry in edgernn.{where} (number 0: {message})" in str(info.value)
 
 
 # ---------------------------------------------------------------- round trip

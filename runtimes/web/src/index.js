@@ -35,6 +35,10 @@ export const FORMAT_VERSION = '1';
  * @property {string} dtype float32, int64, ...
  * @property {number|null} batch_axis
  * @property {number|null} time_axis
+ * @property {number} [frame_multiple] inputs: the frames of one call along the time axis must be a
+ *   multiple of this (the model strides over time); absent: 1
+ * @property {number} [delay] outputs: frames of lookahead; frame t of the streamed output is frame
+ *   t - delay of the model's output on the whole sequence; absent: 0
  */
 
 /**
@@ -171,8 +175,52 @@ export function contractFromMetadata(meta, source) {
         `${key === 'states' ? ', input and output' : ''} (${JSON.stringify(bad).slice(0, 80)}); re-export it with edgernn export`);
     }
   }
+  checkTimingFields(contract, source);
   return contract;
 }
+
+/**
+ * Checks `frame_multiple` (a positive integer) and `delay` (a non-negative integer) where given.
+ * @param {Contract} contract @param {string} source
+ */
+function checkTimingFields(contract, source) {
+  for (const key of /** @type {const} */ (['inputs', 'outputs'])) {
+    for (const t of contract[key]) {
+      const m = t.frame_multiple ?? 1;
+      const d = t.delay ?? 0;
+      if (!Number.isInteger(m) || m < 1) {
+        throw new EdgernnError(`${source} has frame_multiple ${JSON.stringify(t.frame_multiple)} for '${t.name}' in ` +
+          `edgernn.${key}; expected a positive integer (re-export it with edgernn export)`);
+      }
+      if (!Number.isInteger(d) || d < 0) {
+        throw new EdgernnError(`${source} has delay ${JSON.stringify(t.delay)} for '${t.name}' in edgernn.${key}; ` +
+          'expected a non-negative integer (re-export it with edgernn export)');
+      }
+    }
+  }
+}
+
+/**
+ * A file whose input strides over time needs calls of several frames along a time axis.
+ * @param {Contract} contract @param {string} source
+ */
+function checkTiming(contract, source) {
+  checkTimingFields(contract, source);
+  for (const t of contract.inputs) {
+    const m = t.frame_multiple ?? 1;
+    if (m === 1) continue;
+    if (contract.mode === 'step') {
+      throw new EdgernnError(`${source} is a step-mode file whose input '${t.name}' takes a multiple of ${m} frames ` +
+        'per call, but a step file takes one frame per call; re-export it in chunk mode');
+    }
+    if (t.time_axis === null) {
+      throw new EdgernnError(`${source} declares frame_multiple ${m} for input '${t.name}', which has no time axis; re-export it`);
+    }
+  }
+}
+
+/** @param {number} a @param {number} b @returns {number} */
+const gcd = (a, b) => (b ? gcd(b, a % b) : a);
 
 /**
  * A contract for a file without edgernn metadata, from the state pairs the user names and the
@@ -308,6 +356,7 @@ export class StreamingSession {
         contract = contractFromPairs(session, options.states, source);
       }
       checkIO(session, contract, source);
+      checkTiming(contract, source);
       const stored = storedStarts(bytes, contract, source, ortFormat);
       return new StreamingSession(ort, session, contract, stored, batch, source);
     } catch (e) {
@@ -334,6 +383,29 @@ export class StreamingSession {
   /** The state pairs. @returns {StateSpec[]} */
   get states() {
     return this.contract.states;
+  }
+
+  /**
+   * The frames of every call must be a multiple of this (the model strides over time; 1: any number):
+   * the least common multiple of the inputs' `frame_multiple`.
+   * @returns {number}
+   */
+  get frameMultiple() {
+    return this.inputs.reduce((l, t) => { const m = t.frame_multiple ?? 1; return (l / gcd(l, m)) * m; }, 1);
+  }
+
+  /**
+   * Per data output: frames of lookahead (`delay`). Outputs come as the file produces them: frame t
+   * of a stream's output is frame t - delay of the model's output on the whole sequence.
+   * @returns {Record<string, number>}
+   */
+  get delays() {
+    return Object.fromEntries(this.outputs.map((t) => [t.name, t.delay ?? 0]));
+  }
+
+  /** The largest delay of the data outputs, in frames (0: no lookahead). @returns {number} */
+  get delay() {
+    return this.outputs.reduce((d, t) => Math.max(d, t.delay ?? 0), 0);
   }
 
   /** Number of streams run side by side. */
@@ -400,7 +472,7 @@ export class StreamingSession {
     const only = this.inputs.length === 1 ? this.inputs[0] : null;
     const dims = only ? concrete(only.shape, this._batch, 1) : [];
     /** @private */
-    this._fast = only && !dims.some((d) => d < 0) && TYPED[only.dtype]
+    this._fast = only && !dims.some((d) => d < 0) && TYPED[only.dtype] && (only.frame_multiple ?? 1) === 1
       ? { name: only.name, dtype: only.dtype, type: TYPED[only.dtype], dims, length: size(dims) }
       : null;
   }
@@ -451,6 +523,11 @@ export class StreamingSession {
       return this._enqueue({ [fast.name]: new this.ort.Tensor(fast.dtype, frame, fast.dims) });
     }
     const feeds = this._named(frame, 'step');
+    const strided = this.inputs.find((t) => (t.frame_multiple ?? 1) > 1);
+    if (strided) {
+      throw new EdgernnError(`input '${strided.name}' takes a multiple of ${strided.frame_multiple} frames per call ` +
+        `(the model strides over time); step() feeds 1 frame: use chunk() with a multiple of ${strided.frame_multiple}`);
+    }
     /** @type {Record<string, Tensor>} */
     const tensors = {};
     for (const spec of this.inputs) tensors[spec.name] = this._tensor(spec, feeds[spec.name], 1, 'frame');
@@ -463,7 +540,9 @@ export class StreamingSession {
    * with the time axis holding the frames (`[time, batch, features]` for a step file, `[batch, time,
    * features]` for a batch-first chunk file); or `{inputName: frames, ...}`. A chunk-mode file takes all
    * frames in one call; a step-mode file one call per frame. Outputs without a time axis are stacked
-   * on a new leading axis, one entry per frame, for a step file (as Python's `stream` does).
+   * on a new leading axis, one entry per frame, for a step file (as Python's `stream` does). A file that
+   * strides over time takes a multiple of `frameMultiple` frames per call; outputs with lookahead come as
+   * the file produces them (`delays`: frame t is the model's frame t - delay).
    * @param {FrameData[] | ArrayLike<number> | Record<string, FrameData[] | ArrayLike<number> | number>} frames
    * @returns {Promise<Record<string, Tensor>>}
    */
@@ -483,6 +562,12 @@ export class StreamingSession {
       perFrame[spec.name] = frameList;
     }
     if (count === 0) throw new EdgernnError('chunk() got no frames; expected at least one');
+    for (const spec of streamed) {
+      const m = spec.frame_multiple ?? 1;
+      if (count % m) {
+        throw new EdgernnError(`input '${spec.name}' takes a multiple of ${m} frames per call (the model strides over time); got ${count}`);
+      }
+    }
     if (this.mode !== 'step') {
       /** @type {Record<string, any>} */
       const tensors = {};

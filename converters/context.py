@@ -1,0 +1,729 @@
+"""Temporal context as state: convolutions and poolings over time stream exactly in chunks.
+
+A convolution with kernel ``k`` and dilation ``d`` along time needs the ``(k - 1) * d`` frames
+before each output's window; cut the stream into chunks and each chunk's convolution sees zeros
+(its padding) where the previous chunk's frames should be. The :class:`CacheTemporalContext`
+pass gives every such layer a **context cache**: a state pair ``<module>.context`` holding the
+last input frames of the previous call, zeros at the start of a stream (so the first call sees
+what the model's own zero padding gives). The layer then runs on ``[context, chunk]`` with no
+padding along time.
+
+* Left (causal) padding is what the cache replaces: causal models stream exactly.
+* Right padding (``padding=1`` on a kernel of 3, ``'same'``, no padding at all) needs future
+  frames: the streamed output comes later by that many frames, the **delay** the contract
+  declares on each output (frame ``t`` of the stream is frame ``t - delay`` of the model on the
+  whole sequence). The first frames a delayed layer emits belong to no frame of the model; every
+  stateful layer after it (another cached layer, a recurrent layer) skips them with a per-stream
+  counter ``<module>.warmup`` (frames seen so far, up to the frames to skip), so its state is what
+  the model's own zero padding would give.
+* A stride ``s`` along time fixes how many frames a call must have (``frame_multiple``).
+* Stacks compose: each layer's time axis, frame rate and skipped frames are read off the data
+  flow (the model run at two lengths, and the converted model run beside the original), not from
+  names. The whole conversion is checked at the end: the converted model on a whole sequence
+  equals the original shifted by the declared delay, or the export stops naming the first module
+  that differs.
+
+Sequence mode (whole sequences in one call) keeps the model's own padding: no caches.
+
+Written by hand: no exporter caches convolution context (icefall and sherpa-onnx write their
+cached convolutions by hand, tract "pulses" convolutions inside its own runtime only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from edgernn.converters import capture
+from edgernn.errors import ExportError
+
+CONV = (nn.Conv1d, nn.Conv2d)
+POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+TEMPORAL = CONV + POOL
+# modules that look at every frame of the sequence at once: they cannot stream
+WHOLE_SEQUENCE = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+                  nn.TransformerEncoder, nn.Transformer, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d,
+                  nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.Upsample)
+PROBE_LENGTHS = (48, 80)  # multiples of 16: exact frame counts through strides of 2, 4, 8, 16
+PROBE_BATCH = 2
+MATCH_TOLERANCE = 1e-4  # relative: a shifted frame matches its original within this
+MIN_OVERLAP = 8  # frames that must match for a shift to count
+
+
+@dataclass
+class TemporalLayer:
+    """How one convolution or pooling streams: its time axis and geometry along it, in frames of
+    its own input (after any frames the user's code padded in front of it are dropped)."""
+
+    path: str
+    kind: str  # the module's class name
+    time_axis: int
+    rate: int  # frames of the model's input per frame of this layer's input
+    kernel: int
+    dilation: int
+    stride: int
+    pad_left: int  # zero frames the model puts before the sequence (module padding + user F.pad)
+    pad_right: int
+    drop_left: int = 0  # frames of user padding (F.pad) in this layer's input, dropped per call
+    drop_right: int = 0
+    skip: int = 0  # leading frames of this layer's input that belong to no frame of the model
+    cache: int = 0  # frames of context carried between calls
+    out_shift: int = 0  # leading output frames that belong to no frame of the model
+    # output frames per call beyond frames / stride: where the model's padding makes the output
+    # longer than its input (padding (k-1)*d on both sides, then cropped: a TCN's "chomp"), zero
+    # frames are appended so that the model's own crop keeps the right ones
+    extra_out: int = 0
+    context_shape: tuple[int, ...] = ()  # with batch 1 at axis 0
+
+    @property
+    def lookahead(self) -> int:
+        """Future frames (of this layer's input) the model's padding hides in each output."""
+        return self.pad_right
+
+    def describe(self) -> str:
+        geo = f"kernel {self.kernel}" + (f", dilation {self.dilation}" if self.dilation > 1 else "") + (
+            f", stride {self.stride}" if self.stride > 1 else "")
+        parts = [f"{self.path}: {self.kind} with {geo} over time"]
+        if self.cache:
+            parts.append(f"{self.cache} frames of context")
+        if self.out_shift:
+            parts.append(f"{self.out_shift} frame{'s' if self.out_shift > 1 else ''} of lookahead")
+        if self.skip:
+            parts.append(f"skips {self.skip} warm-up frames")
+        return ", ".join(parts)
+
+
+class TemporalState:
+    """The lifted state of one streaming layer: ``context`` (and ``warmup`` when it skips frames).
+    It follows :class:`~edgernn.converters.capture.StatefulRecurrent`'s protocol with the
+    :class:`~edgernn.converters.capture.StateLifter`: ``lifted`` is set before each call,
+    ``final`` read after it."""
+
+    def __init__(self, layer: TemporalLayer) -> None:
+        self.layer = layer
+        self.path = layer.path
+        self.lifted: tuple[torch.Tensor, ...] | None = None
+        self.final: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def parts(self) -> list[str]:
+        return (["context"] if self.layer.cache else []) + (["warmup"] if self.layer.skip else [])
+
+    def state_batch_axis(self, part: int) -> int:
+        return 0
+
+    def state_example(self, part: int, batch: int) -> torch.Tensor:
+        if self.parts[part] == "context":
+            return torch.zeros((batch, *self.layer.context_shape[1:]))
+        return torch.zeros(batch, dtype=torch.int64)
+
+    def lifted_states(self) -> list[capture.LiftedState]:
+        return [capture.LiftedState(f"{self.path}.{p}", self, k) for k, p in enumerate(self.parts)]
+
+
+class RecurrentGate:
+    """The warm-up counter of a recurrent layer after a lookahead: the layer's first ``skip``
+    frames of each stream belong to no frame of the model, so they leave its state as it is.
+    Set on the layer as ``gate`` (read by :class:`~edgernn.converters.capture.StatefulRecurrent`);
+    same lifting protocol as :class:`TemporalState`."""
+
+    parts = ["warmup"]
+
+    def __init__(self, path: str, skip: int) -> None:
+        self.path = path
+        self.skip = skip
+        self.lifted: tuple[torch.Tensor, ...] | None = None
+        self.final: tuple[torch.Tensor, ...] | None = None
+
+    def state_batch_axis(self, part: int) -> int:
+        return 0
+
+    def state_example(self, part: int, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, dtype=torch.int64)
+
+    def lifted_states(self) -> list[capture.LiftedState]:
+        return [capture.LiftedState(f"{self.path}.warmup", self, 0)]
+
+    def describe(self) -> str:
+        return f"{self.path}: recurrent layer skips {self.skip} warm-up frame{'s' if self.skip > 1 else ''}"
+
+
+@torch.library.custom_op("edgernn::recurrent_gated", mutates_args=())
+def recurrent_gated_op(x: torch.Tensor, h0: torch.Tensor, valid: torch.Tensor, layer: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholder for an RNN/GRU layer that skips frames where ``valid`` [T, B, 1] is 0."""
+    raise RuntimeError("edgernn::recurrent_gated is a capture placeholder and has no eager kernel")
+
+
+@recurrent_gated_op.register_fake
+def _(x, h0, valid, layer):
+    return capture._fake_outputs(x, [h0], layer)
+
+
+@torch.library.custom_op("edgernn::recurrent_lstm_gated", mutates_args=())
+def recurrent_lstm_gated_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, valid: torch.Tensor, layer: int
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Placeholder for an LSTM layer that skips frames where ``valid`` [T, B, 1] is 0."""
+    raise RuntimeError("edgernn::recurrent_lstm_gated is a capture placeholder and has no eager kernel")
+
+
+@recurrent_lstm_gated_op.register_fake
+def _(x, h0, c0, valid, layer):
+    return capture._fake_outputs(x, [h0, c0], layer)
+
+
+def _register_gated_schemas() -> None:
+    import onnx
+    from onnx.defs import OpSchema
+
+    for name, n_state in (("RecurrentGated", 1), ("RecurrentLSTMGated", 2)):
+        if onnx.defs.has(name, capture.DOMAIN):
+            continue
+        states = ["initial_h", "initial_c"][:n_state]
+        onnx.defs.register_schema(OpSchema(
+            name, capture.DOMAIN, 1,
+            doc="edgernn placeholder for a recurrent layer that skips warm-up frames; lowered before writing",
+            inputs=[OpSchema.FormalParameter(n, "T") for n in ["X", *states, "valid"]],
+            outputs=[OpSchema.FormalParameter(n, "T") for n in ["Y", "Y_h", "Y_c"][:n_state + 1]],
+            type_constraints=[("T", ["tensor(float)"], "float tensors")],
+            attributes=[OpSchema.Attribute("layer", OpSchema.AttrType.INT, "index into the layer table")],
+        ))
+
+
+_register_gated_schemas()
+
+
+def translations() -> dict:
+    """The gated placeholders' entries of the capture's custom translation table."""
+    from onnxscript.values import Opset
+
+    E = Opset(capture.DOMAIN, 1)
+
+    def gated(x, h0, valid, layer: int):
+        return E.RecurrentGated(x, h0, valid, layer=layer)
+
+    def gated_lstm(x, h0, c0, valid, layer: int):
+        return E.RecurrentLSTMGated(x, h0, c0, valid, layer=layer)
+
+    return {torch.ops.edgernn.recurrent_gated.default: gated,
+            torch.ops.edgernn.recurrent_lstm_gated.default: gated_lstm}
+
+
+def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
+    """A recurrent layer's forward that leaves its state unchanged on warm-up frames: in capture
+    the gated placeholder, in eager one frame at a time."""
+    spec = layer.spec
+    xt = x.transpose(0, 1) if spec.batch_first else x  # [T, B, F]
+    frames, batch = xt.shape[0], xt.shape[1]
+    warm = gate.lifted[0] if gate.lifted is not None else torch.zeros(batch, dtype=torch.int64)
+    valid, gate.final = skip_mask(warm, frames, gate.skip, xt, time_axis=0, batch_axis=1)
+    gate.final = (gate.final,)
+    if hx is None:
+        zeros = tuple(xt.new_zeros(spec.num_layers * spec.directions, batch, spec.state_size(p))
+                      for p in spec.state_parts)
+        hx = zeros if spec.kind == "lstm" else zeros[0]
+    if layer.capturing:
+        mask = valid.to(xt.dtype)
+        if spec.kind == "lstm":
+            y, h, c = torch.ops.edgernn.recurrent_lstm_gated(xt, hx[0], hx[1], mask, layer.layer_id)
+            hn = (h, c)
+        else:
+            y, hn = torch.ops.edgernn.recurrent_gated(xt, hx, mask, layer.layer_id)
+        return (y.transpose(0, 1) if spec.batch_first else y), hn
+    forward = super(capture.StatefulRecurrent, layer).forward  # the layer class's own forward
+    state, ys = hx, []
+    for t in range(frames):
+        frame = x.narrow(1 if spec.batch_first else 0, t, 1)
+        y, new = forward(frame, state)
+        keep = valid[t].unsqueeze(0)  # [1, B, 1] over [L, B, H]
+        state = tuple(torch.where(keep, n, o) for n, o in zip(new, state)) if spec.kind == "lstm" else torch.where(
+            keep, new, state)
+        ys.append(y)
+    return torch.cat(ys, 1 if spec.batch_first else 0), state
+
+
+def skip_mask(warmup: torch.Tensor, frames: int | torch.SymInt, skip: int, like: torch.Tensor, time_axis: int,
+              batch_axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of a call's frames are real (``warmup + t >= skip``), shaped to broadcast over
+    ``like`` (batch at ``batch_axis``, time at ``time_axis``), and the new warm-up count."""
+    t = torch.arange(frames, device=like.device)
+    valid = (warmup.unsqueeze(1) + t.unsqueeze(0)) >= skip  # [batch, time]
+    if time_axis < batch_axis:
+        valid = valid.transpose(0, 1)
+    lo, hi = sorted((batch_axis, time_axis))
+    for _ in range(lo):  # broadcastable: size-1 axes around the two
+        valid = valid.unsqueeze(0)
+    for _ in range(hi - lo - 1):
+        valid = valid.unsqueeze(lo + 1)
+    for _ in range(like.dim() - hi - 1):
+        valid = valid.unsqueeze(-1)
+    return valid, torch.clamp(warmup + frames, max=skip)
+
+
+class StreamingTemporal:
+    """Mixed into a convolution's or pooling's class (the module keeps its weights, attributes
+    and ``state_dict`` keys): the forward runs on ``[context, chunk]`` without time padding."""
+
+    _edgernn_state: TemporalState
+
+    def forward(self, x):  # noqa: D401 - the module's forward
+        st = self._edgernn_state
+        lay = st.layer
+        ta = lay.time_axis
+        if x.dim() != len(lay.context_shape):
+            raise ExportError(f"{lay.path} received a {x.dim()}-D input; it was probed with "
+                              f"{len(lay.context_shape)}-D inputs")
+        if lay.drop_left or lay.drop_right:  # the user's code padded this chunk: the cache does that now
+            x = x.narrow(ta, lay.drop_left, x.shape[ta] - lay.drop_left - lay.drop_right)
+        frames = x.shape[ta]
+        lifted = st.lifted
+        parts = st.parts
+        values = dict(zip(parts, lifted)) if lifted is not None else {
+            p: st.state_example(k, x.shape[0]).to(x.dtype if p == "context" else torch.int64)
+            for k, p in enumerate(parts)}
+        final = {}
+        if lay.skip:
+            valid, final["warmup"] = skip_mask(values["warmup"], frames, lay.skip, x, ta)
+            x = torch.where(valid, x, torch.zeros((), dtype=x.dtype))
+        full = torch.cat([values["context"], x], ta) if lay.cache else x
+        if lay.cache:
+            final["context"] = full.narrow(ta, full.shape[ta] - lay.cache, lay.cache)
+        y = self._edgernn_apply(full)
+        wanted = frames // lay.stride
+        if self._edgernn_trim:  # a cache longer than the window needs: keep this call's frames only
+            y = y.narrow(ta, 0, wanted)
+        if lay.extra_out > 0:
+            shape = list(y.shape)
+            shape[ta] = lay.extra_out
+            y = torch.cat([y, y.new_zeros(shape)], ta)
+        st.final = tuple(final[p] for p in parts)
+        return y
+
+    def _edgernn_apply(self, x):
+        lay = self._edgernn_state.layer
+        si = lay.time_axis - 2
+        if isinstance(self, CONV):
+            pads = list(self._edgernn_pads)  # (left, right) per spatial axis, time axis zero
+            if any(l != r for l, r in pads):
+                flat = [p for lr in reversed(pads) for p in lr]
+                x = F.pad(x, flat)
+                padding = tuple(0 for _ in pads)
+            else:
+                padding = tuple(l for l, _ in pads)
+            conv = F.conv1d if isinstance(self, nn.Conv1d) else F.conv2d
+            return conv(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        padding = list(_tuple(self.padding, x.dim() - 2))
+        padding[si] = 0
+        if isinstance(self, (nn.MaxPool1d, nn.MaxPool2d)):
+            fn = F.max_pool1d if isinstance(self, nn.MaxPool1d) else F.max_pool2d
+            return fn(x, self.kernel_size, self.stride, tuple(padding), self.dilation, self.ceil_mode)
+        if isinstance(self, nn.AvgPool1d):
+            return F.avg_pool1d(x, self.kernel_size, self.stride, tuple(padding), self.ceil_mode,
+                                self.count_include_pad)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, tuple(padding), self.ceil_mode, self.count_include_pad,
+                            self.divisor_override)
+
+
+def _tuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _stream_class(cls: type) -> type:
+    if issubclass(cls, StreamingTemporal):
+        return cls
+    return type(f"Streaming{cls.__name__}", (StreamingTemporal, cls), {"__module__": __name__})
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry of a module along one spatial axis
+# ---------------------------------------------------------------------------------------------
+
+def _geometry(path: str, m: nn.Module, si: int, nd: int) -> tuple[int, int, int, int, int]:
+    """(kernel, dilation, stride, pad_left, pad_right) of ``m`` along spatial axis ``si``."""
+    name = type(m).__name__
+    k = _tuple(m.kernel_size, nd)[si]
+    if isinstance(m, CONV):
+        d, s = _tuple(m.dilation, nd)[si], _tuple(m.stride, nd)[si]
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                pl = pr = 0
+            else:  # 'same': PyTorch pads (k-1)*d in all, the odd frame on the right
+                total = d * (k - 1)
+                pl, pr = total // 2, total - total // 2
+        else:
+            pl = pr = _tuple(m.padding, nd)[si]
+        if (pl or pr) and m.padding_mode != "zeros":
+            raise ExportError(f"{path}: {name} pads time with padding_mode={m.padding_mode!r}; only zero padding "
+                              "streams (the cache holds real past frames); export with --mode sequence")
+        return k, d, s, pl, pr
+    s = _tuple(m.stride if m.stride is not None else m.kernel_size, nd)[si]
+    p = _tuple(m.padding, nd)[si]
+    d = _tuple(getattr(m, "dilation", 1), nd)[si]
+    if m.ceil_mode:
+        raise ExportError(f"{path}: {name} has ceil_mode=True, so its last window depends on the sequence's "
+                          "length; export with --mode sequence")
+    if getattr(m, "return_indices", False):
+        raise ExportError(f"{path}: {name} returns indices over the whole sequence; export with --mode sequence")
+    if p and isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+        raise ExportError(f"{path}: {name} pads time with -inf ({p} frames); a context cache starts from zeros, so "
+                          "only max pooling without time padding streams; export with --mode sequence")
+    if p and not m.count_include_pad:
+        raise ExportError(f"{path}: {name} pads time and excludes the padding from its average; "
+                          "export with --mode sequence")
+    return k, d, s, p, p
+
+
+# ---------------------------------------------------------------------------------------------
+# probing the data flow
+# ---------------------------------------------------------------------------------------------
+
+def _first_tensor(args) -> torch.Tensor | None:
+    x = args[0] if args else None
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        return None
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def record(model: nn.Module, modules: dict[str, nn.Module], run: Callable[[], Any], outputs: bool = False
+           ) -> tuple[dict[str, list[torch.Tensor]], list[str], Any]:
+    """Run ``run()`` with hooks on ``modules``; return each module's inputs (or outputs) per call,
+    the modules in the order they were first called, and what ``run`` returned."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    order: list[str] = []
+    handles = []
+    for path, m in modules.items():
+        def pre(mod, args, path=path):
+            if path not in order:
+                order.append(path)
+            if not outputs:
+                t = _first_tensor(args)
+                seen.setdefault(path, []).append(t.detach().clone() if t is not None else None)
+
+        def post(mod, args, out, path=path):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            seen.setdefault(path, []).append(t.detach().clone() if isinstance(t, torch.Tensor) else None)
+        handles.append(m.register_forward_pre_hook(pre))
+        if outputs:
+            handles.append(m.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            result = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, order, result
+
+
+def find_shift(orig: torch.Tensor, stream: torch.Tensor, axis: int, max_shift: int | None = None) -> int | None:
+    """The smallest ``D`` with ``stream[D + i] == orig[i]`` along ``axis`` over their overlap
+    (at least :data:`MIN_OVERLAP` frames), or ``None`` when no shift makes them equal."""
+    if orig.dim() != stream.dim() or [n for k, n in enumerate(orig.shape) if k != axis] != [
+            n for k, n in enumerate(stream.shape) if k != axis]:
+        return None
+    lo, ls = orig.shape[axis], stream.shape[axis]
+    scale = max(1.0, float(orig.abs().max())) if orig.numel() else 1.0
+    top = ls - MIN_OVERLAP if max_shift is None else min(max_shift, ls - MIN_OVERLAP)
+    for d in range(0, top + 1):
+        n = min(lo, ls - d)
+        if n < MIN_OVERLAP:
+            break
+        a, b = orig.narrow(axis, 0, n), stream.narrow(axis, d, n)
+        if float((a - b).abs().max()) <= MATCH_TOLERANCE * scale:
+            return d
+    return None
+
+
+def _zero_edges(x: torch.Tensor, axis: int) -> tuple[int, int]:
+    """Frames along ``axis`` at the start and end that are exactly zero (user padding)."""
+    frames = x.abs().transpose(0, axis).reshape(x.shape[axis], -1).amax(dim=1)
+    nz = torch.nonzero(frames).flatten()
+    if nz.numel() == 0:
+        return 0, 0
+    return int(nz[0]), int(x.shape[axis] - 1 - nz[-1])
+
+
+@dataclass
+class TemporalPlan:
+    """What the pass found: the streaming layers, recurrent layers that skip warm-up frames, the
+    frame multiple of a call and each output's delay."""
+
+    layers: list[TemporalLayer] = field(default_factory=list)
+    recurrent_skip: dict[str, int] = field(default_factory=dict)  # layer path -> frames to skip
+    frame_multiple: int = 1
+    delays: list[int] = field(default_factory=list)  # per data output (frames of that output)
+    states: list[TemporalState] = field(default_factory=list)
+
+
+class CacheTemporalContext:
+    """Give convolutions and poolings over time a context cache (see the module docstring)."""
+
+    name = "cache-context"
+
+    def __call__(self, ctx) -> str:
+        ctx.temporal = TemporalPlan()
+        if ctx.mode == "sequence" or not ctx.streams_time:
+            return "not needed (whole sequences)" if ctx.mode == "sequence" else "not needed (one frame per call)"
+        model = ctx.model
+        candidates = {p: m for p, m in model.named_modules() if isinstance(m, TEMPORAL + WHOLE_SEQUENCE)}
+        recurrent = {p: m for p, m in model.named_modules() if isinstance(m, nn.RNNBase)}
+        if not candidates:
+            return "no convolution or pooling"
+        gen = torch.Generator().manual_seed(7)
+        runs = {}
+        for T in PROBE_LENGTHS:
+            data = ctx.example_data(PROBE_BATCH, T, gen)
+            states = [e.make(PROBE_BATCH) for e in ctx.explicit]
+            try:
+                runs[T] = record(model, candidates, lambda: model(*data, *states))
+            except ExportError:
+                raise
+            except Exception as e:
+                raise ExportError(f"{type(ctx.original).__name__} failed on inputs of {T} frames: "
+                                  f"{str(e).splitlines()[0][:300]}") from None
+        (t1, (in1, order, _)), (t2, (in2, _, _)) = runs.items()
+        found: list[TemporalLayer] = []
+        for path in order:
+            m = candidates[path]
+            a_list, b_list = in1.get(path, []), in2.get(path, [])
+            if len(a_list) != 1:
+                if any(_time_axis(a, b, t1, t2) is not None for a, b in zip(a_list, b_list) if a is not None):
+                    raise ExportError(f"{path}: {type(m).__name__} is called {len(a_list)} times per forward over time; "
+                                      "a context cache needs one call per forward")
+                continue
+            a, b = a_list[0], b_list[0]
+            if a is None or b is None:
+                continue
+            found_axis = _time_axis(a, b, t1, t2)
+            if found_axis is None:
+                continue  # not over time (a convolution over features, say)
+            axis, rate, extra = found_axis
+            if isinstance(m, WHOLE_SEQUENCE):
+                raise ExportError(f"{path}: {type(m).__name__} looks at every frame of the sequence and cannot "
+                                  f"stream in {ctx.mode} mode; export with --mode sequence")
+            if axis < 2:
+                raise ExportError(f"{path}: {type(m).__name__} takes time on axis {axis} of its input; a streaming "
+                                  "convolution needs [batch, channels, time(, ...)]")
+            nd = a.dim() - 2
+            k, d, s, pl, pr = _geometry(path, m, axis - 2, nd)
+            if k == 1 and s == 1:
+                continue  # one frame at a time already
+            drop_l = drop_r = 0
+            if extra > 0:  # the model padded the input itself (F.pad before a padding-free conv)
+                drop_l, drop_r = _zero_edges(a, axis)
+                if drop_l + drop_r < extra:
+                    raise ExportError(f"{path}: {type(m).__name__}'s input has {extra} frames more than the sequence "
+                                      "and they are not zero padding at its ends; edgernn cannot tell which frames "
+                                      "are real: export with --mode sequence")
+                if drop_l + drop_r > extra:  # zeros in the data itself: take the extra frames from the left
+                    drop_l, drop_r = min(drop_l, extra), extra - min(drop_l, extra)
+            elif extra < 0:
+                raise ExportError(f"{path}: {type(m).__name__}'s input is {-extra} frames shorter than the "
+                                  "sequence (an earlier layer crops time); edgernn cannot stream it: "
+                                  "export with --mode sequence")
+            core = t1 // rate
+            extra_out = (core + pl + pr + drop_l + drop_r - (k - 1) * d - 1) // s + 1 - core // s
+            found.append(TemporalLayer(path, type(m).__name__, axis, rate, k, d, s, pl + drop_l, pr + drop_r,
+                                       drop_l, drop_r, extra_out=extra_out, context_shape=(1, *a.shape[1:])))
+        if not found:
+            return "no convolution or pooling over time"
+        plan = ctx.temporal
+        plan.frame_multiple = math.lcm(*(lay.rate * lay.stride for lay in found))
+        if ctx.mode == "step" and plan.frame_multiple > 1:
+            strided = next(lay for lay in found if lay.stride > 1)
+            raise ExportError(f"{strided.path}: {strided.kind} with stride {strided.stride} over time needs calls of "
+                              f"{plan.frame_multiple} frames; export with --mode chunk and feed multiples of "
+                              f"{plan.frame_multiple} frames per call")
+        self._convert(ctx, found, recurrent)
+        plan.layers = found
+        ctx.frame_multiple = math.lcm(getattr(ctx, "frame_multiple", 1), plan.frame_multiple)
+        return "; ".join(lay.describe() for lay in found)
+
+    def _convert(self, ctx, found: list[TemporalLayer], recurrent: dict[str, nn.Module]) -> None:
+        """Set each layer's skip, cache and shift in data-flow order, measuring the skip at its
+        input (converted model vs original), then the recurrent layers' skips and the outputs' delays."""
+        original = copy.deepcopy(ctx.model)
+        plan = ctx.temporal
+        T = PROBE_LENGTHS[1] - PROBE_LENGTHS[1] % plan.frame_multiple
+        gen = torch.Generator().manual_seed(8)
+        data = ctx.example_data(PROBE_BATCH, T, gen)
+        states = [e.make(PROBE_BATCH) for e in ctx.explicit]
+        orig_mods = dict(original.named_modules())
+        ref_in, _, ref_out = record(original, {lay.path: orig_mods[lay.path] for lay in found}
+                                    | {p: orig_mods[p] for p in recurrent}, lambda: original(*data, *states))
+        installed: list[TemporalLayer] = []
+        for lay in found:
+            if any(prev.out_shift for prev in installed):  # junk frames may reach this layer: measure
+                got, _, _ = record(ctx.model, {lay.path: ctx.model.get_submodule(lay.path)},
+                                   lambda: ctx.model(*data, *states))
+                lay.skip = _measured_skip(lay.path, ref_in[lay.path][0], got[lay.path][0], lay.time_axis,
+                                          lay.drop_left, lay.drop_right)
+            s = lay.stride
+            window = (lay.kernel - 1) * lay.dilation + 1
+            c = max(0, window - s, lay.pad_left - lay.skip)
+            c += (lay.pad_left - lay.skip - c) % s  # align windows with the model's (c + skip - pad_left) % s == 0
+            lay.cache = c
+            lay.out_shift = (c + lay.skip - lay.pad_left) // s
+            plan.states.append(_install(ctx.model, lay))
+            installed.append(lay)
+        if not any(lay.out_shift for lay in installed):
+            plan.recurrent_skip = {}
+        else:
+            got, _, _ = record(ctx.model, {p: ctx.model.get_submodule(p) for p in recurrent},
+                               lambda: ctx.model(*data, *states))
+            for p, m in recurrent.items():
+                if p not in ref_in or not ref_in[p] or ref_in[p][0] is None:
+                    continue
+                if len(ref_in[p]) > 1:
+                    raise ExportError(f"{p}: recurrent layer is called {len(ref_in[p])} times per forward after a "
+                                      "lookahead; export with --mode sequence")
+                axis = 1 if m.batch_first else 0
+                skip = _measured_skip(p, ref_in[p][0], got[p][0], axis, 0, 0)
+                if skip:
+                    if m.bidirectional:
+                        continue  # refused later: bidirectional layers do not stream
+                    plan.recurrent_skip[p] = skip
+                    gate = RecurrentGate(p, skip)
+                    object.__setattr__(m, "gate", gate)  # kept when LiftState makes the layer stateful
+                    plan.states.append(gate)
+        # the whole model: outputs shifted by their delays, or the first module that differs
+        with _gates_active(ctx.model, plan.recurrent_skip), torch.no_grad():
+            out = ctx.model(*data, *states)
+        ref_leaves, got_leaves = pytree.tree_leaves(ref_out), pytree.tree_leaves(out)
+        plan.delays = []
+        for k, (want, have) in enumerate(zip(ref_leaves, got_leaves)):
+            axis = _output_time_axis(want, have)
+            if axis is None:
+                if want.shape == have.shape and float((want - have).abs().max()) <= MATCH_TOLERANCE * max(
+                        1.0, float(want.abs().max())):
+                    plan.delays.append(0)
+                    continue
+                self._blame(ctx, original, data, states, found)
+            shift = find_shift(want, have, axis)
+            if shift is None:
+                self._blame(ctx, original, data, states, found)
+            plan.delays.append(shift)
+
+    def _blame(self, ctx, original, data, states, found) -> None:
+        """Name the first module whose output differs from the original's (beyond a shift)."""
+        leaves = {p: m for p, m in original.named_modules() if not list(m.children())}
+        ref, order, _ = record(original, leaves, lambda: original(*data, *states), outputs=True)
+        mods = dict(ctx.model.named_modules())
+        with _gates_active(ctx.model, ctx.temporal.recurrent_skip):
+            got, _, _ = record(ctx.model, {p: mods[p] for p in leaves if p in mods},
+                               lambda: ctx.model(*data, *states), outputs=True)
+        lookahead = [lay for lay in found if lay.out_shift]
+        why = (f"; {lookahead[0].describe()}" if lookahead else "")
+        for p in order:
+            a, b = (ref.get(p) or [None])[0], (got.get(p) or [None])[0]
+            if a is None or b is None:
+                continue
+            axis = _output_time_axis(a, b)
+            same = (find_shift(a, b, axis) is not None) if axis is not None else (
+                a.shape == b.shape and float((a - b).abs().max()) <= MATCH_TOLERANCE * max(1.0, float(a.abs().max())))
+            if not same:
+                m = leaves[p]
+                raise ExportError(f"{p}: {type(m).__name__} gives other values when the sequence streams in chunks "
+                                  f"than on the whole sequence (it looks across time in a way edgernn cannot cache, "
+                                  f"or mixes frames delayed by different lookaheads){why}; export with --mode sequence")
+        raise ExportError("the model gives other values when the sequence streams in chunks than on the whole "
+                          f"sequence (something in forward looks across time outside a module){why}; "
+                          "export with --mode sequence")
+
+
+@contextlib.contextmanager
+def _gates_active(model: nn.Module, paths: dict[str, int]):
+    """Recurrent layers with a gate skip their warm-up frames while inside (they become
+    stateful for the run, then get their own class back; LiftState makes them stateful later)."""
+    layers = {p: model.get_submodule(p) for p in paths}
+    classes = {p: type(m) for p, m in layers.items()}
+    for k, (p, m) in enumerate(layers.items()):
+        if not isinstance(m, capture.StatefulRecurrent):
+            capture.make_stateful(m, p, -1 - k)
+    try:
+        yield
+    finally:
+        for p, m in layers.items():
+            m.__class__ = classes[p]
+
+
+def _time_axis(a: torch.Tensor, b: torch.Tensor, t1: int, t2: int) -> tuple[int, int, int] | None:
+    """(axis, rate, extra): the one axis whose size follows the sequence's length, the model
+    frames per frame there, and frames more than ``length / rate``."""
+    if a.dim() != b.dim():
+        return None
+    axes = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+    if len(axes) != 1:
+        return None
+    k = axes[0]
+    grow = b.shape[k] - a.shape[k]
+    if grow <= 0 or (t2 - t1) % grow:
+        return None
+    rate = (t2 - t1) // grow
+    return k, rate, a.shape[k] - t1 // rate
+
+
+def _output_time_axis(want: torch.Tensor, have: torch.Tensor) -> int | None:
+    if want.dim() != have.dim():
+        return None
+    diff = [k for k, (x, y) in enumerate(zip(want.shape, have.shape)) if x != y]
+    if len(diff) == 1:
+        return diff[0]
+    if diff:
+        return None
+    # same shapes: the time axis is the longest non-batch axis that is not a feature size of 1
+    sizes = [(n, k) for k, n in enumerate(want.shape) if k != 0 and n >= MIN_OVERLAP]
+    return max(sizes)[1] if len(sizes) >= 1 else None
+
+
+def _measured_skip(path: str, orig: torch.Tensor, got: torch.Tensor, axis: int, drop_l: int, drop_r: int) -> int:
+    if drop_l or drop_r:
+        orig = orig.narrow(axis, drop_l, orig.shape[axis] - drop_l - drop_r)
+        got = got.narrow(axis, drop_l, got.shape[axis] - drop_l - drop_r)
+    shift = find_shift(orig, got, axis)
+    if shift is None:
+        raise ExportError(f"{path}: its input differs when the sequence streams in chunks and no delay explains it "
+                          "(frames delayed by different lookaheads are mixed before it); export with --mode sequence")
+    return shift
+
+
+def _install(model: nn.Module, lay: TemporalLayer) -> TemporalState:
+    """Turn the module at ``lay.path`` into its streaming form (in place; same object)."""
+    m = model.get_submodule(lay.path)
+    st = TemporalState(lay)
+    if not isinstance(m, StreamingTemporal):
+        m.__class__ = _stream_class(type(m))
+    nd = len(lay.context_shape) - 2
+    if isinstance(m, CONV):
+        pads = []
+        for si in range(nd):
+            if si == lay.time_axis - 2:
+                pads.append((0, 0))
+            else:
+                _, _, _, pl, pr = _geometry(lay.path, m, si, nd)
+                pads.append((pl, pr))
+        object.__setattr__(m, "_edgernn_pads", tuple(pads))
+    window = (lay.kernel - 1) * lay.dilation + 1
+    object.__setattr__(m, "_edgernn_trim", lay.cache > window - lay.stride)
+    lay.context_shape = tuple(lay.cache if k == lay.time_axis else n for k, n in enumerate(lay.context_shape))
+    object.__setattr__(m, "_edgernn_state", st)
+    return st
+
+
+def restore(model: nn.Module) -> None:
+    """Undo :func:`_install` on every module of ``model`` (their own forward again)."""
+    for m in model.modules():
+        if isinstance(m, StreamingTemporal):
+            m.__class__ = next(c for c in type(m).__mro__[1:] if c is not StreamingTemporal and
+                               not issubclass(c, StreamingTemporal))
+
+
+__all__ = ["CacheTemporalContext", "TemporalLayer", "TemporalPlan", "TemporalState", "skip_mask", "find_shift"]

@@ -1,0 +1,245 @@
+"""Models whose forward loops over the time axis in Python (``for t in range(x.size(1))``).
+
+A trace of such a forward unrolls the loop at the traced length, so a chunk or sequence capture
+is only right for that one length. edgernn finds the loop before capturing (:class:`DetectTimeLoop`),
+captures the model for one frame instead (the step capture, the size-1 time axis kept) and
+:func:`scan_over_time` runs that step graph in an ONNX ``Scan`` over the data inputs' own time
+axis: the chunk and sequence files keep the model's layout (``[B, T, F]`` or ``[T, B, F]``) and
+its states are the Scan's state variables.
+
+Detection runs the model eagerly at three lengths (5, 6 and 7 frames) and counts
+
+- the calls of each submodule (forward hooks): a submodule called ``k * T`` times per forward is
+  called in a loop over frames (``nn.GRU`` over a whole sequence, or a ``Linear`` over
+  ``[B, T, F]``, is called once, whatever ``T``);
+- the torch functions the forward calls (a ``TorchFunctionMode``; ``nn.GRU`` is one call of
+  ``torch.gru`` at any length): a count that grows by the same number for each extra frame is a
+  loop too, one that calls no submodule in it (an SRU's elementwise recurrence, say).
+
+If the loop goes unnoticed, :func:`static_time_inputs` (called by the capture pass) sees the
+time axis of the captured graph fixed to the traced length and the export is routed the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from edgernn.errors import ExportError
+
+LENGTHS = (5, 6, 7)  # probe lengths; the batch is 2
+_IGNORED = {"__get__", "__set__", "size", "dim"}  # attribute reads and shape queries are not operations
+
+
+class _CountCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") not in _IGNORED:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _run_counted(ctx, time: int) -> tuple[Counter, int]:
+    """Calls per submodule path and torch function calls of one forward at ``time`` frames."""
+    gen = torch.Generator().manual_seed(3)
+    data = ctx.example_data(2, time, gen)
+    explicit = [e.make(2) for e in ctx.explicit]  # may run the model itself: outside the counters
+    calls: Counter = Counter()
+    handles = []
+    for path, module in ctx.model.named_modules():
+        if path:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, path=path: calls.update([path])))
+    try:
+        with torch.no_grad(), _CountCalls() as counter:
+            ctx.model(*data, *explicit)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, counter.count
+
+
+def find_time_loop(ctx) -> str:
+    """Why ``ctx``'s model loops over time in Python ("GatedCell.lin called 5 times for 5 frames"),
+    or ``""`` when it does not (or cannot be run at the probe lengths)."""
+    try:
+        runs = [_run_counted(ctx, t) for t in LENGTHS]
+    except ExportError:
+        raise
+    except Exception:
+        return ""  # the model does not run at these lengths: leave the error to the lifting pass
+    owner = type(ctx.original).__name__
+    t0 = LENGTHS[0]
+    calls0 = runs[0][0]
+    for path in calls0:  # module order: the outermost looped module first
+        n = [c[path] for c, _ in runs]
+        if n[0] and n[0] % t0 == 0 and all(k * t0 == n[0] * t for k, t in zip(n, LENGTHS)):
+            return f"{owner}.{path} called {n[0]} times for {t0} frames"
+    ops = [k for _, k in runs]
+    per_frame = ops[1] - ops[0]
+    if per_frame > 0 and ops[2] - ops[1] == per_frame:
+        return f"{owner}.forward runs {per_frame} more torch operations for each extra frame"
+    return ""
+
+
+def static_time_inputs(ctx, model: onnx.ModelProto) -> list[str]:
+    """Data inputs whose time axis the captured graph fixed to a number (the trace unrolled a loop)."""
+    fixed = []
+    by_name = {i.name: i for i in model.graph.input}
+    for spec in ctx.data:
+        vi = by_name.get(spec.name)
+        if vi is None or spec.time_axis is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if spec.time_axis < len(dims) and dims[spec.time_axis].HasField("dim_value"):
+            fixed.append(spec.name)
+    return fixed
+
+
+def route_note(reason: str) -> str:
+    return (f"forward loops over time in Python ({reason}): captured one frame, chunk and sequence "
+            "files run it in a Scan over time")
+
+
+def check_routable(ctx) -> None:
+    for m in ctx.original.modules():
+        if isinstance(m, nn.RNNBase) and m.bidirectional:
+            raise ExportError("the forward loops over time in Python and has a bidirectional layer: a loop over "
+                              "frames cannot run a bidirectional layer one frame at a time")
+
+
+class DetectTimeLoop:
+    """Chunk and sequence mode: find a forward that loops over time in Python; such a model is
+    captured for one frame and its file runs that frame in a Scan over time (``ctx.time_loop``)."""
+
+    name = "time-loop"
+
+    def __call__(self, ctx) -> str:
+        if ctx.mode == "step":
+            return "not needed in step mode"
+        if ctx.frame_model or not ctx.streams_time:
+            return "not needed (one frame per forward)"
+        reason = find_time_loop(ctx)
+        if not reason:
+            return f"no loop over time in forward (same operations at {', '.join(map(str, LENGTHS))} frames)"
+        check_routable(ctx)
+        ctx.time_loop = reason
+        ctx.notes.append(route_note(reason))
+        return f"{reason}: captured one frame, run in a Scan over the time axis"
+
+
+def reroute(ctx, fixed: Sequence[str]) -> None:
+    """The capture fixed the time axis of ``fixed``: start again from a fresh copy of the model,
+    captured for one frame (the caller re-runs lifting and capture)."""
+    check_routable(ctx)
+    ctx.time_loop = (f"the captured graph fixed the time axis of {', '.join(fixed)} to the traced length")
+    ctx.notes.append(route_note(ctx.time_loop))
+    ctx.model = copy.deepcopy(ctx.original).eval()
+
+
+# ------------------------------------------------------------------------------------- the Scan
+
+def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
+    n = onnx.NodeProto()
+    n.CopyFrom(node)
+    n.input[:] = [rename.get(i, i) for i in n.input]
+    n.output[:] = [rename.get(o, o) for o in n.output]
+    return n
+
+
+def _vi(vi: onnx.ValueInfoProto, name: str, drop_axis: int | None = None) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    out.name = name
+    del out.metadata_props[:]
+    if drop_axis is not None:
+        dims = out.type.tensor_type.shape.dim
+        kept = [d for k, d in enumerate(dims) if k != drop_axis]
+        copies = []
+        for d in kept:
+            c = onnx.TensorShapeProto.Dimension()
+            c.CopyFrom(d)
+            copies.append(c)
+        del dims[:]
+        for c in copies:
+            dims.add().CopyFrom(c)
+    return out
+
+
+def scan_over_time(ctx) -> str:
+    """Wrap ``ctx.onnx_model`` (a one-frame step graph whose data inputs keep a size-1 time axis)
+    in a ``Scan`` over each data input's time axis. Inputs without a time axis are read by the
+    body from the outer graph; outputs with a time axis are stacked along it, outputs without one
+    are taken from the last frame."""
+    model = ctx.onnx_model
+    g = model.graph
+    n_data, n_out = len(ctx.data), len(ctx.output_names)
+    data_in, state_in = list(g.input[:n_data]), list(g.input[n_data:])
+    data_out, state_out = list(g.output[:n_out]), list(g.output[n_out:])
+    step_nodes = len(g.node)
+    scanned = [(v, s.time_axis) for v, s in zip(data_in, ctx.data) if s.time_axis is not None]
+    rename = {v.name: f"{v.name}@frame" for v in [*state_in, *state_out]}
+    rename.update({v.name: f"{v.name}@step" for v, _ in scanned})
+    rename.update({v.name: f"{v.name}@step" for v in data_out})
+    pre, post, inits = [], [], []
+    for v, axis in scanned:
+        axes = f"{v.name}@time_axis"
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), axes))
+        pre.append(helper.make_node("Unsqueeze", [f"{v.name}@frame", axes], [f"{v.name}@step"],
+                                    name=f"{v.name}/add_time"))
+    body_outs = []
+    for v, (_, t) in zip(data_out, ctx.output_axes):
+        if t is None:  # stacked along axis 0 by the Scan, the last frame taken outside
+            post.append(helper.make_node("Identity", [f"{v.name}@step"], [f"{v.name}@frame"],
+                                         name=f"{v.name}/frame"))
+            body_outs.append(_vi(v, f"{v.name}@frame"))
+        else:
+            axes = f"{v.name}@time_axis"
+            inits.append(numpy_helper.from_array(np.array([t], np.int64), axes))
+            post.append(helper.make_node("Squeeze", [f"{v.name}@step", axes], [f"{v.name}@frame"],
+                                         name=f"{v.name}/drop_time"))
+            body_outs.append(_vi(v, f"{v.name}@frame", drop_axis=t))
+    body = helper.make_graph(
+        [*pre, *(_renamed(n, rename) for n in g.node), *post], "frame_step",
+        [*(_vi(v, rename[v.name]) for v in state_in), *(_vi(v, f"{v.name}@frame", drop_axis=a) for v, a in scanned)],
+        [*(_vi(v, rename[v.name]) for v in state_out), *body_outs],
+        initializer=[*g.initializer, *inits])
+    final_names = {v.name: (f"{v.name}@frames" if t is None else v.name)
+                   for v, (_, t) in zip(data_out, ctx.output_axes)}
+    scan = helper.make_node(
+        "Scan", [*(v.name for v in state_in), *(v.name for v, _ in scanned)],
+        [*(v.name for v in state_out), *(final_names[v.name] for v in data_out)],
+        name="scan_over_time", body=body, num_scan_inputs=len(scanned),
+        scan_input_axes=[a for _, a in scanned],
+        scan_output_axes=[0 if t is None else t for _, t in ctx.output_axes])
+    nodes = [scan]
+    outer_inits = []
+    last = "scan_over_time@last"
+    for v, (_, t) in zip(data_out, ctx.output_axes):
+        if t is None:
+            if not outer_inits:
+                outer_inits.append(numpy_helper.from_array(np.array(-1, np.int64), last))
+            nodes.append(helper.make_node("Gather", [final_names[v.name], last], [v.name], axis=0,
+                                          name=f"{v.name}/last_frame"))
+    graph = helper.make_graph(nodes, g.name, [_vi(v, v.name) for v in [*data_in, *state_in]],
+                              [_vi(v, v.name) for v in [*data_out, *state_out]], initializer=outer_inits)
+    model.graph.CopyFrom(graph)
+    stacked = sum(1 for _, t in ctx.output_axes if t is not None)
+    rest = f", {n_out - stacked} from the last frame" if stacked < n_out else ""
+    return (f"loop over time in Python: step graph of {step_nodes} nodes in a Scan over time "
+            f"({', '.join(f'{v.name} axis {a}' for v, a in scanned)}), {len(state_in)} state variables, "
+            f"{stacked} of {n_out} outputs stacked over time{rest}")
+
+
+__all__ = ["DetectTimeLoop", "find_time_loop", "scan_over_time", "static_time_inputs", "reroute"]
