@@ -168,14 +168,15 @@ def describe_layer(m: nn.Module) -> str:
     return f"{type(m).__name__}({getattr(m, keys[0])} -> {getattr(m, keys[1])})"
 
 
-def input_layouts(guess: InputSpec) -> list[InputSpec]:
+def input_layouts(guess: InputSpec, time_major: bool = False) -> list[InputSpec]:
     """``guess`` first, then the other layouts of its axes a model commonly takes: batch-first
-    ``[batch, time, features...]`` and time-major ``[time, batch, features...]``."""
+    ``[batch, time, features...]`` and, with ``time_major`` (the model's recurrent layer is
+    time-major), ``[time, batch, features...]``."""
     if guess.time_axis is None or guess.batch_axis is None:
         return [guess]
     feat = tuple(d for d in guess.shape if d not in (BATCH, TIME))
     out: list[InputSpec] = []
-    for shape in (guess.shape, (BATCH, TIME, *feat), (TIME, BATCH, *feat)):
+    for shape in (guess.shape, (BATCH, TIME, *feat), *([(TIME, BATCH, *feat)] if time_major else [])):
         if all(o.shape != shape for o in out):
             out.append(InputSpec(guess.name, guess.dtype, tuple(shape), guess.high))
     return out

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgernn.converters import capture, timeloop
-from edgernn.converters.context import CacheTemporalContext
+from edgernn.converters.context import CacheTemporalContext, CheckStreamable
 from edgernn.converters.io import (InputSpec, describe_layer, first_layer, forward_parameters, infer_data_input,
                                    input_layouts)
 from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, lower_gated, lower_sequence, lower_step
@@ -233,6 +233,8 @@ class ResolveInputs:
         for p in required:
             ctx.data.append(declared[p.name] if p.name in declared
                             else _only_inferred(ctx.model, p.name, len(required)))
+        if len(required) == 1 and required[0].name not in declared:
+            ctx.data[0] = self._pick_layout(ctx, ctx.data[0], state_args, declared)
         self._explicit(ctx, state_args, declared)
         has_bidi = any(isinstance(m, nn.RNNBase) and m.bidirectional for m in ctx.model.modules())
         if has_bidi and ctx.mode != "sequence":
@@ -266,26 +268,152 @@ class ResolveInputs:
             stored = _stored_starts(names, axes, leaves2, pytree.tree_leaves(make(1)))
             ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make, stored))
 
+    def _pick_layout(self, ctx: ExportContext, guess: InputSpec, state_args: list[str],
+                     declared: dict[str, InputSpec]) -> InputSpec:
+        """The inferred input's layout: the guess if the model runs on it, else the first other
+        common layout that runs (a Conv1d-first model may take [batch, time, channels] and
+        transpose). The model runs once per layout, batch 2, a few frames, without grad."""
+        rnn = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNBase)), None)
+        layouts = input_layouts(guess, time_major=rnn is not None and not rnn.batch_first)
+        if len(layouts) == 1:
+            return guess
+        params = {p.name: p for p in forward_parameters(ctx.model)}
+        hook = next((getattr(ctx.model, h) for h in INIT_HOOKS if callable(getattr(ctx.model, h, None))), None)
+        states: list[Any] = []
+        for i, arg in enumerate(state_args):
+            if arg in declared:
+                spec = declared[arg]
+                states.append(torch.zeros(spec.concrete(TRACE_BATCH, TRACE_TIME), dtype=spec.torch_dtype))
+            elif hook is not None:
+                states.append(_nth_state(hook(TRACE_BATCH), i, len(state_args), arg))
+            elif params[arg].default is not params[arg].empty:
+                states.append(params[arg].default)
+            else:
+                return guess  # the model cannot run before its state's shape is known: keep the guess
+        failures = []
+        for spec in layouts:
+            gen = torch.Generator().manual_seed(0)
+
+            def run(frames: int, spec: InputSpec = spec, gen: torch.Generator = gen) -> None:
+                with torch.no_grad():
+                    ctx.model(spec.random(TRACE_BATCH, frames, gen), *states)
+            try:
+                _at_some_length(ctx, run, streams=True)
+            except Exception as e:  # noqa: BLE001 - any failure means "not this layout"
+                failures.append(e)
+                continue
+            if spec is not guess:
+                ctx.notes.append(f"input {guess.name} is {spec.describe()}: the model fails on the guess "
+                                 f"{guess.describe()} from its first layer")
+            return spec
+        first = first_layer(ctx.model)
+        shapes = [s.describe() for s in layouts]
+        feat = tuple(d for d in guess.shape if d not in (BATCH, TIME))
+        main = InputSpec(guess.name, guess.dtype, (BATCH, TIME, *feat), guess.high)
+        others = [s.flag().split(":", 2)[2] for s in layouts if s.shape != main.shape]
+        err = failures[0]
+        raise ExportError(f"cannot infer the input of {type(ctx.original).__name__}: its first layer "
+                          f"{describe_layer(first) if first is not None else '?'} fails on "
+                          f"{', '.join(shapes[:-1])} and {shapes[-1]} ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0][:200]}); pass --input {main.flag()}"
+                          + (f" (or {' or '.join(others)})" if others else ""))
+
     def _probe_state(self, ctx: ExportContext, index: int, count: int, arg: str) -> Callable[[int], Any]:
         """No init hook and no ``--input``: call the model with the state argument left out (its
-        default) and take the state's structure from the new state it returns."""
+        default) and take the state's structure from the new state it returns. Without a default,
+        the state of the model's first recurrent cell is tried (see :meth:`_cell_state`)."""
         params = {p.name: p for p in forward_parameters(ctx.model)}
         if params[arg].default is params[arg].empty:
+            make, flag = self._cell_state(ctx, index, count, arg)
+            if make is not None:
+                return make
             raise ExportError(f"cannot tell the shape of state argument {arg!r}: give the model an "
-                              f"initial_state(batch_size) method, or pass --input {arg}:float32:DIMS with B "
-                              "marking the batch axis")
+                              "initial_state(batch_size) method, or pass --input "
+                              + (flag if flag else f"{arg}:float32:DIMS with B marking the batch axis"))
         gen = torch.Generator().manual_seed(0)
         specs = ctx.data  # the forward's own inputs (scan-over-time later gives ctx.data a time axis)
 
         def make(batch: int):
-            data = [s.random(batch, TRACE_TIME, gen) for s in specs]
-            with torch.no_grad():
-                out = ctx.model(*data)
+            def run(frames: int):
+                data = [s.random(batch, frames, gen) for s in specs]
+                with torch.no_grad():
+                    return ctx.model(*data)
+            out = _at_some_length(ctx, run, ctx.streams_time)
             if not isinstance(out, tuple) or len(out) <= count:
                 raise ExportError(f"{type(ctx.original).__name__}.forward must return (outputs..., new states...) "
                                   f"with one new state per state argument; it returned {type(out).__name__}")
             return pytree.tree_map(torch.zeros_like, out[len(out) - count + index])
         return make
+
+
+    def _cell_state(self, ctx: ExportContext, index: int, count: int, arg: str
+                    ) -> tuple[Callable[[int], Any] | None, str | None]:
+        """A state argument without a default or hook, in a model with an ``nn.GRUCell`` /
+        ``nn.RNNCell`` (state ``[batch, hidden]``) or ``nn.LSTMCell`` (``(h, c)``, or ``h`` and
+        ``c`` as two arguments): the first cell's state, if the model runs on zeros of that shape
+        and returns a new state of the same shape. Returns ``(make or None, --input text or None)``."""
+        cell = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNCellBase)), None)
+        if cell is None:
+            layer = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNBase)), None)
+            if layer is not None and not isinstance(layer, nn.LSTM) and count == 1:
+                dirs = 2 if layer.bidirectional else 1
+                return None, f"{arg}:float32:{layer.num_layers * dirs},B,{layer.hidden_size}"
+            return None, None
+        hidden, lstm = cell.hidden_size, isinstance(cell, nn.LSTMCell)
+        if lstm and count == 1:
+            def make(batch: int) -> Any:
+                return torch.zeros(batch, hidden), torch.zeros(batch, hidden)
+            flag = None  # a tuple: --input declares one tensor
+        elif count == 1 or (lstm and count == 2):
+            def make(batch: int) -> Any:
+                return torch.zeros(batch, hidden)
+            flag = f"{arg}:float32:B,{hidden}"
+        else:
+            return None, None
+        gen = torch.Generator().manual_seed(0)
+
+        def run(frames: int) -> Any:
+            data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
+            with torch.no_grad():
+                return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
+        try:
+            out = _at_some_length(ctx, run, ctx.streams_time)
+        except Exception:  # noqa: BLE001 - the guess does not fit this model
+            return None, flag
+        want = make(TRACE_BATCH)
+        if not isinstance(out, tuple) or len(out) <= count:
+            return None, flag
+        new = out[len(out) - count + index]
+        new_leaves, new_spec = pytree.tree_flatten(new)
+        want_leaves, want_spec = pytree.tree_flatten(want)
+        if new_spec != want_spec or [getattr(t, "shape", None) for t in new_leaves] != [t.shape for t in want_leaves]:
+            return None, flag
+        ctx.notes.append(f"state argument {arg!r} has the shape of {describe_layer(cell)}'s state "
+                         f"({'(h, c), each ' if lstm and count == 1 else ''}[batch, {hidden}])")
+        return make, flag
+
+
+def _at_some_length(ctx: ExportContext, run: Callable[[int], Any], streams: bool) -> Any:
+    """``run(frames)`` at the trace length; for inputs with a time axis, if that fails, at
+    lengths that are multiples of :data:`FRAME_MULTIPLES`. Returns the first result; re-raises
+    the failure at the trace length if none runs."""
+    if not streams:
+        return run(trace_time(ctx))
+    first: Exception | None = None
+    tried = set()
+    for m in (1, *FRAME_MULTIPLES):
+        multiple = math.lcm(ctx.frame_multiple, m)
+        if multiple in tried:
+            continue
+        tried.add(multiple)
+        try:
+            return run(TRACE_TIME * multiple)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            first = first or e
+    assert first is not None
+    raise first
 
 
 def _key_name(path) -> str:
@@ -424,6 +552,8 @@ class LiftState:
                     raise
                 except Exception:
                     continue
+                if step and ctx.mode != "step":
+                    break  # captured one frame at a time (a loop over time): it must run on one frame
                 if step:
                     return TRACE_TIME * multiple, multiple
                 ctx.notes.append(f"{name} fails on {time_len} frames and runs on multiples of {multiple}: every call "
@@ -475,6 +605,9 @@ class LiftState:
         for a, b in zip(o1[:n_out], o2[:n_out]):
             batch_axis = _changed_axis(a.shape, b.shape, k1[0], k2[0])
             time_axis = None if one_frame else _changed_axis(a.shape, b.shape, k1[1], k2[1])
+            if time_axis is None and not one_frame:  # strided over time: the one other axis that grows
+                grown = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if x < y and k != batch_axis]
+                time_axis = grown[0] if len(grown) == 1 else None
             if one_frame and ctx.streams_time:
                 time_axis = self._step_time_axis(ctx, a.shape, batch_axis)
             ctx.output_axes.append((batch_axis, time_axis))
@@ -842,7 +975,7 @@ class Verify:
         return ctx.parity.summary()
 
 
-PIPELINE: tuple = (ResolveInputs(), CacheTemporalContext(), timeloop.DetectTimeLoop(), LiftState(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
+PIPELINE: tuple = (ResolveInputs(), CacheTemporalContext(), timeloop.DetectTimeLoop(), LiftState(), CheckStreamable(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
                    DescribeStateIO(), Optimize(), CheckAndInferShapes(), Verify())
 
 

@@ -177,6 +177,79 @@ def _vi(vi: onnx.ValueInfoProto, name: str, drop_axis: int | None = None) -> onn
     return out
 
 
+def _fold_time_axis(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], added: dict[str, tuple[str, int]],
+                    outputs: list[onnx.ValueInfoProto]) -> list[onnx.NodeProto]:
+    """Drop the body's size-1 time axis where the step graph only takes it away again: the frame
+    ``x[:, t]`` of a re-added axis (``Gather`` index 0, ``Squeeze``, ``Slice`` 0:1 + ``Squeeze``)
+    is the Scan's frame itself, and ``Squeeze(Unsqueeze(z))`` of an output is ``z``. Each node
+    less is a kernel less per frame. ``added``: ``x@step`` -> (``x@frame``, axis)."""
+    def const(name: str):
+        return inits.get(name)
+
+    def is_axis(name: str, axis: int) -> bool:
+        v = const(name)
+        return v is not None and v.size == 1 and int(v.reshape(-1)[0]) == axis
+
+    def consumers(name: str) -> list[onnx.NodeProto]:
+        return [n for n in nodes if name in n.input]
+
+    alias: dict[str, str] = {}
+    dropped: set[int] = set()
+    for step_name, (frame_name, axis) in added.items():
+        users = consumers(step_name)
+        folded = 0
+        for n in users:
+            if n.op_type == "Gather" and len(n.input) == 2 and (const(n.input[1]) is not None and
+                                                                 const(n.input[1]).ndim == 0 and
+                                                                 int(const(n.input[1])) == 0) \
+                    and next((a.i for a in n.attribute if a.name == "axis"), 0) == axis:
+                alias[n.output[0]] = frame_name
+            elif n.op_type == "Squeeze" and len(n.input) == 2 and is_axis(n.input[1], axis):
+                alias[n.output[0]] = frame_name
+            elif (n.op_type == "Slice" and len(n.input) >= 4 and is_axis(n.input[3], axis) and is_axis(n.input[1], 0)
+                  and const(n.input[2]) is not None and int(const(n.input[2]).reshape(-1)[0]) >= 1
+                  and (len(n.input) < 5 or is_axis(n.input[4], 1))):
+                after = consumers(n.output[0])
+                if not after or not all(m.op_type == "Squeeze" and len(m.input) == 2 and is_axis(m.input[1], axis)
+                                        for m in after):
+                    continue
+                for m in after:
+                    alias[m.output[0]] = frame_name
+                    dropped.add(id(m))
+            else:
+                continue
+            dropped.add(id(n))
+            folded += 1
+        if folded == len(users):
+            dropped.update(id(n) for n in nodes if step_name in n.output)
+    kept = []
+    for n in nodes:
+        if id(n) in dropped:
+            continue
+        n.input[:] = [alias.get(i, i) for i in n.input]
+        kept.append(n)
+    # outputs: Squeeze(Unsqueeze(z)) -> z, when the Unsqueeze feeds only that Squeeze
+    produced = {o: n for n in kept for o in n.output}
+    out_names = [o.name for o in outputs]
+    for vi in outputs:
+        sq = produced.get(vi.name)
+        if sq is None or sq.op_type != "Squeeze" or len(sq.input) != 2:
+            continue
+        un = produced.get(sq.input[0])
+        if (un is None or un.op_type != "Unsqueeze" or len(un.input) != 2 or const(un.input[1]) is None
+                or const(sq.input[1]) is None or not np.array_equal(const(un.input[1]), const(sq.input[1]))
+                or len([m for m in kept if sq.input[0] in m.input]) != 1 or un.input[0] in out_names
+                or un.input[0] in {v for p in added.values() for v in p[:1]}):
+            continue
+        z = un.input[0]
+        if z not in produced:  # a body input or initializer: keep the Squeeze
+            continue
+        kept = [m for m in kept if m is not sq and m is not un]
+        out_names[out_names.index(vi.name)] = z
+        vi.name = z
+    return kept
+
+
 def scan_over_time(ctx) -> str:
     """Wrap ``ctx.onnx_model`` (a one-frame step graph whose data inputs keep a size-1 time axis)
     in a ``Scan`` over each data input's time axis. Inputs without a time axis are read by the
@@ -210,8 +283,12 @@ def scan_over_time(ctx) -> str:
             post.append(helper.make_node("Squeeze", [f"{v.name}@step", axes], [f"{v.name}@frame"],
                                          name=f"{v.name}/drop_time"))
             body_outs.append(_vi(v, f"{v.name}@frame", drop_axis=t))
+    consts = {t.name: numpy_helper.to_array(t) for t in [*g.initializer, *inits] if t.dims == [] or
+              int(np.prod(t.dims)) <= 8}
+    nodes = _fold_time_axis([*pre, *(_renamed(n, rename) for n in g.node), *post], consts,
+                            {f"{v.name}@step": (f"{v.name}@frame", a) for v, a in scanned}, body_outs)
     body = helper.make_graph(
-        [*pre, *(_renamed(n, rename) for n in g.node), *post], "frame_step",
+        nodes, "frame_step",
         [*(_vi(v, rename[v.name]) for v in state_in), *(_vi(v, f"{v.name}@frame", drop_axis=a) for v, a in scanned)],
         [*(_vi(v, rename[v.name]) for v in state_out), *body_outs],
         initializer=[*g.initializer, *inits])

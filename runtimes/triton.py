@@ -23,6 +23,12 @@ in. ``END``, ``READY`` and ``CORRID`` are accepted and not read (the state lives
 frees it at the end of a sequence). With ``controls=False`` the model file is the input file
 unchanged and the config declares no control inputs (the backend does not require them);
 ``initial_state`` alone then starts each sequence.
+
+A chunk-mode file whose input strides over time (``frame_multiple`` > 1) takes a multiple of that
+many frames per request, and an output with lookahead (``delay``) is that many frames behind: the
+model file keeps both in its metadata, the report's entries and notes say them, and the config
+says them in comment lines (Triton itself has no field for them; the client must send such
+requests). A step-mode file with ``frame_multiple`` > 1 is refused.
 """
 
 from __future__ import annotations

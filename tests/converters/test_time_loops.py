@@ -17,7 +17,7 @@ from torch import nn
 
 import edgernn
 from edgernn.converters import timeloop
-from edgernn.converters.io import parse_input
+from edgernn.converters.io import forward_parameters, parse_input
 from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, run_pipeline
 from edgernn.runtimes import StreamingSession
 
@@ -359,7 +359,9 @@ class _LSTMCellPerFrame(nn.Module):
 
 @pytest.mark.parametrize("factory", [_GRUModel, lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh())])
 def test_no_misfire_on_layers_that_run_once_per_forward(factory) -> None:
-    ctx = ExportContext(factory(), ExportOptions(mode="chunk", inputs=[parse_input("x:float32:B,T,6")]))
+    model = factory()
+    name = next(iter(forward_parameters(model))).name  # nn.Sequential's forward takes ``input``
+    ctx = ExportContext(model, ExportOptions(mode="chunk", inputs=[parse_input(f"{name}:float32:B,T,6")]))
     run_pipeline(ctx, passes_until("time-loop"))
     assert ctx.time_loop == "" and ctx.capture_mode == "chunk"
     assert ctx.records[-1].detail.startswith("no loop over time")

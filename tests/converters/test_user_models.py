@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import edgernn
-from edgernn.errors import ExportError, ParityError
+from edgernn.errors import ExportError
 from edgernn.runtimes import StreamingSession
 
 TOLERANCE = 1e-5  # VISION.md "Tolerances"
@@ -485,12 +485,13 @@ def test_conv_first_cell_model_input_cannot_be_inferred() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# (f) a temporal Conv1d mixes frames across chunk boundaries: verification must catch it
+# (f) a temporal Conv1d mixes frames across chunk boundaries: its context is cached as state and
+# its lookahead declared as a delay (tests/converters/test_temporal.py covers the variants); a model
+# that pools over all frames cannot stream and is refused before capture
 # ---------------------------------------------------------------------------------------------
 
 class TemporalConvGRU(nn.Module):
-    """Conv1d with kernel 3 over *time* (padding 1): each output frame sees its neighbours, so a
-    chunk's edge frames differ from the whole sequence's. Not streamable frame-exactly."""
+    """Conv1d with kernel 3 over *time* (padding 1): each output frame sees its neighbours."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -502,32 +503,41 @@ class TemporalConvGRU(nn.Module):
         return y
 
 
-def test_cross_chunk_conv_fails_parity(tmp_path) -> None:
-    torch.manual_seed(71)
-    path = tmp_path / "conv.onnx"
-    with pytest.raises(ParityError) as info:
-        edgernn.export(TemporalConvGRU().eval(), path, mode="chunk", inputs=["x:float32:B,T,4"])
-    parity = info.value.report.parity
-    assert not parity.passed
-    worst = {e.name: e.rel for e in parity.errors}
-    assert worst["y"] > 100 * TOLERANCE and worst["gru.h"] > 100 * TOLERANCE, worst
-    assert not path.exists(), "a file was written although parity failed"
-
-
-def test_cross_chunk_conv_exports_when_not_verified() -> None:
-    """With verify=False the same graph is produced; whole-sequence calls match PyTorch, chunked
-    calls do not: the error above is the model's, not the exporter's."""
+def test_cross_chunk_conv_streams_with_a_delay(tmp_path) -> None:
     torch.manual_seed(71)
     model = TemporalConvGRU().eval()
-    report = edgernn.export(model, mode="chunk", inputs=["x:float32:B,T,4"], verify=False)
-    assert report.parity is None
-    x = torch.randn(1, 10, 4, generator=torch.Generator().manual_seed(8)).numpy()
+    report = edgernn.export(model, tmp_path / "conv.onnx", mode="chunk", inputs=["x:float32:B,T,4"])
+    assert_verified(report)
+    assert report.contract.outputs[0].delay == 1
+    assert states_of(report) == {"conv.context": ("batch", 4, 2), "gru.h": (1, "batch", 9), "gru.warmup": ("batch",)}
+    x = torch.randn(1, 20, 4, generator=torch.Generator().manual_seed(8)).numpy()
     with torch.no_grad():
         y_ref = model(torch.from_numpy(x)).numpy()
-    session = session_of(report)
-    assert_close(stream(session, x, [10], 1), y_ref, "one call")
-    chunked = stream(session, x, [5, 5], 1)
-    assert np.max(np.abs(chunked - y_ref)) > 100 * TOLERANCE
+    chunked = stream(session_of(report), x, [5, 5, 3, 7], 1)
+    assert_close(chunked[:, 1:], y_ref[:, :-1], "streamed output = PyTorch one frame earlier")
+
+
+class MeanPooledGRU(nn.Module):
+    """Each frame's output mixes in the mean over all frames: it needs the whole sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.head(torch.cat([y, y.mean(dim=1, keepdim=True).expand_as(y)], -1))
+
+
+@pytest.mark.parametrize("mode", ["chunk", "step"])
+def test_global_pooling_is_refused_naming_the_module(mode: str, tmp_path) -> None:
+    path = tmp_path / "pooled.onnx"
+    with pytest.raises(ExportError, match=r"^head: Linear .*--mode sequence"):
+        edgernn.export(MeanPooledGRU().eval(), path, mode=mode)
+    assert not path.exists()
+    report = edgernn.export(MeanPooledGRU().eval(), path, mode="sequence")
+    assert_verified(report)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 import edgernn
+from edgernn.contract import Contract, read_metadata, write_metadata
 from edgernn.converters.quantize import quantize
 from edgernn.runtimes.session import StreamingSession
 from edgernn.runtimes.webserve import WEB_ROOT, serve
@@ -56,6 +58,29 @@ def models(tmp_path_factory, silero_like) -> dict[str, Path]:
     for name, key, value in (("bad_states", "edgernn.states", '[{"name": "h"}]'), ("format_2", "edgernn.format", "2")):
         model = onnx.load(made["gru_step"])  # the GRU file with one metadata entry broken
         next(p for p in model.metadata_props if p.key == key).value = value
+        made[name] = folder / f"{name}.onnx"
+        onnx.save(model, made[name])
+    # stride and lookahead over time stamped into the chunk file's contract (frame_multiple 2, delay 1), a step
+    # file stamped with frame_multiple 2 (export refuses those), and values the contract does not allow
+    model = onnx.load(made["lstm_chunk"])
+    c = read_metadata(model)
+    write_metadata(model, Contract(c.mode, tuple(replace(t, frame_multiple=2) for t in c.inputs),
+                                   tuple(replace(t, delay=1) for t in c.outputs), c.states, dict(c.extra)))
+    made["lstm_chunk_m2"] = folder / "lstm_chunk_m2.onnx"
+    onnx.save(model, made["lstm_chunk_m2"])
+    model = onnx.load(made["gru_step"])
+    c = read_metadata(model)
+    write_metadata(model, Contract(c.mode, tuple(replace(t, frame_multiple=2) for t in c.inputs), c.outputs,
+                                   c.states, dict(c.extra)))
+    made["gru_step_m2"] = folder / "gru_step_m2.onnx"
+    onnx.save(model, made["gru_step_m2"])
+    for name, key, field, value in (("bad_multiple", "edgernn.inputs", "frame_multiple", 0),
+                                    ("bad_delay", "edgernn.outputs", "delay", -1)):
+        model = onnx.load(made["lstm_chunk"])
+        entry = next(p for p in model.metadata_props if p.key == key)
+        entries = json.loads(entry.value)
+        entries[0][field] = value
+        entry.value = json.dumps(entries)
         made[name] = folder / f"{name}.onnx"
         onnx.save(model, made[name])
     made["silero"] = folder / "silero.onnx"
@@ -122,6 +147,11 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
     xs = _frames(rng, 6, (1, 1, 8))
     add("lstm_chunk_frames", "lstm_chunk", "chunk", [[x.ravel().tolist() for x in xs]],
         [[{"x": np.concatenate(xs, axis=1)}]])
+    # a chunk file that strides over time: calls of 4 and 2 frames (multiples of 2) for 2 streams
+    xs = [rng.standard_normal((2, t, 8)).astype(np.float32) for t in (4, 2)]
+    add("lstm_chunk_m2_b2", "lstm_chunk_m2", "chunk", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs],
+        batch=2, as_="float32")
+    want["lstm_chunk_m2_b2"]["timing"] = {"frameMultiple": 2, "delay": 1, "delays": {"y": 1}}
     # NTM: memory and weightings start from values stored in the file, tiled for 2 streams
     ntm = StreamingSession(models["ntm_step"])
     spec = ntm.inputs[0]
@@ -159,6 +189,16 @@ ERROR_CASES = [  # (case, words the thrown message must contain)
      ["uses edgernn contract version 2; this runtime reads version 1"]),
     ({"name": "not_onnx", "model": "not-a-model.onnx", "kind": "step", "calls": []},
      ["not-a-model.onnx is not an ONNX model", "expected a .onnx file"]),
+    ({"name": "chunk_not_a_multiple", "model": "lstm_chunk_m2.onnx", "kind": "chunk", "calls": [[0.5] * 24]},
+     ["input 'x' takes a multiple of 2 frames per call (the model strides over time); got 3"]),
+    ({"name": "step_on_a_strided_file", "model": "lstm_chunk_m2.onnx", "kind": "step", "calls": [[0.5] * 8]},
+     ["input 'x' takes a multiple of 2 frames per call", "step() feeds 1 frame: use chunk()"]),
+    ({"name": "step_file_with_multiple", "model": "gru_step_m2.onnx", "kind": "step", "calls": []},
+     ["is a step-mode file whose input 'x' takes a multiple of 2 frames per call", "re-export it in chunk mode"]),
+    ({"name": "frame_multiple_zero", "model": "bad_multiple.onnx", "kind": "chunk", "calls": []},
+     ["has frame_multiple 0 for 'x' in edgernn.inputs; expected a positive integer"]),
+    ({"name": "delay_negative", "model": "bad_delay.onnx", "kind": "chunk", "calls": []},
+     ["has delay -1 for 'y' in edgernn.outputs; expected a non-negative integer"]),
 ]
 
 
@@ -192,6 +232,8 @@ def _compare(results: dict, want: dict[str, dict], where: str) -> None:
                 err = _close(g[k], ref, w["tol"], f"{where} {name} call {i} output {k}")
                 worst[name] = max(worst.get(name, 0.0), err)
                 checked += 1
+        if "timing" in w:
+            assert got["timing"] == w["timing"], (where, name)
         assert sorted(got["state"]) == sorted(w["state"]), (where, name)
         for k, ref in w["state"].items():
             worst[name] = max(worst[name], _close(got["state"][k], ref, w["tol"], f"{where} {name} final state {k}"))

@@ -8,7 +8,8 @@
  * metadata), kind: "step"|"chunk", calls: [input, ...], as?: "float32", keep?: false}.
  * Each call's input is what step()/chunk() take: a flat list, nested lists, or {name: ...}; with
  * `as: "float32"` flat lists become Float32Arrays first. The result per case is
- * {calls: [{output: {dims, data}}], state: {name: {dims, data}}, stepUs: {p50, mean}, backend}
+ * {calls: [{output: {dims, data}}], state: {name: {dims, data}}, timing: {frameMultiple, delay, delays},
+ * stepUs: {p50, mean}, backend}
  * (with `keep: false`, only the timing), or {error, errorName} when something threw. `repeat` runs the
  * calls again (state carried) and `warmup` leaves the first calls out of the timing; `resetStream`
  * ({callIndex: stream}) restarts one stream of the batch before that call; `kind: "plain"`
@@ -98,7 +99,8 @@ export async function runCases(ort, cases, { base = '', sessionOptions = {} } = 
       }
       const state = Object.fromEntries(Object.entries(s.state).map(([k, v]) => [k, plain(v)]));
       const warm = times.slice(Math.min(times.length - 1, c.warmup ?? 0));
-      results[c.name] = c.keep === false ? { stepUs: stats(warm), steps: warm.length } : { calls, state, stepUs: stats(warm) };
+      const timing = { frameMultiple: s.frameMultiple, delay: s.delay, delays: s.delays };
+      results[c.name] = c.keep === false ? { stepUs: stats(warm), steps: warm.length } : { calls, state, timing, stepUs: stats(warm) };
       await s.release();
     } catch (e) {
       const err = /** @type {Error} */ (e);

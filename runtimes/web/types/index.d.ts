@@ -64,6 +64,20 @@ export class StreamingSession {
     get outputs(): TensorSpec[];
     /** The state pairs. @returns {StateSpec[]} */
     get states(): StateSpec[];
+    /**
+     * The frames of every call must be a multiple of this (the model strides over time; 1: any number):
+     * the least common multiple of the inputs' `frame_multiple`.
+     * @returns {number}
+     */
+    get frameMultiple(): number;
+    /**
+     * Per data output: frames of lookahead (`delay`). Outputs come as the file produces them: frame t
+     * of a stream's output is frame t - delay of the model's output on the whole sequence.
+     * @returns {Record<string, number>}
+     */
+    get delays(): Record<string, number>;
+    /** The largest delay of the data outputs, in frames (0: no lookahead). @returns {number} */
+    get delay(): number;
     /** Number of streams run side by side. */
     get batch(): number;
     /**
@@ -103,7 +117,9 @@ export class StreamingSession {
      * with the time axis holding the frames (`[time, batch, features]` for a step file, `[batch, time,
      * features]` for a batch-first chunk file); or `{inputName: frames, ...}`. A chunk-mode file takes all
      * frames in one call; a step-mode file one call per frame. Outputs without a time axis are stacked
-     * on a new leading axis, one entry per frame, for a step file (as Python's `stream` does).
+     * on a new leading axis, one entry per frame, for a step file (as Python's `stream` does). A file that
+     * strides over time takes a multiple of `frameMultiple` frames per call; outputs with lookahead come as
+     * the file produces them (`delays`: frame t is the model's frame t - delay).
      * @param {FrameData[] | ArrayLike<number> | Record<string, FrameData[] | ArrayLike<number> | number>} frames
      * @returns {Promise<Record<string, Tensor>>}
      */
@@ -168,6 +184,16 @@ export type TensorSpec = {
     dtype: string;
     batch_axis: number | null;
     time_axis: number | null;
+    /**
+     * inputs: the frames of one call along the time axis must be a
+     * multiple of this (the model strides over time); absent: 1
+     */
+    frame_multiple?: number | undefined;
+    /**
+     * outputs: frames of lookahead; frame t of the streamed output is frame
+     * t - delay of the model's output on the whole sequence; absent: 0
+     */
+    delay?: number | undefined;
 };
 /**
  * A recurrent state carried from one call to the next.

@@ -1,0 +1,227 @@
+"""Convolutions and poolings over time stream exactly: context caches, delays, frame multiples.
+
+The models are written the way people write streaming frontends (``padding=k//2``, causal
+``F.pad`` before a padding-free conv, TCN-style pad-and-crop, strided convs, Conv2d over
+[time, freq], pooling over time). Each export is verified by ``edgernn.export``; the tests then
+stream their own data through ``StreamingSession`` in calls of 1, 3, 7 and 16 frames (multiples of
+the frame multiple where the model strides), state carried, and compare with PyTorch on the whole
+sequence shifted by the declared delay.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgernn
+from edgernn.errors import EdgernnError, ExportError
+from edgernn.runtimes import StreamingSession
+
+TOLERANCE = 1e-5  # VISION.md "Tolerances"
+FRAMES = 64
+
+
+class ConvFrontend(nn.Module):
+    """[batch, time, 12] -> Conv1d over time (causal through F.pad, or padded by the module) -> GRU/LSTM -> head."""
+
+    def __init__(self, kernel: int, dilation: int, stride: int, causal: bool, core: str) -> None:
+        super().__init__()
+        self.pad = (kernel - 1) * dilation if causal else 0
+        padding = 0 if causal else (kernel - 1) * dilation // 2
+        self.front = nn.Sequential(nn.Conv1d(12, 16, kernel, stride=stride, padding=padding, dilation=dilation),
+                                   nn.BatchNorm1d(16), nn.ReLU())
+        self.core = (nn.GRU if core == "gru" else nn.LSTM)(16, 20, batch_first=True)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x):
+        h = x.transpose(1, 2)
+        if self.pad:
+            h = F.pad(h, (self.pad, 0))
+        y, _ = self.core(self.front(h).transpose(1, 2))
+        return self.head(y)
+
+
+class TCNBlock(nn.Module):
+    """Pad (k-1)*d on both sides, crop the right ("chomp"), residual: a temporal conv network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(12, 12, 3, padding=4, dilation=2)
+        self.conv2 = nn.Conv1d(12, 12, 3, padding=2)
+        self.gru = nn.GRU(12, 16)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):  # [batch, 12, time]
+        h = torch.relu(self.conv1(x)[:, :, :-4])
+        h = torch.relu(self.conv2(h)[:, :, :-2]) + x
+        y, _ = self.gru(h.permute(2, 0, 1))
+        return self.head(y)
+
+
+class SpectroCRNN(nn.Module):
+    """Conv2d over [time, freq] ('same' over both), max pooling over frequency and time, GRU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, (3, 3), padding=(1, 1))
+        self.pool = nn.MaxPool2d((2, 2))
+        self.gru = nn.GRU(4 * 8, 16, batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):  # [batch, time, 16]
+        h = self.pool(torch.relu(self.conv(x.unsqueeze(1))))  # [batch, 4, time/2, 8]
+        b, c, t, f = h.shape
+        y, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        return self.head(y)
+
+
+CASES = {
+    # name: (factory, --input, data layout time axis, expected delay, expected frame multiple)
+    "causal-k3-d1-gru": (lambda: ConvFrontend(3, 1, 1, True, "gru"), "x:float32:B,T,12", 1, 0, 1),
+    "causal-k5-d2-lstm": (lambda: ConvFrontend(5, 2, 1, True, "lstm"), "x:float32:B,T,12", 1, 0, 1),
+    "same-k3-d1-lstm": (lambda: ConvFrontend(3, 1, 1, False, "lstm"), "x:float32:B,T,12", 1, 1, 1),
+    "same-k5-d2-gru": (lambda: ConvFrontend(5, 2, 1, False, "gru"), "x:float32:B,T,12", 1, 4, 1),
+    # stride 2, padding 1: output i reads frames 2i-1..2i+1, all inside a call of an even length: no delay
+    "same-k3-s2-gru": (lambda: ConvFrontend(3, 1, 2, False, "gru"), "x:float32:B,T,12", 1, 0, 2),
+    "causal-k5-s2-lstm": (lambda: ConvFrontend(5, 1, 2, True, "lstm"), "x:float32:B,T,12", 1, 0, 2),
+    "tcn-chomp-residual": (TCNBlock, "x:float32:B,12,T", 2, 0, 1),
+    "conv2d-time-freq-pool": (SpectroCRNN, "x:float32:B,T,16", 1, 1, 2),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def exported(name: str, mode: str = "chunk"):
+    factory, spec, *_ = CASES[name]
+    torch.manual_seed(sum(map(ord, name)))
+    model = factory()
+    for m in model.modules():  # a trained BatchNorm: running statistics that are not 0 and 1
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    return model, edgernn.export(model, mode=mode, inputs=[spec])
+
+
+def stream(session: StreamingSession, x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    session.reset(x.shape[0])
+    pieces = [session.step(np.take(x, range(t, min(t + size, x.shape[axis])), axis=axis))["y"]
+              for t in range(0, x.shape[axis], size)]
+    return np.concatenate(pieces, axis=0 if pieces[0].shape[0] != x.shape[0] else 1)
+
+
+def assert_shifted(got: np.ndarray, want: np.ndarray, delay: int, axis: int, what: str) -> None:
+    """Frame t of the stream is frame t - delay of PyTorch on the whole sequence."""
+    n = got.shape[axis] - delay
+    assert n > FRAMES // 4, f"{what}: only {n} frames to compare"
+    a = np.take(got, range(delay, delay + n), axis=axis)
+    b = np.take(want, range(n), axis=axis)
+    scale = max(1.0, float(np.max(np.abs(b))))
+    np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_streams_like_the_whole_sequence_shifted_by_its_delay(name: str) -> None:
+    model, report = exported(name)
+    _, _, t_axis, delay, multiple = CASES[name]
+    assert report.parity.passed, report.parity.summary()
+    out, inp = report.contract.outputs[0], report.contract.inputs[0]
+    assert (out.delay, inp.frame_multiple) == (delay, multiple)
+    assert any(s.name.endswith(".context") for s in report.contract.states)
+    shape = [2, FRAMES, 16 if name.startswith("conv2d") else 12] if t_axis == 1 else [2, 12, FRAMES]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x).numpy()
+    session = StreamingSession(report.model.SerializeToString())
+    for size in (1, 3, 7, 16):
+        size *= multiple
+        got = stream(session, x.numpy(), size, t_axis)
+        assert_shifted(got, want, delay, out.time_axis, f"{name}, calls of {size} frames")
+
+
+def test_step_mode_carries_context_and_skips_warmup() -> None:
+    model, report = exported("same-k5-d2-gru", "step")
+    assert report.contract.outputs[0].delay == 4
+    names = {s.name: s for s in report.contract.states}
+    assert names["front.0.context"].shape == ("batch", 12, 8)
+    assert names["core.warmup"].dtype == "int64" and names["core.warmup"].shape == ("batch",)
+    x = torch.randn(1, 40, 12, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = stream(StreamingSession(report.model.SerializeToString()), x.numpy(), 1, 1)
+    assert_shifted(got, want, 4, 1, "one frame per call")
+
+
+def test_a_call_off_the_frame_multiple_is_refused() -> None:
+    _, report = exported("same-k3-s2-gru")
+    session = StreamingSession(report.model.SerializeToString())
+    with pytest.raises(EdgernnError, match="multiple of 2"):
+        session.step(np.zeros((1, 3, 12), np.float32))
+
+
+def test_strided_model_cannot_export_in_step_mode() -> None:
+    with pytest.raises(ExportError, match=r"^front\.0: Conv1d with stride 2 over time needs calls of 2 frames"):
+        exported("same-k3-s2-gru", "step")
+
+
+def test_sequence_mode_keeps_the_models_own_padding() -> None:
+    model, report = exported("same-k3-d1-lstm", "sequence")
+    assert report.parity.passed
+    assert report.contract.outputs[0].delay == 0
+    assert not any(s.name.endswith((".context", ".warmup")) for s in report.contract.states)
+
+
+class MixedDelays(nn.Module):
+    """A 'same' conv (one frame of lookahead) added to its own input (none): no single delay fits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, x):  # [batch, 8, time]
+        y, _ = self.gru((x + torch.relu(self.conv(x))).transpose(1, 2))
+        return y
+
+
+class Attentive(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.attention(y, y, y)[0]
+
+
+@pytest.mark.parametrize("model, spec, message", [
+    (MixedDelays, "x:float32:B,8,T", r"^gru: its input differs when the sequence streams .*--mode sequence"),
+    (Attentive, "x:float32:B,T,8", r"^attention: MultiheadAttention looks at every frame .*--mode sequence"),
+])
+def test_models_that_cannot_stream_are_refused_naming_the_module(model, spec, message, tmp_path) -> None:
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match=message):
+        edgernn.export(model().eval(), path, mode="chunk", inputs=[spec])
+    assert not path.exists()
+
+
+def test_int8_and_fp16_follow_the_context_caches(tmp_path) -> None:
+    """Dynamic int8 and fp16 of a conv-cached, delayed file: judged on decisions over a stream."""
+    from edgernn.converters.quantize import quantize
+
+    model, report = exported("same-k3-d1-lstm")
+    path = tmp_path / "crnn.onnx"
+    path.write_bytes(report.model.SerializeToString())
+    x = torch.randn(1, 400, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model(x).numpy()[0, :-1].argmax(-1)
+    for method in ("dynamic", "fp16"):
+        q = quantize(path, method=method, steps=400)
+        assert q.passed and q.path, q.to_json()
+        got = stream(StreamingSession(q.path), x.numpy(), 16, 1)[0, 1:].argmax(-1)
+        assert float(np.mean(got == want)) >= 0.97, method
