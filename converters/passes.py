@@ -975,8 +975,9 @@ class Verify:
         return ctx.parity.summary()
 
 
-PIPELINE: tuple = (ResolveInputs(), CacheTemporalContext(), timeloop.DetectTimeLoop(), LiftState(), CheckStreamable(), Capture(), LowerRecurrentLayers(), ScanOverTime(),
-                   DescribeStateIO(), Optimize(), CheckAndInferShapes(), Verify())
+PIPELINE: tuple = (ResolveInputs(), CacheTemporalContext(), timeloop.DetectTimeLoop(), LiftState(), CheckStreamable(),
+                   Capture(), LowerRecurrentLayers(), ScanOverTime(), DescribeStateIO(), Optimize(),
+                   CheckAndInferShapes(), Verify())
 
 
 def run_pipeline(ctx: ExportContext, passes: Sequence = PIPELINE, progress: Callable[[str], None] | None = None

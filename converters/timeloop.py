@@ -283,8 +283,8 @@ def scan_over_time(ctx) -> str:
             post.append(helper.make_node("Squeeze", [f"{v.name}@step", axes], [f"{v.name}@frame"],
                                          name=f"{v.name}/drop_time"))
             body_outs.append(_vi(v, f"{v.name}@frame", drop_axis=t))
-    consts = {t.name: numpy_helper.to_array(t) for t in [*g.initializer, *inits] if t.dims == [] or
-              int(np.prod(t.dims)) <= 8}
+    consts = {t.name: numpy_helper.to_array(t) for t in [*g.initializer, *inits]
+              if int(np.prod(t.dims)) <= 8}
     nodes = _fold_time_axis([*pre, *(_renamed(n, rename) for n in g.node), *post], consts,
                             {f"{v.name}@step": (f"{v.name}@frame", a) for v, a in scanned}, body_outs)
     body = helper.make_graph(
@@ -314,7 +314,7 @@ def scan_over_time(ctx) -> str:
     model.graph.CopyFrom(graph)
     stacked = sum(1 for _, t in ctx.output_axes if t is not None)
     rest = f", {n_out - stacked} from the last frame" if stacked < n_out else ""
-    return (f"loop over time in Python: step graph of {step_nodes} nodes in a Scan over time "
+    return (f"loop over time in Python: step graph of {step_nodes} nodes ({len(body.node)} in the Scan body) in a Scan over time "
             f"({', '.join(f'{v.name} axis {a}' for v, a in scanned)}), {len(state_in)} state variables, "
             f"{stacked} of {n_out} outputs stacked over time{rest}")
 

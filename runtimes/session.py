@@ -523,7 +523,10 @@ class StreamingSession:
             target = {t.name: frames(t) for t in self.outputs if join[t.name] is not None}
             step = self.frame_multiple if self.mode != "step" else 1
             flush = call_of(0, step, zeros=True)
-            lacking = lambda: [t for t in self.outputs if t.name in target and frames(t) < target[t.name] + t.delay]  # noqa: E731
+
+            def lacking() -> list[TensorSpec]:
+                return [t for t in self.outputs if t.name in target and frames(t) < target[t.name] + t.delay]
+
             calls = 0
             while lacking():
                 if calls > 4 * self.delay + 4:

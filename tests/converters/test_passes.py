@@ -52,8 +52,9 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = ExportContext(model, ExportOptions(mode=mode))
     passes = {p.name: p for p in PIPELINE}
-    assert list(passes) == ["resolve-inputs", "cache-context", "time-loop", "lift-state", "capture",
-                            "lower-recurrent", "scan-over-time", "describe-state-io", "optimize", "check", "verify"]
+    assert list(passes) == ["resolve-inputs", "cache-context", "time-loop", "lift-state", "check-streamable",
+                            "capture", "lower-recurrent", "scan-over-time", "describe-state-io", "optimize", "check",
+                            "verify"]
 
     run_pipeline(ctx, [passes["resolve-inputs"]])
     (x,) = ctx.data

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    result = runner.invoke(app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
@@ -34,7 +34,16 @@ def test_info_prints_the_frame_multiple_and_the_delay(timed_files):
     text = _flat(result.stdout)
     assert "x: takes a multiple of 2 frames per call (the model strides over time)" in text
     assert "y: 1 frame of lookahead (delay): its frame t is the model's frame t - 1" in text
-    assert "1 (multiple of 2)" in text and "1 (delay 1)" in text
+    import io
+
+    import onnx
+    from rich.console import Console
+
+    from edgernn.cli import _io_table
+
+    wide = Console(file=io.StringIO(), width=200)  # the table's cells, unwrapped whatever the terminal
+    wide.print(_io_table("t", read_metadata(onnx.load(timed_files["gru_m2_d1"]))))
+    assert "1 (multiple of 2)" in wide.file.getvalue() and "1 (delay 1)" in wide.file.getvalue()
     plain = _flat(invoke("info", timed_files["gru"]).stdout)
     assert "lookahead" not in plain and "multiple of" not in plain
 
