@@ -23,7 +23,8 @@ so drift of a shared machine hits all alike):
   report gives its error against the whole-stream output).
 
 Figures: medians over repetitions of the stream's wall time divided by its frames (µs/frame),
-and ratios edgernn / baseline (below 1: edgernn is faster).
+and ratios contender / baseline (below 1: the contender is faster), each the median over
+repetitions of that repetition's ratio (paired: the two ran back to back).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import argparse
 import datetime
 import gc
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:  # the model's class: examples.kws_crnn.model:KwsC
     sys.path.insert(0, str(ROOT))
 
 import edgernn  # noqa: E402
+from edgernn.runtimes.bench import _environment  # noqa: E402  (cpu, versions: as edgernn bench reports them)
 from examples.kws_crnn import kws_data  # noqa: E402
 
 CHECKPOINT = ROOT / "examples" / "kws_crnn" / "kws_crnn.pt"
@@ -57,8 +58,6 @@ SEED = 2024
 def measure(frames: int = 2000, chunk: int = 16, reps: int = 30, warmup: int = 3, workdir: Path | None = None
             ) -> dict:
     """Median µs/frame per contender over ``reps`` interleaved repetitions (after ``warmup``)."""
-    import onnxruntime
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
         fp32 = work / "kws_crnn_chunk.onnx"
@@ -140,25 +139,23 @@ def measure(frames: int = 2000, chunk: int = 16, reps: int = 30, warmup: int = 3
         "frames": frames, "chunk": chunk, "calls": len(chunks_np), "reps": reps, "warmup": warmup, "delay": delay,
         "states": [s.name for s in report.contract.states], "file_kib": sizes,
         "us_per_frame": med, "p10_p90": spread,
-        "ratios": {f"{a} / {b}": med[a] / med[b] for a in ("edgernn chunk fp32", "edgernn chunk int8")
-                   for b in ("eager, whole stream", "eager, per chunk")},
+        # paired: the ratio within each repetition (the contenders ran back to back), then its median
+        "ratios": {f"{a} / {b}": statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+                   for a in names for b in ("eager, whole stream", "eager, per chunk")},
         "stream_error_vs_whole": stream_err, "per_chunk_eager_error_vs_whole": chunked_err,
-        "environment": {"date": datetime.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "onnxruntime": onnxruntime.__version__},
+        "environment": {"date": datetime.date.today().isoformat(), **_environment(with_torch=True)},
     }
 
 
 def markdown(r: dict) -> str:
-    m, sp = r["us_per_frame"], r["p10_p90"]
-    base_w, base_c = m["eager, whole stream"], m["eager, per chunk"]
+    m, sp, ratio = r["us_per_frame"], r["p10_p90"], r["ratios"]
     lines = [f"| runtime | calls for {r['frames']} frames | µs/frame, median (p10-p90) | vs eager whole stream | "
              "vs eager per chunk |", "|---|---:|---:|---:|---:|"]
     calls = {"edgernn chunk fp32": r["calls"], "edgernn chunk int8": r["calls"], "eager, whole stream": 1,
              "eager, per chunk": r["calls"]}
     for name, v in m.items():
         lines.append(f"| {name} | {calls[name]} | {v:.2f} ({sp[name][0]:.2f}-{sp[name][1]:.2f}) | "
-                     f"{v / base_w:.2f}x | {v / base_c:.2f}x |")
+                     f"{ratio[name + ' / eager, whole stream']:.2f}x | {ratio[name + ' / eager, per chunk']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -172,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     r = measure(args.frames, args.chunk, args.reps, args.warmup)
     env = r["environment"]
-    print(f"Measured {env['date']} on {env['cpu']}; Python {env['python']}, onnxruntime {env['onnxruntime']}, "
+    print(f"Measured {env['date']} on {env['cpu']} ({env['cpu_count']} cores); Python {env['python']}, onnxruntime {env['onnxruntime']}, "
           f"torch {env['torch']}. Batch 1, 1 thread, one stream of {r['frames']} frames, {r['chunk']} frames per "
           f"call, median of {r['reps']} interleaved repetitions after {r['warmup']} warm-up ones; delay "
           f"{r['delay']}, states {', '.join(r['states'])}.\n")

@@ -61,9 +61,16 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
     assert (x.name, x.dtype, x.shape) == ("x", "float32", ("batch", "time", 6))  # inferred from the Linear
     assert ctx.explicit == []
 
+    run_pipeline(ctx, [passes["cache-context"], passes["time-loop"]])  # no conv over time, no Python loop
+    assert ctx.records[-2].detail == "no convolution or pooling" and ctx.temporal.states == []
+    assert ctx.records[-1].detail.startswith("no loop over time" if mode == "chunk" else "not needed in step mode")
+
     run_pipeline(ctx, [passes["lift-state"]])
     assert ctx.state_names == STATES
     assert ctx.output_names == ["y"] and ctx.output_axes == [(0, 1)]
+
+    run_pipeline(ctx, [passes["check-streamable"]])
+    assert "give what one call gives" in ctx.records[-1].detail
 
     run_pipeline(ctx, [passes["capture"]])
     placeholders = [n for n in ctx.onnx_model.graph.node if n.domain == capture.DOMAIN]
