@@ -145,8 +145,12 @@ class StatefulRecurrent:
             self.calls_without_state += 1
             if not self.capturing:
                 self.batches.append(int(x.shape[0 if self.spec.batch_first else 1]))
+        factor = self.__dict__.get("batch_factor", 1)
         if use_lifted:
-            hx = self.lifted if self.spec.kind == "lstm" else self.lifted[0]
+            lifted = self.lifted
+            if factor > 1:  # the model runs this layer on batch x factor rows: [L, B, K, H] -> [L, B*K, H]
+                lifted = tuple(t.reshape(t.shape[0], -1, t.shape[-1]) for t in lifted)
+            hx = lifted if self.spec.kind == "lstm" else lifted[0]
         gate = self.__dict__.get("gate")
         if gate is not None:  # frames a lookahead before the layer emits early leave its state (context.py)
             from edgernn.converters.context import run_gated
@@ -158,6 +162,8 @@ class StatefulRecurrent:
             out, hn = super().forward(x, hx)  # type: ignore[misc]  # the layer class's own forward
         if use_lifted:
             self.final = tuple(hn) if isinstance(hn, tuple) else (hn,)
+            if factor > 1:
+                self.final = tuple(t.reshape(t.shape[0], -1, factor, t.shape[-1]) for t in self.final)
         return out, hn
 
     def _placeholder(self, x, hx):
@@ -233,7 +239,8 @@ class LiftedState:
             return self.wrapper.state_example(self.part, batch)
         s = self.wrapper.spec
         p = s.state_parts[self.part]
-        return torch.zeros(s.num_layers * s.directions, batch, s.state_size(p))
+        factor = self.wrapper.__dict__.get("batch_factor", 1)  # a layer on a reshaped batch: [L, B, K, H]
+        return torch.zeros(s.num_layers * s.directions, batch, *([factor] if factor > 1 else []), s.state_size(p))
 
 
 class StateLifter(nn.Module):

@@ -483,6 +483,20 @@ class LiftState:
             if w.calls_without_state > 1:
                 raise ExportError(f"recurrent layer {w.path!r} is called {w.calls_without_state} times per forward "
                                   "without a state; lifting its state needs exactly one call")
+            if w.calls_without_state == 1 and id(w) in own_batch and ctx.mode == "chunk":
+                how = self._reshaped_batch(ctx, w, time_len)
+                if how == "per-call":
+                    ctx.notes.append(f"layer {w.path!r} runs on a batch that grows with the frames of a call (the "
+                                     "model folds time into its batch, a dual-path block's intra-chunk layer): it "
+                                     "starts from zeros in every chunk of the model's own, so it has no state pair")
+                    continue
+                if how is not None:  # a fixed multiple of the model's batch: carried as [L, batch, K, H]
+                    object.__setattr__(w, "batch_factor", how)
+                    base = w.path if w.path else w.spec.kind
+                    lifted += [capture.LiftedState(f"{base}.{part}", w, k) for k, part in enumerate(w.spec.state_parts)]
+                    ctx.notes.append(f"layer {w.path!r} runs on {how} rows per stream (the model reshapes its batch): "
+                                     f"its state is carried as [layers, batch, {how}, hidden]")
+                    continue
             if w.calls_without_state == 1 and id(w) in own_batch:
                 b = own_batch[id(w)]
                 if ctx.mode != "sequence":
@@ -507,6 +521,7 @@ class LiftState:
         ctx.lifter = capture.StateLifter(model, len(ctx.data), [(e.arg, e.treespec) for e in ctx.explicit],
                                          ctx.lifted)
         self._describe_outputs(ctx)
+        self._streams_apart(ctx)
         dup = {n for n in ctx.state_names if ctx.state_names.count(n) > 1}
         if dup:
             raise ExportError(f"two states are both named {sorted(dup)[0]!r}")
@@ -561,6 +576,55 @@ class LiftState:
                 ctx.frame_multiple = multiple
                 return TRACE_TIME * multiple, 0
         raise failure from None
+
+    @staticmethod
+    def _streams_apart(ctx: ExportContext) -> None:
+        """A layer on ``batch * K`` rows is carried as ``[L, batch, K, H]``: true only if the model
+        puts each stream's K rows together (row ``b * K + k``). Two streams run together must give
+        what each gives alone, or the export is refused naming the layer."""
+        folded = [w for w in ctx.wrappers if w.__dict__.get("batch_factor", 1) > 1]
+        if not folded or ctx.explicit:
+            return
+        gen = torch.Generator().manual_seed(11)
+        data = ctx.example_data(2, trace_time(ctx), gen)
+        states = ctx.initial_states(2, gen, scale=0.5)
+        both = ctx.run_lifter(data, states)
+        for b in range(2):
+            alone = ctx.run_lifter([t.narrow(s.batch_axis, b, 1) if s.batch_axis is not None else t
+                                    for s, t in zip(ctx.data, data)],
+                                   [t.narrow(st.batch_axis, b, 1) for st, t in zip(ctx.lifted, states)])
+            for k, (name, (axis, _)) in enumerate(zip(ctx.output_names, ctx.output_axes)):
+                if axis is None or not torch.allclose(both[k].narrow(axis, b, 1), alone[k], atol=1e-5, rtol=1e-4):
+                    w = folded[0]
+                    raise ExportError(f"layer {w.path!r} runs on {w.batch_factor} rows per stream, but the model does "
+                                      "not keep each stream's rows together (row batch * K + k), so its state cannot "
+                                      "be carried per stream: export with --mode sequence")
+
+    def _reshaped_batch(self, ctx: ExportContext, w: capture.StatefulRecurrent, time_len: int) -> int | str | None:
+        """How a layer off the model's batch sees it: ``"per-call"`` when its batch grows with the
+        frames of a call (time folded into the batch: it restarts every chunk of the model's own), the
+        factor ``K`` when it runs on ``batch * K`` rows at any length and batch, else ``None``."""
+        def batch_at(batch: int, frames: int) -> int | None:
+            saved = {id(v): (v.calls, v.calls_without_state, list(v.batches)) for v in ctx.wrappers}
+            try:
+                self._run(ctx, batch, frames, seed=5)
+                return w.batches[0] if w.batches else None
+            except ExportError:
+                raise
+            except Exception:
+                return None
+            finally:
+                for v in ctx.wrappers:
+                    v.calls, v.calls_without_state, v.batches = saved[id(v)]
+        longer = time_len + 2 * ctx.frame_multiple
+        b1, b2, b3 = batch_at(TRACE_BATCH, time_len), batch_at(TRACE_BATCH, longer), batch_at(TRACE_BATCH + 1, time_len)
+        if None in (b1, b2, b3):
+            return None
+        if b1 != b2:
+            return "per-call"
+        if b1 % TRACE_BATCH == 0 and b3 == (TRACE_BATCH + 1) * (b1 // TRACE_BATCH):
+            return b1 // TRACE_BATCH
+        return None
 
     def _layers_off_batch(self, ctx: ExportContext, time_len: int) -> dict[int, int]:
         """Layers called without a state whose batch is not the model's (a model that reshapes its

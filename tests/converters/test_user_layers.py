@@ -204,15 +204,49 @@ def test_dual_path_block_in_sequence_mode() -> None:
         assert_close(session.step(x.numpy())["y"], want, f"batch {batch}, {frames} frames")
 
 
-@pytest.mark.parametrize("mode", ["chunk", "step"])
-def test_dual_path_block_cannot_stream(mode: str, tmp_path) -> None:
+def test_dual_path_block_streams_in_chunk_mode() -> None:
+    """The intra-chunk GRU restarts in every chunk of 4 frames (no state pair); the inter-chunk GRU
+    runs on batch * 4 rows and is carried as [1, batch, 4, hidden]."""
+    torch.manual_seed(14)
+    model = DualPath().eval()
+    report = edgernn.export(model, mode="chunk")
+    assert_verified(report)
+    assert {s.name: s.shape for s in report.contract.states} == {"inter.h": (1, "batch", 4, 8)}
+    assert report.contract.inputs[0].frame_multiple == 4
+    x = torch.randn(2, 32, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(x).numpy()
+    session = session_of(report)
+    for sizes in ([4] * 8, [12, 4, 16], [16, 16]):
+        assert_close(stream(session, x.numpy(), sizes, 1), want, f"calls of {sizes}")
+    alone = stream(session, x[1:].numpy(), [8] * 4, 1)  # one stream alone: its rows are its own
+    assert_close(alone, want[1:], "second stream alone")
+
+
+class InterleavedDualPath(DualPath):
+    """Puts row k * batch + b where DualPath puts b * chunk + k: streams share the inter GRU's rows."""
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        h = self.proj(x)
+        n = t // self.chunk
+        a, _ = self.intra(h.reshape(b * n, self.chunk, -1))
+        a = a.reshape(b, n, self.chunk, -1).permute(2, 0, 1, 3).reshape(self.chunk * b, n, -1)
+        a, _ = self.inter(a)
+        a = a.reshape(self.chunk, b, n, -1).permute(1, 2, 0, 3).reshape(b, t, -1)
+        return self.head(a + h)
+
+
+def test_dual_path_block_cannot_step_or_interleave_streams(tmp_path) -> None:
     torch.manual_seed(14)
     path = tmp_path / "dual.onnx"
     with pytest.raises(ExportError) as info:
-        edgernn.export(DualPath().eval(), path, mode=mode)
+        edgernn.export(DualPath().eval(), path, mode="step")
     assert str(info.value) == ("layer 'intra' runs on a batch of 10 where the model's batch is 2 (the model "
                                "reshapes its batch); its state cannot be carried between calls: export with "
                                "--mode sequence")
+    with pytest.raises(ExportError, match=r"^layer 'inter' runs on 4 rows per stream, but the model does not keep"):
+        edgernn.export(InterleavedDualPath().eval(), path, mode="chunk")
     assert not path.exists()
 
 
