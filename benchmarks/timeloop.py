@@ -49,7 +49,8 @@ def measure(name: str, chunk: int, frames: int, rounds: int) -> tuple[float, flo
     model = factory().eval()
     chunk_file = edgernn.export(model, mode="chunk", inputs=inputs)
     step_file = edgernn.export(model, mode="step", inputs=inputs)
-    n_body = len(chunk_file.model.graph.node[0].attribute[0].g.node)
+    scan = next(n for n in chunk_file.model.graph.node if n.op_type == "Scan")
+    n_body = len(next(a.g for a in scan.attribute if a.name == "body").node)
     data = example(name, 1, frames, torch.Generator().manual_seed(0))
     axes = [axis if t.dim() > 1 and t.shape[axis] == frames else 1 for t in data]
     s_chunk = StreamingSession(chunk_file.model.SerializeToString(), threads=1)

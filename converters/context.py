@@ -598,9 +598,12 @@ class CacheTemporalContext:
         with _gates_active(ctx.model, plan.recurrent_skip), torch.no_grad():
             out = ctx.model(*data, *states)
         ref_leaves, got_leaves = pytree.tree_leaves(ref_out), pytree.tree_leaves(out)
+        longer = ctx.example_data(PROBE_BATCH, T + 16 * plan.frame_multiple, gen)
+        with torch.no_grad():
+            out_axes = [_grown_axis(a, b) for a, b in zip(ref_leaves, pytree.tree_leaves(original(*longer, *states)))]
         plan.delays = []
         for k, (want, have) in enumerate(zip(ref_leaves, got_leaves)):
-            axis = _output_time_axis(want, have)
+            axis = out_axes[k] if want.dim() == have.dim() else None
             if axis is None:
                 if want.shape == have.shape and float((want - have).abs().max()) <= MATCH_TOLERANCE * max(
                         1.0, float(want.abs().max())):
@@ -616,6 +619,9 @@ class CacheTemporalContext:
         """Name the first module whose output differs from the original's (beyond a shift)."""
         leaves = {p: m for p, m in original.named_modules() if not list(m.children())}
         ref, order, _ = record(original, leaves, lambda: original(*data, *states), outputs=True)
+        longer = ctx.example_data(PROBE_BATCH, data_length(ctx, data) + 16 * ctx.temporal.frame_multiple,
+                                  torch.Generator().manual_seed(10))
+        ref2, _, _ = record(original, leaves, lambda: original(*longer, *states), outputs=True)
         mods = dict(ctx.model.named_modules())
         with _gates_active(ctx.model, ctx.temporal.recurrent_skip):
             got, _, _ = record(ctx.model, {p: mods[p] for p in leaves if p in mods},
@@ -626,7 +632,8 @@ class CacheTemporalContext:
             a, b = (ref.get(p) or [None])[0], (got.get(p) or [None])[0]
             if a is None or b is None:
                 continue
-            axis = _output_time_axis(a, b)
+            a2 = (ref2.get(p) or [None])[0]
+            axis = _grown_axis(a, a2) if a2 is not None and a.dim() == b.dim() else None
             same = (find_shift(a, b, axis) is not None) if axis is not None else (
                 a.shape == b.shape and float((a - b).abs().max()) <= MATCH_TOLERANCE * max(1.0, float(a.abs().max())))
             if not same:
@@ -671,17 +678,17 @@ def _time_axis(a: torch.Tensor, b: torch.Tensor, t1: int, t2: int) -> tuple[int,
     return k, rate, a.shape[k] - t1 // rate
 
 
-def _output_time_axis(want: torch.Tensor, have: torch.Tensor) -> int | None:
-    if want.dim() != have.dim():
+def _grown_axis(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """The one axis along which ``b`` (the model run on more frames) is longer than ``a``."""
+    if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
         return None
-    diff = [k for k, (x, y) in enumerate(zip(want.shape, have.shape)) if x != y]
-    if len(diff) == 1:
-        return diff[0]
-    if diff:
-        return None
-    # same shapes: the time axis is the longest non-batch axis that is not a feature size of 1
-    sizes = [(n, k) for k, n in enumerate(want.shape) if k != 0 and n >= MIN_OVERLAP]
-    return max(sizes)[1] if len(sizes) >= 1 else None
+    axes = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if y > x]
+    return axes[0] if len(axes) == 1 else None
+
+
+def data_length(ctx, data: Sequence[torch.Tensor]) -> int:
+    spec, t = next((s, t) for s, t in zip(ctx.data, data) if s.time_axis is not None)
+    return t.shape[spec.time_axis]
 
 
 def _measured_skip(path: str, orig: torch.Tensor, got: torch.Tensor, axis: int, drop_l: int, drop_r: int) -> int:

@@ -236,10 +236,8 @@ class ResolveInputs:
         if len(required) == 1 and required[0].name not in declared:
             ctx.data[0] = self._pick_layout(ctx, ctx.data[0], state_args, declared)
         self._explicit(ctx, state_args, declared)
-        has_bidi = any(isinstance(m, nn.RNNBase) and m.bidirectional for m in ctx.model.modules())
-        if has_bidi and ctx.mode != "sequence":
-            raise ExportError("bidirectional layers cannot stream: they need the future of the sequence; "
-                              "export with --mode sequence")
+        # bidirectional layers that carry state are refused by lift-state (they need the future);
+        # one that restarts in every chunk of the model's own (a dual-path intra-chunk layer) streams
         if not ctx.streams_time and ctx.mode != "step":
             ctx.frame_model = True  # the scan-over-time pass loops its step graph over frames
         desc = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in ctx.data)
@@ -302,7 +300,7 @@ class ResolveInputs:
             except Exception as e:  # noqa: BLE001 - any failure means "not this layout"
                 failures.append(e)
                 continue
-            if spec is not guess:
+            if spec.shape != guess.shape:
                 ctx.notes.append(f"input {guess.name} is {spec.describe()}: the model fails on the guess "
                                  f"{guess.describe()} from its first layer")
             return spec
@@ -490,6 +488,9 @@ class LiftState:
                                      "model folds time into its batch, a dual-path block's intra-chunk layer): it "
                                      "starts from zeros in every chunk of the model's own, so it has no state pair")
                     continue
+                if how is not None and w.spec.bidirectional:
+                    raise ExportError(f"layer {w.path!r} is bidirectional and carries state between chunks of the "
+                                      "model's own; it needs the future: export with --mode sequence")
                 if how is not None:  # a fixed multiple of the model's batch: carried as [L, batch, K, H]
                     object.__setattr__(w, "batch_factor", how)
                     base = w.path if w.path else w.spec.kind

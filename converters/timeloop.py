@@ -250,6 +250,47 @@ def _fold_time_axis(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], a
     return kept
 
 
+def _hoist_input_projections(nodes: list[onnx.NodeProto], weights: dict[str, onnx.TensorProto],
+                             frames: dict[str, tuple[str, int, int]]):
+    """Move each ``Gemm`` / ``MatMul`` of a scanned frame by constant weights (an input projection,
+    ``W_ih x_t``) out of the loop: one ``MatMul`` over all frames before the Scan, whose result the
+    Scan slices like the input. ``frames``: ``x@frame`` -> (outer input, time axis, its rank).
+    Returns the body's nodes, the outer nodes and initializers, and the new scanned inputs as
+    (outer name, body name, axis)."""
+    kept, outer, inits, scanned = [], [], [], []
+    for n in nodes:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        frame = frames.get(n.input[0]) if n.input else None
+        w = weights.get(n.input[1]) if len(n.input) > 1 else None
+        ok = (frame is not None and w is not None and len(w.dims) == 2 and frame[2] == 3 and frame[1] in (0, 1)
+              and w.data_type == onnx.TensorProto.FLOAT)
+        bias = None
+        if ok and n.op_type == "Gemm":
+            ok = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+            if len(n.input) > 2 and n.input[2]:
+                bias = weights.get(n.input[2])
+                ok = ok and bias is not None and len(bias.dims) == 1
+        elif ok:
+            ok = n.op_type == "MatMul" and len(n.input) == 2
+        if not ok:
+            kept.append(n)
+            continue
+        matrix = numpy_helper.to_array(w)
+        if n.op_type == "Gemm" and attrs.get("transB", 0):
+            matrix = matrix.T
+        name, (source, axis, _) = n.output[0], frame
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(matrix), f"{name}@all_frames.weight"))
+        product = f"{name}@all_frames" if bias is None else f"{name}@all_frames.matmul"
+        outer.append(helper.make_node("MatMul", [source, f"{name}@all_frames.weight"], [product],
+                                      name=f"{name}/all_frames"))
+        if bias is not None:
+            inits.append(numpy_helper.from_array(numpy_helper.to_array(bias), f"{name}@all_frames.bias"))
+            outer.append(helper.make_node("Add", [product, f"{name}@all_frames.bias"], [f"{name}@all_frames"],
+                                          name=f"{name}/all_frames_bias"))
+        scanned.append((f"{name}@all_frames", name, axis))
+    return kept, outer, inits, scanned
+
+
 def scan_over_time(ctx) -> str:
     """Wrap ``ctx.onnx_model`` (a one-frame step graph whose data inputs keep a size-1 time axis)
     in a ``Scan`` over each data input's time axis. Inputs without a time axis are read by the
@@ -287,25 +328,33 @@ def scan_over_time(ctx) -> str:
               if int(np.prod(t.dims)) <= 8}
     nodes = _fold_time_axis([*pre, *(_renamed(n, rename) for n in g.node), *post], consts,
                             {f"{v.name}@step": (f"{v.name}@frame", a) for v, a in scanned}, body_outs)
+    weights = {t.name: t for t in g.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v, _ in scanned}
+    nodes, hoisted_nodes, outer_inits, hoisted = _hoist_input_projections(
+        nodes, weights, {f"{v.name}@frame": (v.name, a, ranks[v.name]) for v, a in scanned})
+    used = {i for n in nodes for i in n.input} | {o.name for o in body_outs}
+    frames = [(v.name, f"{v.name}@frame", a, _vi(v, f"{v.name}@frame", drop_axis=a)) for v, a in scanned
+              if f"{v.name}@frame" in used or not hoisted]
+    frames += [(outer_name, body_name, a, helper.make_tensor_value_info(body_name, onnx.TensorProto.FLOAT, None))
+               for outer_name, body_name, a in hoisted]
     body = helper.make_graph(
         nodes, "frame_step",
-        [*(_vi(v, rename[v.name]) for v in state_in), *(_vi(v, f"{v.name}@frame", drop_axis=a) for v, a in scanned)],
+        [*(_vi(v, rename[v.name]) for v in state_in), *(vi for *_, vi in frames)],
         [*(_vi(v, rename[v.name]) for v in state_out), *body_outs],
-        initializer=[*g.initializer, *inits])
+        initializer=[t for t in [*g.initializer, *inits] if t.name in used])
     final_names = {v.name: (f"{v.name}@frames" if t is None else v.name)
                    for v, (_, t) in zip(data_out, ctx.output_axes)}
     scan = helper.make_node(
-        "Scan", [*(v.name for v in state_in), *(v.name for v, _ in scanned)],
+        "Scan", [*(v.name for v in state_in), *(outer_name for outer_name, *_ in frames)],
         [*(v.name for v in state_out), *(final_names[v.name] for v in data_out)],
-        name="scan_over_time", body=body, num_scan_inputs=len(scanned),
-        scan_input_axes=[a for _, a in scanned],
+        name="scan_over_time", body=body, num_scan_inputs=len(frames),
+        scan_input_axes=[a for _, _, a, _ in frames],
         scan_output_axes=[0 if t is None else t for _, t in ctx.output_axes])
-    nodes = [scan]
-    outer_inits = []
+    nodes = [*hoisted_nodes, scan]
     last = "scan_over_time@last"
     for v, (_, t) in zip(data_out, ctx.output_axes):
         if t is None:
-            if not outer_inits:
+            if not any(i.name == last for i in outer_inits):
                 outer_inits.append(numpy_helper.from_array(np.array(-1, np.int64), last))
             nodes.append(helper.make_node("Gather", [final_names[v.name], last], [v.name], axis=0,
                                           name=f"{v.name}/last_frame"))
@@ -316,7 +365,8 @@ def scan_over_time(ctx) -> str:
     rest = f", {n_out - stacked} from the last frame" if stacked < n_out else ""
     return (f"loop over time in Python: step graph of {step_nodes} nodes ({len(body.node)} in the Scan body) in a Scan over time "
             f"({', '.join(f'{v.name} axis {a}' for v, a in scanned)}), {len(state_in)} state variables, "
-            f"{stacked} of {n_out} outputs stacked over time{rest}")
+            f"{stacked} of {n_out} outputs stacked over time{rest}"
+            + (f"; {len(hoisted)} input projections computed for all frames before the Scan" if hoisted else ""))
 
 
 __all__ = ["DetectTimeLoop", "find_time_loop", "scan_over_time", "static_time_inputs", "reroute"]

@@ -133,7 +133,7 @@ class RunReport:
     final_state: dict[str, tuple[int, ...]]
     provider: str = "CPUExecutionProvider"
     notes: list[str] = field(default_factory=list)
-    frame_multiple: int = 1  # the frames of each call are a multiple of this (the model strides over time)
+    frame_multiple: int = 1  # the frames of each call are a multiple of this (the model strides over time or works in blocks of frames)
     delays: dict[str, int] = field(default_factory=dict)  # per output: frames of lookahead, as the file produces them
     aligned: bool = False  # outputs with a delay were aligned to the model's frames (``align=True``)
     flushed_frames: int = 0  # zero frames fed at the end to align them

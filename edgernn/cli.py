@@ -76,7 +76,7 @@ def _timing_lines(contract) -> list[str]:
     rich markup (names escaped)."""
     from rich.markup import escape
 
-    lines = [f"{t.name}: takes a multiple of {t.frame_multiple} frames per call (the model strides over time)"
+    lines = [f"{t.name}: takes a multiple of {t.frame_multiple} frames per call (the model strides over time or works in blocks of frames)"
              for t in contract.inputs if t.frame_multiple != 1]
     lines += [f"{t.name}: {t.delay} frame{'s' if t.delay > 1 else ''} of lookahead (delay): its frame t is the "
               f"model's frame t - {t.delay}" for t in contract.outputs if t.delay]
@@ -84,6 +84,7 @@ def _timing_lines(contract) -> list[str]:
 
 
 def _print_export(report) -> None:
+    from rich.markup import escape
     out.print(_io_table(f"edgernn export ({report.contract.mode} mode)", report.contract))
     for line in _timing_lines(report.contract):
         out.print(line, highlight=False)
@@ -103,7 +104,7 @@ def _print_export(report) -> None:
         steps = ", ".join(f"{p.name} {p.seconds:.1f}s" for p in report.passes)
         out.print(f"passes: {steps}", highlight=False)
     for note in report.notes:
-        out.print(f"note: {note}", highlight=False)
+        out.print(f"note: {escape(note)}", highlight=False)
     where = report.path or "(not written)"
     out.print(f"wrote {where} ({_size(report.size_bytes)})" if report.path else f"file: {where}", highlight=False)
 
@@ -241,6 +242,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
+    from rich.markup import escape
     from edgernn.api import load_array, run as run_fn
 
     with _user_errors():
@@ -268,7 +270,7 @@ def run(
     out.print(f"streamed {report.frames} frames through {report.path} in {report.calls} calls of "
               f"{report.chunk} frame(s) on {report.provider}", highlight=False)
     for note in report.notes:
-        out.print(f"note: {note}", highlight=False)
+        out.print(f"note: {escape(note)}", highlight=False)
     for name, shape in report.outputs.items():
         out.print(f"  output {name}: {_fmt_shape(shape)}", highlight=False)
     for name, shape in report.final_state.items():

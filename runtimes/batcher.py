@@ -81,7 +81,7 @@ class StreamBatcher:
         self.outputs = s.outputs
         self.states = s.states
         self._ort = s.session
-        #: the frames of a call must be a multiple of this (the model strides over time; see StreamingSession)
+        #: the frames of a call must be a multiple of this (the model strides over time or works in blocks of frames; see StreamingSession)
         self.frame_multiple: int = s.frame_multiple
         #: per output: frames of lookahead, as the file produces them (frame t is the model's frame t - delay)
         self.delays: dict[str, int] = s.delays

@@ -282,7 +282,7 @@ class StreamingSession:
 
     @property
     def frame_multiple(self) -> int:
-        """The frames of every call must be a multiple of this (the model strides over time; 1:
+        """The frames of every call must be a multiple of this (the model strides over time or works in blocks of frames; 1:
         any number of frames): the least common multiple of the inputs' ``frame_multiple``."""
         return math.lcm(1, *(t.frame_multiple for t in self.inputs))
 
@@ -488,7 +488,7 @@ class StreamingSession:
         for name, multiple in self._multiples.items():
             if chunk % multiple:
                 raise StreamError(f"chunk {chunk} is not a multiple of {multiple}: input {name!r} takes a multiple of "
-                                  f"{multiple} frames per call (the model strides over time)")
+                                  f"{multiple} frames per call (the model strides over time or works in blocks of frames)")
         per_frame = any(i.time_axis is None for i in streamed)
 
         def call_of(start: int, stop: int, zeros: bool = False) -> dict[str, np.ndarray]:

@@ -252,7 +252,8 @@ def test_chunk_file_runs_a_scan_over_the_models_time_axis(name: str) -> None:
     model, report = exported(name, "chunk")
     assert report.parity.passed, report.parity.summary()
     _, inputs, axis = MODELS[name]
-    assert [n.op_type for n in report.model.graph.node] == ["Scan"]
+    ops = [n.op_type for n in report.model.graph.node]  # input projections hoisted before the Scan: MatMul + Add
+    assert ops.count("Scan") == 1 and set(ops) <= {"Scan", "MatMul", "Add"}
     assert [t.shape for t in report.contract.inputs] == [parse_input(s).shape for s in inputs]
     assert report.contract.outputs[0].time_axis == axis and report.contract.outputs[0].shape[axis] == "time"
     records = {p.name: p.detail for p in report.passes}
@@ -295,6 +296,16 @@ def test_sequence_mode_at_two_lengths(name: str) -> None:
         assert_close(out["y"], y_ref.numpy(), f"{name}: y over {time} frames")
         for spec, want in zip(report.contract.states, flat(final_ref)):
             assert_close(session.state[spec.name], want.numpy(), f"{name}: final {spec.name} after {time} frames")
+
+
+def test_input_projections_are_computed_for_all_frames_before_the_scan() -> None:
+    _, report = exported("lstmcell", "chunk")  # LSTMCell's W_ih x_t: one MatMul over the whole call
+    assert [n.op_type for n in report.model.graph.node] == ["MatMul", "Add", "Scan"]
+    scan = report.model.graph.node[-1]
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert "x@frame" not in [i.name for i in body.input]  # the body reads only the projected frames
+    assert "1 input projections computed for all frames" in next(p.detail for p in report.passes
+                                                                  if p.name == "scan-over-time")
 
 
 def test_the_report_names_the_looped_module() -> None:
@@ -384,7 +395,7 @@ def test_a_loop_the_detection_missed_is_routed_when_the_capture_fixes_time() -> 
     run_pipeline(ctx, [p for p in PIPELINE if p.name != "time-loop"])
     assert ctx.parity.passed, ctx.parity.summary()
     assert "fixed the time axis of x" in ctx.time_loop
-    assert [n.op_type for n in ctx.onnx_model.graph.node] == ["Scan"]
+    assert [n.op_type for n in ctx.onnx_model.graph.node] == ["Scan"]  # Concat([x, h]): nothing to hoist
     assert any("forward loops over time in Python" in n for n in ctx.notes)
 
 
@@ -392,3 +403,23 @@ def test_find_time_loop_counts_calls_per_frame() -> None:
     ctx = ExportContext(TimeMajorGRUCell(), ExportOptions(mode="chunk", inputs=[parse_input("x:float32:T,B,6")]))
     run_pipeline(ctx, passes_until("resolve-inputs"))
     assert timeloop.find_time_loop(ctx) == "TimeMajorGRUCell.cell called 5 times for 5 frames"
+
+
+@pytest.mark.parametrize("method", ["dynamic", "fp16"])
+def test_a_scan_routed_file_quantizes(method: str, tmp_path) -> None:
+    """The int8 quantizer reaches the MatMuls inside the Scan body; fp16 stores the weights in
+    float16 (the body computes in float32)."""
+    from edgernn.converters.quantize import quantize
+
+    _, report = exported("lstmcell", "chunk")
+    path = tmp_path / "lstmcell.onnx"
+    path.write_bytes(report.model.SerializeToString())
+    q = quantize(path, method=method, steps=300)
+    assert q.accuracy.max_error < (0.05 if method == "dynamic" else 1e-3), q.accuracy.max_error
+    assert q.size_after < q.size_before
+    if method == "dynamic":
+        # the hoisted input projection (MatMul before the Scan) and the two Gemms inside its body
+        assert sorted(d.op_type for d in q.quantized) == ["Gemm", "Gemm", "MatMul"]
+    session = StreamingSession(q.path)
+    y = session.stream(np.random.default_rng(0).standard_normal((1, 20, 7)).astype(np.float32), chunk=7)["y"]
+    assert y.shape == (1, 20, 3) and np.isfinite(y).all()

@@ -32,7 +32,7 @@ def test_info_prints_the_frame_multiple_and_the_delay(timed_files):
     result = invoke("info", timed_files["gru_m2_d1"])
     assert result.exit_code == 0, result.stderr
     text = _flat(result.stdout)
-    assert "x: takes a multiple of 2 frames per call (the model strides over time)" in text
+    assert "x: takes a multiple of 2 frames per call (the model strides over time or works in blocks of frames)" in text
     assert "y: 1 frame of lookahead (delay): its frame t is the model's frame t - 1" in text
     import io
 
@@ -69,7 +69,7 @@ def test_run_refuses_a_chunk_that_is_not_a_multiple_and_writes_nothing(timed_fil
     monkeypatch.chdir(tmp_path)
     np.save("x.npy", np.zeros((1, 12, 8), np.float32))
     for extra, message in ((["--chunk", "3"], "chunk 3 is not a multiple of 2: input 'x' takes a multiple of 2 frames "
-                                              "per call (the model strides over time)"),
+                                              "per call (the model strides over time or works in blocks of frames)"),
                            ([], "input 'x' has 7 frames, not a multiple of 2")):
         if not extra:
             np.save("x.npy", np.zeros((1, 7, 8), np.float32))

@@ -29,7 +29,7 @@ def test_a_call_that_is_not_a_multiple_of_frame_multiple_is_refused(timed_files)
     assert s.delay == 1 and s.delays == {"y": 1}
     with pytest.raises(StreamError) as e:
         s.step(_x((1, 3, 8)))
-    assert str(e.value) == ("input 'x' takes a multiple of 2 frames per call (the model strides over time); got 3")
+    assert str(e.value) == ("input 'x' takes a multiple of 2 frames per call (the model strides over time or works in blocks of frames); got 3")
     assert s.step(_x((1, 4, 8)))["y"].shape == (1, 4, 16)
     assert s.step(_x((1, 2, 8)))["y"].shape == (1, 2, 16)  # the shape seen before passes; a new one is checked
     with pytest.raises(StreamError, match="got 1$"):
@@ -45,7 +45,7 @@ def test_defaults_say_any_number_of_frames_and_no_delay(timed_files):
 def test_stream_refuses_a_chunk_or_a_length_that_is_not_a_multiple(timed_files):
     s = StreamingSession(timed_files["gru_m2_d1"])
     with pytest.raises(StreamError, match=r"^chunk 3 is not a multiple of 2: input 'x' takes a multiple of 2 frames "
-                                          r"per call \(the model strides over time\)$"):
+                                          r"per call \(the model strides over time or works in blocks of frames\)$"):
         s.stream(_x((1, 12, 8)), chunk=3)
     with pytest.raises(StreamError, match=r"input 'x' has 7 frames, not a multiple of 2 .* multiple of 2 frames$"):
         s.stream(_x((1, 7, 8)), chunk=2)

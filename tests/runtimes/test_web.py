@@ -190,7 +190,7 @@ ERROR_CASES = [  # (case, words the thrown message must contain)
     ({"name": "not_onnx", "model": "not-a-model.onnx", "kind": "step", "calls": []},
      ["not-a-model.onnx is not an ONNX model", "expected a .onnx file"]),
     ({"name": "chunk_not_a_multiple", "model": "lstm_chunk_m2.onnx", "kind": "chunk", "calls": [[0.5] * 24]},
-     ["input 'x' takes a multiple of 2 frames per call (the model strides over time); got 3"]),
+     ["input 'x' takes a multiple of 2 frames per call (the model strides over time or works in blocks of frames); got 3"]),
     ({"name": "step_on_a_strided_file", "model": "lstm_chunk_m2.onnx", "kind": "step", "calls": [[0.5] * 8]},
      ["input 'x' takes a multiple of 2 frames per call", "step() feeds 1 frame: use chunk()"]),
     ({"name": "step_file_with_multiple", "model": "gru_step_m2.onnx", "kind": "step", "calls": []},

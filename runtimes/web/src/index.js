@@ -36,7 +36,7 @@ export const FORMAT_VERSION = '1';
  * @property {number|null} batch_axis
  * @property {number|null} time_axis
  * @property {number} [frame_multiple] inputs: the frames of one call along the time axis must be a
- *   multiple of this (the model strides over time); absent: 1
+ *   multiple of this (the model strides over time or works in blocks of frames); absent: 1
  * @property {number} [delay] outputs: frames of lookahead; frame t of the streamed output is frame
  *   t - delay of the model's output on the whole sequence; absent: 0
  */
@@ -386,7 +386,7 @@ export class StreamingSession {
   }
 
   /**
-   * The frames of every call must be a multiple of this (the model strides over time; 1: any number):
+   * The frames of every call must be a multiple of this (the model strides over time or works in blocks of frames; 1: any number):
    * the least common multiple of the inputs' `frame_multiple`.
    * @returns {number}
    */
@@ -526,7 +526,7 @@ export class StreamingSession {
     const strided = this.inputs.find((t) => (t.frame_multiple ?? 1) > 1);
     if (strided) {
       throw new EdgernnError(`input '${strided.name}' takes a multiple of ${strided.frame_multiple} frames per call ` +
-        `(the model strides over time); step() feeds 1 frame: use chunk() with a multiple of ${strided.frame_multiple}`);
+        `(the model strides over time or works in blocks of frames); step() feeds 1 frame: use chunk() with a multiple of ${strided.frame_multiple}`);
     }
     /** @type {Record<string, Tensor>} */
     const tensors = {};
@@ -565,7 +565,7 @@ export class StreamingSession {
     for (const spec of streamed) {
       const m = spec.frame_multiple ?? 1;
       if (count % m) {
-        throw new EdgernnError(`input '${spec.name}' takes a multiple of ${m} frames per call (the model strides over time); got ${count}`);
+        throw new EdgernnError(`input '${spec.name}' takes a multiple of ${m} frames per call (the model strides over time or works in blocks of frames); got ${count}`);
       }
     }
     if (this.mode !== 'step') {

@@ -65,7 +65,7 @@ export class StreamingSession {
     /** The state pairs. @returns {StateSpec[]} */
     get states(): StateSpec[];
     /**
-     * The frames of every call must be a multiple of this (the model strides over time; 1: any number):
+     * The frames of every call must be a multiple of this (the model strides over time or works in blocks of frames; 1: any number):
      * the least common multiple of the inputs' `frame_multiple`.
      * @returns {number}
      */
@@ -186,7 +186,7 @@ export type TensorSpec = {
     time_axis: number | null;
     /**
      * inputs: the frames of one call along the time axis must be a
-     * multiple of this (the model strides over time); absent: 1
+     * multiple of this (the model strides over time or works in blocks of frames); absent: 1
      */
     frame_multiple?: number | undefined;
     /**
