@@ -1001,8 +1001,43 @@ class Optimize:
         # the optimizer keeps metadata_props; keep I/O order and names exactly as they were
         if [i.name for i in optimized.graph.input] != [i.name for i in ctx.onnx_model.graph.input]:
             return "skipped: the optimizer changed graph inputs"
+        moved = _initializers_into_subgraphs(optimized.graph)
         ctx.onnx_model = optimized
-        return f"{before} -> {len(optimized.graph.node)} nodes"
+        return f"{before} -> {len(optimized.graph.node)} nodes" + (
+            f", {moved} weights kept in the subgraphs that read them" if moved else "")
+
+
+def _initializers_into_subgraphs(graph: onnx.GraphProto) -> int:
+    """Put back into a subgraph the initializers only it reads. The optimizer hoists them to the
+    main graph, where onnxruntime's LSTM quantizer does not find an op's weights and the float16
+    converter converts them although the subgraph stays float32. Returns how many moved."""
+    def reads(g: onnx.GraphProto) -> set[str]:
+        names = {o.name for o in g.output}
+        for n in g.node:
+            names.update(n.input)
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else list(a.graphs)):
+                    names |= reads(sub)
+        return names
+    top = {o.name for o in graph.output} | {i for n in graph.node for i in n.input}
+    readers: dict[str, list[onnx.GraphProto]] = {}
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else list(a.graphs)):
+                for name in reads(sub):
+                    readers.setdefault(name, []).append(sub)
+    keep, moved = [], 0
+    for t in graph.initializer:
+        subs = readers.get(t.name, [])
+        if t.name in top or len(subs) != 1 or t.name.startswith("state_init."):
+            keep.append(t)
+            continue
+        subs[0].initializer.append(t)
+        moved += 1
+    if moved:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return moved
 
 
 class CheckAndInferShapes:

@@ -313,6 +313,27 @@ def lower_gated(g: GraphBuilder, spec: RecurrentLayerSpec, x: str, h0: str, c0: 
     layer is a :func:`scan_layer` with the mask as a second scan input."""
     if spec.bidirectional:
         raise ValueError("bidirectional layers cannot skip warm-up frames")
+    # Only a stream's first frames are skipped: a call whose frames are all valid (every call
+    # after the warm-up) takes the fused op of lower_sequence, the others the masked Scan.
+    outs = [y, hn] + ([cn] if cn else [])
+    branches = {}
+    for key, lower in (("all_valid", lower_sequence), ("warmup", _lower_masked)):
+        sub = GraphBuilder(f"{g.prefix}/{key}")
+        names = [f"{o}@{key}" for o in outs]
+        if lower is lower_sequence:
+            lower_sequence(sub, spec, x, h0, c0, names[0], names[1], names[2] if cn else None)
+        else:
+            _lower_masked(sub, spec, x, h0, c0, valid, names[0], names[1], names[2] if cn else None)
+        # each branch holds its own weights (onnxruntime's quantizer looks for an op's weights in its graph)
+        branches[key] = helper.make_graph(sub.nodes, f"{g.prefix}/{key}", [], [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names], initializer=sub.initializers)
+    lowest = g.op1("ReduceMin", [valid], keepdims=0)
+    all_valid = g.op1("Greater", [lowest, g.const("half", np.asarray(0.5, np.float32), unique=True)])
+    g.op("If", [all_valid], outputs=outs, then_branch=branches["all_valid"], else_branch=branches["warmup"])
+
+
+def _lower_masked(g: GraphBuilder, spec: RecurrentLayerSpec, x: str, h0: str, c0: str | None, valid: str,
+                  y: str, hn: str, cn: str | None) -> None:
     mask = g.op1("Cast", [valid], to=TensorProto.BOOL)
     inp, hs, cs = x, [], []
     for layer in range(spec.num_layers):

@@ -258,9 +258,15 @@ def _hoist_input_projections(nodes: list[onnx.NodeProto], weights: dict[str, onn
     Returns the body's nodes, the outer nodes and initializers, and the new scanned inputs as
     (outer name, body name, axis)."""
     kept, outer, inits, scanned = [], [], [], []
+    # x@step = Unsqueeze(x@frame) (the time axis re-added): a MatMul of it is a MatMul of all frames too
+    with_time = {n.output[0]: frames[n.input[0]] for n in nodes
+                 if n.op_type == "Unsqueeze" and n.input and n.input[0] in frames and n.name.endswith("/add_time")}
     for n in nodes:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         frame = frames.get(n.input[0]) if n.input else None
+        timed = frame is None and n.op_type == "MatMul" and bool(n.input) and n.input[0] in with_time
+        if timed:
+            frame = with_time[n.input[0]]
         w = weights.get(n.input[1]) if len(n.input) > 1 else None
         ok = (frame is not None and w is not None and len(w.dims) == 2 and frame[2] == 3 and frame[1] in (0, 1)
               and w.data_type == onnx.TensorProto.FLOAT)
@@ -287,7 +293,13 @@ def _hoist_input_projections(nodes: list[onnx.NodeProto], weights: dict[str, onn
             inits.append(numpy_helper.from_array(numpy_helper.to_array(bias), f"{name}@all_frames.bias"))
             outer.append(helper.make_node("Add", [product, f"{name}@all_frames.bias"], [f"{name}@all_frames"],
                                           name=f"{name}/all_frames_bias"))
-        scanned.append((f"{name}@all_frames", name, axis))
+        if timed:  # the body gets the product's frame and re-adds the time axis, as the step graph had it
+            kept.append(helper.make_node("Unsqueeze", [f"{name}@frame", f"{name}@time_axis"], [name],
+                                         name=f"{name}/add_time"))
+            inits.append(numpy_helper.from_array(np.array([axis], np.int64), f"{name}@time_axis"))
+            scanned.append((f"{name}@all_frames", f"{name}@frame", axis))
+        else:
+            scanned.append((f"{name}@all_frames", name, axis))
     return kept, outer, inits, scanned
 
 
@@ -332,6 +344,10 @@ def scan_over_time(ctx) -> str:
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v, _ in scanned}
     nodes, hoisted_nodes, outer_inits, hoisted = _hoist_input_projections(
         nodes, weights, {f"{v.name}@frame": (v.name, a, ranks[v.name]) for v, a in scanned})
+    inits += [t for t in outer_inits if t.name.endswith("@time_axis")]  # read in the body
+    outer_inits = [t for t in outer_inits if not t.name.endswith("@time_axis")]
+    read = {i for n in nodes for i in n.input} | {o.name for o in body_outs}
+    nodes = [n for n in nodes if not (n.name.endswith("/add_time") and n.output[0] not in read)]  # now unused
     used = {i for n in nodes for i in n.input} | {o.name for o in body_outs}
     frames = [(v.name, f"{v.name}@frame", a, _vi(v, f"{v.name}@frame", drop_axis=a)) for v, a in scanned
               if f"{v.name}@frame" in used or not hoisted]

@@ -84,11 +84,14 @@ def to_fp16(model: onnx.ModelProto, *, mixed: bool, exclude: Sequence[str] = (),
     if mixed and contract is None:
         contract = read_metadata(original)
     floats = _float_tensors(original)
-    nodes = list(original.graph.node)
+    readers = _outer_reads_explicit(original, floats)
+    floats = _float_tensors(original)
+    nodes = [n for n in original.graph.node if n.name not in readers]
     float_nodes = [n for n in nodes if any(t in floats for t in (*_referenced(n), *n.output))]
     if not float_nodes:
         raise EdgernnError("the model has no float32 nodes or weights to convert to float16")
     chosen = _fp32_reasons(original, float_nodes, mixed, exclude, contract)
+    chosen.update(readers)
     while True:  # the kernel registry should be right; onnxruntime's loader has the last word
         reasons = dict(chosen)
         for name in _data_ops_off_float16_paths(original, float_nodes, floats, reasons):
@@ -228,6 +231,21 @@ def _convert(model: onnx.ModelProto, reasons: dict[str, str]) -> tuple[onnx.Mode
     users = _weight_users(model)
     result = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, op_block_list=[],
                                       node_block_list=sorted(reasons), force_fp16_initializers=False)
+    # the converter retypes the subgraphs of blocked control-flow nodes too: give them back as they were
+    bodies = {n.name: [copy.deepcopy(a) for a in n.attribute] for n in model.graph.node
+              if n.name in reasons and _subgraphs(n)}
+    for n in result.graph.node:
+        if n.name in bodies:
+            del n.attribute[:]
+            n.attribute.extend(bodies[n.name])
+    # and the float32 reads made for them (_outer_reads_explicit) stay float32 under their names
+    wanted = {n.name: n.output[0] for n in model.graph.node if "/fp32_read_" in n.name}
+    for n in result.graph.node:
+        if n.name in wanted and n.output[0] != wanted[n.name]:
+            cast = next((c for c in result.graph.node if c.op_type == "Cast" and wanted[n.name] in c.output), None)
+            if cast is not None:
+                result.graph.node.remove(cast)
+            n.output[0] = wanted[n.name]
     _remove_round_trips(result)
     stored = _store_weights_as_float16(result, users, keep_weights)
     del result.graph.value_info[:]  # types changed; onnxruntime infers them
@@ -454,6 +472,32 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
         if n.op_type == "Constant" and any(a.t.data_type == _FP32 for a in n.attribute if a.name == "value"):
             out.update(n.output)
     return out
+
+
+def _outer_reads_explicit(model: onnx.ModelProto, floats: set[str]) -> dict[str, str]:
+    """A control-flow node's subgraphs stay float32 but read outer float tensors by name, which
+    the converter would make float16 (it casts only a blocked node's own inputs). Route each such
+    read through an ``Identity`` before the node (blocked too, so its input gets a cast to float32)
+    and rename it in the subgraphs. Returns the Identity nodes' names with their reason."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    new_nodes, added = [], {}
+    for node in graph.node:
+        if node.op_type in CONTROL_FLOW_OPS:
+            rename = {}
+            for k, name in enumerate(sorted(t for g in _subgraphs(node) for t in _free_names(g))):
+                if name in floats and name not in initializers and name not in rename:
+                    rename[name] = f"{name}@fp32_for_{node.name}"
+                    ident = helper.make_node("Identity", [name], [rename[name]], name=f"{node.name}/fp32_read_{k}")
+                    new_nodes.append(ident)
+                    added[ident.name] = _CONTROL_FLOW
+            if rename:
+                _rename_in_subgraphs([node], rename)
+        new_nodes.append(node)
+    if added:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return added
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

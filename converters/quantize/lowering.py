@@ -127,14 +127,26 @@ def lower_node(node: onnx.NodeProto, spec: RecurrentLayerSpec) -> GraphBuilder:
 
 
 def lower_recurrent_ops(model: onnx.ModelProto, op_types=RECURRENT_OPS, exclude=()) -> tuple[onnx.ModelProto, list[Lowered]]:
-    """Rewrite the main graph's ``op_types`` nodes (except names in ``exclude``) as MatMul cells.
-    Returns a new model and, per recurrent node, whether it was lowered and why (not)."""
+    """Rewrite the ``op_types`` nodes (except names in ``exclude``) as MatMul cells, in the main
+    graph and in ``If`` branches (a recurrent layer after a lookahead runs its fused op in one;
+    see ``converters/context.py``). Returns a new model and, per recurrent node, whether it was
+    lowered and why (not)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    new_nodes, new_inits, record = [], [], []
+    record: list[Lowered] = []
+    _lower_graph(model.graph, {}, op_types, exclude, record)
+    return model, record
+
+
+def _lower_graph(graph: onnx.GraphProto, outer: dict[str, np.ndarray], op_types, exclude, record: list[Lowered]
+                 ) -> None:
+    inits = {**outer, **{t.name: numpy_helper.to_array(t) for t in graph.initializer}}
+    new_nodes, new_inits = [], []
     used: set[str] = set()
     for node in graph.node:
+        if node.op_type == "If":
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    _lower_graph(attr.g, inits, op_types, exclude, record)
         if node.op_type not in RECURRENT_OPS:
             new_nodes.append(node)
             continue
@@ -156,8 +168,17 @@ def lower_recurrent_ops(model: onnx.ModelProto, op_types=RECURRENT_OPS, exclude=
         record.append(Lowered(node.name, node.op_type, True, "lowered to MatMul cells (input projection + Scan)"))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    still_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    still_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
     keep = [t for t in graph.initializer if t.name not in used or t.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
-    return model, record
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names the nodes of ``graph``'s subgraphs read (an outer initializer may be one)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return names
