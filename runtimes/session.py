@@ -395,7 +395,7 @@ class StreamingSession:
                 multiple = self._multiples.get(name)
                 if multiple and value.shape[spec.time_axis] % multiple:
                     raise StreamError(f"input {name!r} takes a multiple of {multiple} frames per call (the model "
-                                      f"strides over time); got {value.shape[spec.time_axis]}")
+                                      f"strides over time or works in blocks of frames); got {value.shape[spec.time_axis]}")
                 seen[name] = value.shape
             if batch_axis is not None:
                 batch = value.shape[batch_axis]

@@ -10,6 +10,8 @@ one) and the batch axis holding independent streams. :func:`load_streams` reads 
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +313,16 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
         feeds = _stream_feeds(ref.contract, data)
         total = _length(ref.contract, feeds)
         size = chunk or (1 if per_frame else _DEFAULT_CHUNK.get(mode, total))
+        multiple = math.lcm(*(spec.frame_multiple for spec in ref.inputs))
+        if multiple > 1:  # the model strides over time or works in blocks: whole multiples per call
+            if chunk is not None and chunk % multiple:
+                raise EdgernnError(f"chunk {chunk} is not a multiple of {multiple}, the frames the model takes per "
+                                   f"call; use a multiple of {multiple}")
+            size = -(-size // multiple) * multiple
+            total -= total % multiple
+            if total == 0:
+                raise EdgernnError(f"the streams are shorter than {multiple} frames, the frames the model takes per "
+                                   "call")
         lengths.append(total)
         chunks.append(min(size, total))
         total_streams += _batch(ref.contract, feeds)
@@ -378,7 +390,7 @@ def _run_side_by_side(ref, cand, feeds: Mapping[str, np.ndarray], total: int, si
                 call[spec.name] = arr[start]
             else:
                 index = [slice(None)] * arr.ndim
-                index[spec.time_axis] = slice(start, start + size)
+                index[spec.time_axis] = slice(start, min(start + size, total))
                 call[spec.name] = arr[tuple(index)]
         out_ref, out_cand = ref.step(**call), cand.step(**call)
         for name, (a, b) in pending.items():

@@ -56,6 +56,10 @@ def _calls(session, stream: Mapping[str, np.ndarray], chunk: int):
     specs = session.inputs
     axis = {s.name: (s.time_axis if s.time_axis is not None else 0) for s in specs}
     total = next(iter(stream.values())).shape[axis[specs[0].name]]
+    multiple = session.frame_multiple  # a model that strides over time: whole multiples per call
+    if multiple > 1:
+        chunk = -(-chunk // multiple) * multiple
+        total -= total % multiple
     for start in range(0, total, chunk):
         call = {}
         for s in specs:

@@ -225,3 +225,17 @@ def test_int8_and_fp16_follow_the_context_caches(tmp_path) -> None:
         assert q.passed and q.path, q.to_json()
         got = stream(StreamingSession(q.path), x.numpy(), 16, 1)[0, 1:].argmax(-1)
         assert float(np.mean(got == want)) >= 0.97, method
+
+
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_quantize_feeds_whole_frame_multiples(method: str, tmp_path) -> None:
+    """A file that strides over time (frame_multiple 2): the accuracy check and the calibration
+    feed calls of whole multiples, whatever the stream length asked for (here odd)."""
+    from edgernn.converters.quantize import quantize
+
+    _, report = exported("same-k3-s2-gru")
+    path = tmp_path / "strided.onnx"
+    path.write_bytes(report.model.SerializeToString())
+    q = quantize(path, method=method, steps=301)
+    assert q.passed, q.to_json()
+    assert q.accuracy.steps == 300 and q.accuracy.chunk % 2 == 0
