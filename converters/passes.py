@@ -511,7 +511,8 @@ class LiftState:
                 base = w.path if w.path else w.spec.kind
                 lifted += [capture.LiftedState(f"{base}.{part}", w, k) for k, part in enumerate(w.spec.state_parts)]
             if w.spec.bidirectional and ctx.mode != "sequence":
-                raise ExportError(f"layer {w.path!r} is bidirectional and cannot stream; export with --mode sequence")
+                raise ExportError(f"layer {w.path!r} is bidirectional and cannot stream: it needs the future of the "
+                                  "sequence; export with --mode sequence")
         if step_multiple:
             raise ExportError(f"{type(ctx.original).__name__} only runs on lengths that are a multiple of "
                               f"{step_multiple} frames (it fails on 1 frame); step mode feeds one frame per call: "

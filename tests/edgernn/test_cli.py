@@ -188,7 +188,7 @@ EXPORT_ERRORS = [  # (id, files to create, args, exit code, what stderr says)
     ("class does not import", [("m.pt", "gru")], ["export", "m.pt", "--class", "no_such_pkg.models:Net"], 1,
      "--class 'no_such_pkg.models:Net': cannot import module 'no_such_pkg.models'"),
     ("bidirectional streamed", [("m.pt", "bidirectional")], ["export", "m.pt"], 1,
-     "bidirectional layers cannot stream: they need the future of the sequence; export with --mode sequence"),
+     "layer 'gru' is bidirectional and cannot stream: it needs the future of the sequence; export with --mode sequence"),
     ("bidirectional step", [("m.pt", "bidirectional")], ["export", "m.pt", "--mode", "step"], 1,
      "export with --mode sequence"),
     ("unknown mode", [("m.pt", "gru")], ["export", "m.pt", "--mode", "stream"], 1,
