@@ -97,7 +97,7 @@ def _translation_table() -> dict:
     def recurrent_lstm(x, h0, c0, layer: int):
         return E.RecurrentLSTM(x, h0, c0, layer=layer)
 
-    from edgernn.converters.context import translations
+    from edgernn.converters.gating import translations
 
     return {torch.ops.edgernn.recurrent.default: recurrent,
             torch.ops.edgernn.recurrent_lstm.default: recurrent_lstm, **translations()}
@@ -153,7 +153,7 @@ class StatefulRecurrent:
             hx = lifted if self.spec.kind == "lstm" else lifted[0]
         gate = self.__dict__.get("gate")
         if gate is not None:  # frames a lookahead before the layer emits early leave its state (context.py)
-            from edgernn.converters.context import run_gated
+            from edgernn.converters.gating import run_gated
 
             out, hn = run_gated(self, x, hx, gate)
         elif self.capturing:

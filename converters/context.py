@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgernn.converters import capture
+from edgernn.converters.gating import RecurrentGate, skip_mask
 from edgernn.errors import ExportError
 
 CONV = (nn.Conv1d, nn.Conv2d)
@@ -84,11 +85,6 @@ class TemporalLayer:
     extra_out: int = 0
     context_shape: tuple[int, ...] = ()  # with batch 1 at axis 0
 
-    @property
-    def lookahead(self) -> int:
-        """Future frames (of this layer's input) the model's padding hides in each output."""
-        return self.pad_right
-
     def describe(self) -> str:
         geo = f"kernel {self.kernel}" + (f", dilation {self.dilation}" if self.dilation > 1 else "") + (
             f", stride {self.stride}" if self.stride > 1 else "")
@@ -128,145 +124,6 @@ class TemporalState:
 
     def lifted_states(self) -> list[capture.LiftedState]:
         return [capture.LiftedState(f"{self.path}.{p}", self, k) for k, p in enumerate(self.parts)]
-
-
-class RecurrentGate:
-    """The warm-up counter of a recurrent layer after a lookahead: the layer's first ``skip``
-    frames of each stream belong to no frame of the model, so they leave its state as it is.
-    Set on the layer as ``gate`` (read by :class:`~edgernn.converters.capture.StatefulRecurrent`);
-    same lifting protocol as :class:`TemporalState`."""
-
-    parts = ["warmup"]
-
-    def __init__(self, path: str, skip: int) -> None:
-        self.path = path
-        self.skip = skip
-        self.lifted: tuple[torch.Tensor, ...] | None = None
-        self.final: tuple[torch.Tensor, ...] | None = None
-
-    def state_batch_axis(self, part: int) -> int:
-        return 0
-
-    def state_example(self, part: int, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, dtype=torch.int64)
-
-    def lifted_states(self) -> list[capture.LiftedState]:
-        return [capture.LiftedState(f"{self.path}.warmup", self, 0)]
-
-    def describe(self) -> str:
-        return f"{self.path}: recurrent layer skips {self.skip} warm-up frame{'s' if self.skip > 1 else ''}"
-
-
-@torch.library.custom_op("edgernn::recurrent_gated", mutates_args=())
-def recurrent_gated_op(x: torch.Tensor, h0: torch.Tensor, valid: torch.Tensor, layer: int
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Placeholder for an RNN/GRU layer that skips frames where ``valid`` [T, B, 1] is 0."""
-    raise RuntimeError("edgernn::recurrent_gated is a capture placeholder and has no eager kernel")
-
-
-@recurrent_gated_op.register_fake
-def _(x, h0, valid, layer):
-    return capture._fake_outputs(x, [h0], layer)
-
-
-@torch.library.custom_op("edgernn::recurrent_lstm_gated", mutates_args=())
-def recurrent_lstm_gated_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, valid: torch.Tensor, layer: int
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Placeholder for an LSTM layer that skips frames where ``valid`` [T, B, 1] is 0."""
-    raise RuntimeError("edgernn::recurrent_lstm_gated is a capture placeholder and has no eager kernel")
-
-
-@recurrent_lstm_gated_op.register_fake
-def _(x, h0, c0, valid, layer):
-    return capture._fake_outputs(x, [h0, c0], layer)
-
-
-def _register_gated_schemas() -> None:
-    import onnx
-    from onnx.defs import OpSchema
-
-    for name, n_state in (("RecurrentGated", 1), ("RecurrentLSTMGated", 2)):
-        if onnx.defs.has(name, capture.DOMAIN):
-            continue
-        states = ["initial_h", "initial_c"][:n_state]
-        onnx.defs.register_schema(OpSchema(
-            name, capture.DOMAIN, 1,
-            doc="edgernn placeholder for a recurrent layer that skips warm-up frames; lowered before writing",
-            inputs=[OpSchema.FormalParameter(n, "T") for n in ["X", *states, "valid"]],
-            outputs=[OpSchema.FormalParameter(n, "T") for n in ["Y", "Y_h", "Y_c"][:n_state + 1]],
-            type_constraints=[("T", ["tensor(float)"], "float tensors")],
-            attributes=[OpSchema.Attribute("layer", OpSchema.AttrType.INT, "index into the layer table")],
-        ))
-
-
-_register_gated_schemas()
-
-
-def translations() -> dict:
-    """The gated placeholders' entries of the capture's custom translation table."""
-    from onnxscript.values import Opset
-
-    E = Opset(capture.DOMAIN, 1)
-
-    def gated(x, h0, valid, layer: int):
-        return E.RecurrentGated(x, h0, valid, layer=layer)
-
-    def gated_lstm(x, h0, c0, valid, layer: int):
-        return E.RecurrentLSTMGated(x, h0, c0, valid, layer=layer)
-
-    return {torch.ops.edgernn.recurrent_gated.default: gated,
-            torch.ops.edgernn.recurrent_lstm_gated.default: gated_lstm}
-
-
-def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
-    """A recurrent layer's forward that leaves its state unchanged on warm-up frames: in capture
-    the gated placeholder, in eager one frame at a time."""
-    spec = layer.spec
-    xt = x.transpose(0, 1) if spec.batch_first else x  # [T, B, F]
-    frames, batch = xt.shape[0], xt.shape[1]
-    warm = gate.lifted[0] if gate.lifted is not None else torch.zeros(batch, dtype=torch.int64)
-    valid, gate.final = skip_mask(warm, frames, gate.skip, xt, time_axis=0, batch_axis=1)
-    gate.final = (gate.final,)
-    if hx is None:
-        zeros = tuple(xt.new_zeros(spec.num_layers * spec.directions, batch, spec.state_size(p))
-                      for p in spec.state_parts)
-        hx = zeros if spec.kind == "lstm" else zeros[0]
-    if layer.capturing:
-        mask = valid.to(xt.dtype)
-        if spec.kind == "lstm":
-            y, h, c = torch.ops.edgernn.recurrent_lstm_gated(xt, hx[0], hx[1], mask, layer.layer_id)
-            hn = (h, c)
-        else:
-            y, hn = torch.ops.edgernn.recurrent_gated(xt, hx, mask, layer.layer_id)
-        return (y.transpose(0, 1) if spec.batch_first else y), hn
-    forward = super(capture.StatefulRecurrent, layer).forward  # the layer class's own forward
-    state, ys = hx, []
-    for t in range(frames):
-        frame = x.narrow(1 if spec.batch_first else 0, t, 1)
-        y, new = forward(frame, state)
-        keep = valid[t].unsqueeze(0)  # [1, B, 1] over [L, B, H]
-        state = tuple(torch.where(keep, n, o) for n, o in zip(new, state)) if spec.kind == "lstm" else torch.where(
-            keep, new, state)
-        ys.append(y)
-    return torch.cat(ys, 1 if spec.batch_first else 0), state
-
-
-def skip_mask(warmup: torch.Tensor, frames: int | torch.SymInt, skip: int, like: torch.Tensor, time_axis: int,
-              batch_axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which of a call's frames are real (``warmup + t >= skip``), shaped to broadcast over
-    ``like`` (batch at ``batch_axis``, time at ``time_axis``), and the new warm-up count."""
-    t = torch.arange(frames, device=like.device)
-    valid = (warmup.unsqueeze(1) + t.unsqueeze(0)) >= skip  # [batch, time]
-    if time_axis < batch_axis:
-        valid = valid.transpose(0, 1)
-    lo, hi = sorted((batch_axis, time_axis))
-    for _ in range(lo):  # broadcastable: size-1 axes around the two
-        valid = valid.unsqueeze(0)
-    for _ in range(hi - lo - 1):
-        valid = valid.unsqueeze(lo + 1)
-    for _ in range(like.dim() - hi - 1):
-        valid = valid.unsqueeze(-1)
-    return valid, torch.clamp(warmup + frames, max=skip)
 
 
 class StreamingTemporal:
@@ -725,76 +582,4 @@ def _install(model: nn.Module, lay: TemporalLayer) -> TemporalState:
     return st
 
 
-def restore(model: nn.Module) -> None:
-    """Undo :func:`_install` on every module of ``model`` (their own forward again)."""
-    for m in model.modules():
-        if isinstance(m, StreamingTemporal):
-            m.__class__ = next(c for c in type(m).__mro__[1:] if c is not StreamingTemporal and
-                               not issubclass(c, StreamingTemporal))
-
-
-__all__ = ["CacheTemporalContext", "TemporalLayer", "TemporalPlan", "TemporalState", "skip_mask", "find_shift"]
-
-
-class CheckStreamable:
-    """Before capture: the model, states carried, gives in two calls what it gives in one (in
-    PyTorch). A model that looks across time outside what streams (global pooling, attention, a
-    reversal, a cumulative sum over the call) is refused with a sentence naming the first module
-    whose output differs, instead of a parity failure after the export."""
-
-    name = "check-streamable"
-
-    def __call__(self, ctx) -> str:
-        if ctx.mode == "sequence" or not ctx.streams_time or ctx.frame_model:
-            return "not needed" if ctx.mode != "sequence" else "not needed (whole sequences)"
-        multiple = getattr(ctx, "frame_multiple", 1)
-        sizes = [1, 1, 1] if ctx.capture_mode == "step" else [5 * multiple, 11 * multiple]
-        gen = torch.Generator().manual_seed(9)
-        total = sum(sizes)
-        data = ctx.example_data(PROBE_BATCH, total, gen)
-        n_out = len(ctx.output_names)
-        leaves = {p: m for p, m in ctx.model.named_modules() if p and not list(m.children())}
-        init = ctx.initial_states(PROBE_BATCH)
-        try:
-            whole, order, res = record(ctx.model, leaves, lambda: ctx.run_lifter(data, init), outputs=True)
-        except ExportError:
-            raise
-        except Exception:
-            return "skipped: the model takes one frame per call"
-        parts, start, states, outs = [], 0, init, []
-        for size in sizes:
-            frame = [t.narrow(s.time_axis, start, size) if s.time_axis is not None else t
-                     for s, t in zip(ctx.data, data)]
-            rec, _, out = record(ctx.model, leaves, lambda: ctx.run_lifter(frame, states), outputs=True)
-            parts.append(rec)
-            outs.append(out[:n_out])
-            states = out[n_out:]
-            start += size
-        bad = [k for k, (_, t_axis) in enumerate(ctx.output_axes) if t_axis is not None and not _close(
-            res[k], torch.cat([o[k] for o in outs], t_axis))]
-        if not bad:
-            return f"{len(sizes)} calls of {'+'.join(map(str, sizes))} frames give what one call gives"
-        for p in order:
-            a = (whole.get(p) or [None])[0]
-            pieces = [(r.get(p) or [None])[0] for r in parts]
-            if a is None or any(b is None for b in pieces):
-                continue
-            axis = next((k for k in range(a.dim()) if a.shape[k] == sum(b.shape[k] for b in pieces)
-                         and all(b.shape[k] < a.shape[k] for b in pieces)), None)
-            if axis is None:
-                continue
-            if not _close(a, torch.cat(pieces, axis)):
-                m = leaves[p]
-                raise ExportError(f"{p}: {type(m).__name__} gives other values when the sequence streams in calls "
-                                  f"than on the whole sequence: something before it looks across all frames "
-                                  f"(global pooling, attention, a reversal) and cannot stream in {ctx.mode} mode; "
-                                  "export with --mode sequence")
-        raise ExportError(f"output {ctx.output_names[bad[0]]!r} differs when the sequence streams in calls: forward "
-                          "looks across all frames outside a module (a mean or sum over time, a reversal) and "
-                          f"cannot stream in {ctx.mode} mode; export with --mode sequence")
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape:
-        return False
-    return float((a - b).abs().max()) <= MATCH_TOLERANCE * max(1.0, float(a.abs().max())) if a.numel() else True
+__all__ = ["CacheTemporalContext", "TemporalLayer", "TemporalPlan", "TemporalState", "find_shift", "record"]

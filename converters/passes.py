@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgernn.converters import capture, timeloop
-from edgernn.converters.context import CacheTemporalContext, CheckStreamable
+from edgernn.converters.context import CacheTemporalContext
+from edgernn.converters.streamable import CheckStreamable
 from edgernn.converters.io import (InputSpec, describe_layer, first_layer, forward_parameters, infer_data_input,
                                    input_layouts)
 from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, lower_gated, lower_sequence, lower_step

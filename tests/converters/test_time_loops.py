@@ -281,7 +281,8 @@ def test_chunk_streaming_matches_pytorch_on_the_whole_sequence(name: str, chunk:
         assert_close(session.state[spec.name], want.numpy(), f"{name}: final {spec.name} in calls of {chunk}")
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# three of the seven in sequence mode (the same Scan route as chunk mode; the suite's time is bounded)
+@pytest.mark.parametrize("name", ["gated", "sru", "mlstm"])
 def test_sequence_mode_at_two_lengths(name: str) -> None:
     model, report = exported(name, "sequence")
     assert report.parity.passed, report.parity.summary()

@@ -1,0 +1,72 @@
+"""Before capture: a model that cannot stream in chunk or step mode is refused naming the module."""
+
+from __future__ import annotations
+
+import torch
+
+from edgernn.converters.context import MATCH_TOLERANCE, PROBE_BATCH, record
+from edgernn.errors import ExportError
+
+
+class CheckStreamable:
+    """Before capture: the model, states carried, gives in two calls what it gives in one (in
+    PyTorch). A model that looks across time outside what streams (global pooling, attention, a
+    reversal, a cumulative sum over the call) is refused with a sentence naming the first module
+    whose output differs, instead of a parity failure after the export."""
+
+    name = "check-streamable"
+
+    def __call__(self, ctx) -> str:
+        if ctx.mode == "sequence" or not ctx.streams_time or ctx.frame_model:
+            return "not needed" if ctx.mode != "sequence" else "not needed (whole sequences)"
+        multiple = getattr(ctx, "frame_multiple", 1)
+        sizes = [1, 1, 1] if ctx.capture_mode == "step" else [5 * multiple, 11 * multiple]
+        gen = torch.Generator().manual_seed(9)
+        total = sum(sizes)
+        data = ctx.example_data(PROBE_BATCH, total, gen)
+        n_out = len(ctx.output_names)
+        leaves = {p: m for p, m in ctx.model.named_modules() if p and not list(m.children())}
+        init = ctx.initial_states(PROBE_BATCH)
+        try:
+            whole, order, res = record(ctx.model, leaves, lambda: ctx.run_lifter(data, init), outputs=True)
+        except ExportError:
+            raise
+        except Exception:
+            return "skipped: the model takes one frame per call"
+        parts, start, states, outs = [], 0, init, []
+        for size in sizes:
+            frame = [t.narrow(s.time_axis, start, size) if s.time_axis is not None else t
+                     for s, t in zip(ctx.data, data)]
+            rec, _, out = record(ctx.model, leaves, lambda: ctx.run_lifter(frame, states), outputs=True)
+            parts.append(rec)
+            outs.append(out[:n_out])
+            states = out[n_out:]
+            start += size
+        bad = [k for k, (_, t_axis) in enumerate(ctx.output_axes) if t_axis is not None and not _close(
+            res[k], torch.cat([o[k] for o in outs], t_axis))]
+        if not bad:
+            return f"{len(sizes)} calls of {'+'.join(map(str, sizes))} frames give what one call gives"
+        for p in order:
+            a = (whole.get(p) or [None])[0]
+            pieces = [(r.get(p) or [None])[0] for r in parts]
+            if a is None or any(b is None for b in pieces):
+                continue
+            axis = next((k for k in range(a.dim()) if a.shape[k] == sum(b.shape[k] for b in pieces)
+                         and all(b.shape[k] < a.shape[k] for b in pieces)), None)
+            if axis is None:
+                continue
+            if not _close(a, torch.cat(pieces, axis)):
+                m = leaves[p]
+                raise ExportError(f"{p}: {type(m).__name__} gives other values when the sequence streams in calls "
+                                  f"than on the whole sequence: something before it looks across all frames "
+                                  f"(global pooling, attention, a reversal) and cannot stream in {ctx.mode} mode; "
+                                  "export with --mode sequence")
+        raise ExportError(f"output {ctx.output_names[bad[0]]!r} differs when the sequence streams in calls: forward "
+                          "looks across all frames outside a module (a mean or sum over time, a reversal) and "
+                          f"cannot stream in {ctx.mode} mode; export with --mode sequence")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    return float((a - b).abs().max()) <= MATCH_TOLERANCE * max(1.0, float(a.abs().max())) if a.numel() else True
