@@ -120,7 +120,7 @@ class TemporalState:
     def state_example(self, part: int, batch: int) -> torch.Tensor:
         if self.parts[part] == "context":
             return torch.zeros((batch, *self.layer.context_shape[1:]))
-        return torch.zeros(batch, dtype=torch.int64)
+        return torch.zeros(batch, 1, dtype=torch.int64)  # [batch, 1]: Triton needs a dimension besides the batch
 
     def lifted_states(self) -> list[capture.LiftedState]:
         return [capture.LiftedState(f"{self.path}.{p}", self, k) for k, p in enumerate(self.parts)]
@@ -466,6 +466,12 @@ class CacheTemporalContext:
                         1.0, float(want.abs().max())):
                     plan.delays.append(0)
                     continue
+                lookahead = [lay for lay in found if lay.out_shift]
+                if lookahead and want.shape == have.shape:
+                    raise ExportError(f"output {k} of {type(ctx.original).__name__}.forward has no time axis (a final "
+                                      f"state or a pooled value) and comes after a lookahead ({lookahead[0].describe()}):"
+                                      " when the stream ends its last frames are still to come; return per-frame "
+                                      "outputs, make the convolutions causal, or export with --mode sequence")
                 self._blame(ctx, original, data, states, found)
             shift = find_shift(want, have, axis)
             if shift is None:

@@ -2,7 +2,7 @@
 
 A delayed layer (``converters/context.py``) emits, at the start of each stream, frames that
 belong to no frame of the model. A recurrent layer after it must leave its state unchanged on
-them: it gets a per-stream counter state ``<layer>.warmup`` (int64 ``[batch]``, zeros at the
+them: it gets a per-stream counter state ``<layer>.warmup`` (int64 ``[batch, 1]``, zeros at the
 start) and, in capture, a gated placeholder (``edgernn::recurrent_gated``) that
 ``recurrent.lower_gated`` lowers to an ``If``: the fused ONNX op when a call has no warm-up frame,
 a masked ``Scan`` of the cell otherwise.
@@ -32,7 +32,7 @@ class RecurrentGate:
         return 0
 
     def state_example(self, part: int, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, dtype=torch.int64)
+        return torch.zeros(batch, 1, dtype=torch.int64)  # [batch, 1]: Triton needs a dimension besides the batch
 
     def lifted_states(self) -> list[capture.LiftedState]:
         return [capture.LiftedState(f"{self.path}.warmup", self, 0)]
@@ -108,7 +108,7 @@ def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
     spec = layer.spec
     xt = x.transpose(0, 1) if spec.batch_first else x  # [T, B, F]
     frames, batch = xt.shape[0], xt.shape[1]
-    warm = gate.lifted[0] if gate.lifted is not None else torch.zeros(batch, dtype=torch.int64)
+    warm = gate.lifted[0] if gate.lifted is not None else torch.zeros(batch, 1, dtype=torch.int64)
     valid, gate.final = skip_mask(warm, frames, gate.skip, xt, time_axis=0, batch_axis=1)
     gate.final = (gate.final,)
     if hx is None:
@@ -140,7 +140,7 @@ def skip_mask(warmup: torch.Tensor, frames: int | torch.SymInt, skip: int, like:
     """Which of a call's frames are real (``warmup + t >= skip``), shaped to broadcast over
     ``like`` (batch at ``batch_axis``, time at ``time_axis``), and the new warm-up count."""
     t = torch.arange(frames, device=like.device)
-    valid = (warmup.unsqueeze(1) + t.unsqueeze(0)) >= skip  # [batch, time]
+    valid = (warmup + t.unsqueeze(0)) >= skip  # [batch, 1] + [1, time] -> [batch, time]
     if time_axis < batch_axis:
         valid = valid.transpose(0, 1)
     lo, hi = sorted((batch_axis, time_axis))

@@ -147,7 +147,7 @@ def test_step_mode_carries_context_and_skips_warmup() -> None:
     assert report.contract.outputs[0].delay == 4
     names = {s.name: s for s in report.contract.states}
     assert names["front.0.context"].shape == ("batch", 12, 8)
-    assert names["core.warmup"].dtype == "int64" and names["core.warmup"].shape == ("batch",)
+    assert names["core.warmup"].dtype == "int64" and names["core.warmup"].shape == ("batch", 1)
     x = torch.randn(1, 40, 12, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = model(x).numpy()
@@ -238,3 +238,46 @@ def test_quantize_feeds_whole_frame_multiples(method: str, tmp_path) -> None:
     q = quantize(path, method=method, steps=301)
     assert q.passed, q.to_json()
     assert q.accuracy.steps == 300 and q.accuracy.chunk % 2 == 0
+
+
+class FinalStateAfterLookahead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+        self.gru = nn.GRU(4, 6, batch_first=True)
+
+    def forward(self, x):  # [batch, 4, time] -> (per-frame output, final state)
+        return self.gru(self.conv(x).transpose(1, 2))
+
+
+def test_an_output_without_time_after_a_lookahead_is_refused() -> None:
+    with pytest.raises(ExportError, match=r"^output 1 of FinalStateAfterLookahead.forward has no time axis .* comes "
+                                          r"after a lookahead \(conv: Conv1d"):
+        edgernn.export(FinalStateAfterLookahead().eval(), mode="chunk", inputs=["x:float32:B,4,T"])
+
+
+def test_batcher_streams_opened_at_different_times_each_equal_pytorch() -> None:
+    """StreamBatcher carries the context caches and warm-up counters per stream: a stream opened
+    later (its counter at zero while the others' are done) still equals PyTorch shifted by the delay."""
+    from edgernn.runtimes import StreamBatcher
+
+    model, report = exported("same-k5-d2-gru")
+    batcher = StreamBatcher(report.model.SerializeToString(), capacity=3)
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((1, 48, 12)).astype(np.float32) for _ in range(3)]
+    ids, ys = [], {}
+    for call in range(6 + 2 * 2):
+        if call in (0, 2, 4):  # a new stream every two calls
+            ids.append(batcher.open())
+            ys[ids[-1]] = []
+        frames = {}
+        for k, sid in enumerate(ids):
+            start = (call - 2 * k) * 8
+            if start < 48:
+                frames[sid] = xs[k][:, start:start + 8]
+        for sid, out in batcher.step(frames).items():
+            ys[sid].append(out["y"])
+    for k, sid in enumerate(ids):
+        with torch.no_grad():
+            want = model(torch.from_numpy(xs[k])).numpy()
+        assert_shifted(np.concatenate(ys[sid], axis=1), want, 4, 1, f"stream {k}")

@@ -44,7 +44,10 @@ INT8_TOL = 1e-3
 def models(tmp_path_factory, silero_like) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("web")
     torch.manual_seed(0)
-    made = {k: folder / f"{k}.onnx" for k in ("gru_step", "lstm_chunk", "lstm_step", "ntm_step")}
+    made = {k: folder / f"{k}.onnx" for k in ("gru_step", "lstm_chunk", "lstm_step", "ntm_step", "conv_chunk")}
+    # a 'same' Conv1d before a GRU: context cache, int64 warm-up counter, delay 1 (converters/context.py)
+    conv = nn.Sequential(nn.Conv1d(8, 8, 3, padding=1), _TimeMajorGRU()).eval()
+    assert edgernn.export(conv, made["conv_chunk"], mode="chunk", inputs=["input:float32:B,8,T"]).passed
     assert edgernn.export(nn.GRU(8, 16, 2).eval(), made["gru_step"], mode="step").passed
     assert edgernn.export(nn.LSTM(8, 16, batch_first=True).eval(), made["lstm_chunk"], mode="chunk").passed
     lstm = nn.LSTM(8, 32, 2).eval()
@@ -95,6 +98,17 @@ def models(tmp_path_factory, silero_like) -> dict[str, Path]:
 
 def _frames(rng, n: int, shape: tuple[int, ...]) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+class _TimeMajorGRU(nn.Module):
+    """[batch, channels, time] -> GRU over [time, batch, channels] -> its per-frame output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 16)
+
+    def forward(self, x):
+        return self.gru(x.permute(2, 0, 1))[0]
 
 
 def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
@@ -152,6 +166,12 @@ def _cases(models: dict[str, Path]) -> tuple[list[dict], dict[str, dict]]:
     add("lstm_chunk_m2_b2", "lstm_chunk_m2", "chunk", [x.ravel().tolist() for x in xs], [[{"x": x}] for x in xs],
         batch=2, as_="float32")
     want["lstm_chunk_m2_b2"]["timing"] = {"frameMultiple": 2, "delay": 1, "delays": {"y": 1}}
+    # a conv-cached file: context and int64 warm-up states carried by the runtime, [batch, 8, time] in calls
+    # of 3, 1 and 5 frames for 2 streams, the GRU's output delayed by 1 frame
+    xs = [rng.standard_normal((2, 8, t)).astype(np.float32) for t in (3, 1, 5)]
+    add("conv_chunk_b2", "conv_chunk", "chunk", [x.ravel().tolist() for x in xs], [[{"input": x}] for x in xs], batch=2,
+        as_="float32")
+    want["conv_chunk_b2"]["timing"] = {"frameMultiple": 1, "delay": 1, "delays": {"y": 1}}
     # NTM: memory and weightings start from values stored in the file, tiled for 2 streams
     ntm = StreamingSession(models["ntm_step"])
     spec = ntm.inputs[0]
