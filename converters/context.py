@@ -55,6 +55,7 @@ WHOLE_SEQUENCE = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Transfor
                   nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.Upsample)
 PROBE_LENGTHS = (48, 80)  # multiples of 16: exact frame counts through strides of 2, 4, 8, 16
+PROBE_SCALES = (1, 16, 128)  # the probe lengths times these, until the model runs (wide kernels over samples)
 PROBE_BATCH = 2
 MATCH_TOLERANCE = 1e-4  # relative: a shifted frame matches its original within this
 MIN_OVERLAP = 8  # frames that must match for a shift to count
@@ -336,16 +337,25 @@ class CacheTemporalContext:
             return "no convolution or pooling"
         gen = torch.Generator().manual_seed(7)
         runs = {}
-        for T in PROBE_LENGTHS:
-            data = ctx.example_data(PROBE_BATCH, T, gen)
-            states = [e.make(PROBE_BATCH) for e in ctx.explicit]
-            try:
-                runs[T] = record(model, candidates, lambda: model(*data, *states))
-            except ExportError:
-                raise
-            except Exception as e:
-                raise ExportError(f"{type(ctx.original).__name__} failed on inputs of {T} frames: "
-                                  f"{str(e).splitlines()[0][:300]}") from None
+        failure = None
+        for scale in PROBE_SCALES:  # longer probes for models whose kernels are wider than the short ones
+            runs, failure = {}, None
+            for T in PROBE_LENGTHS:
+                data = ctx.example_data(PROBE_BATCH, T * scale, gen)
+                states = [e.make(PROBE_BATCH) for e in ctx.explicit]
+                try:
+                    runs[T * scale] = record(model, candidates, lambda: model(*data, *states))
+                except ExportError:
+                    raise
+                except Exception as e:
+                    failure = ExportError(f"{type(ctx.original).__name__} failed on inputs of {T * scale} frames: "
+                                          f"{str(e).splitlines()[0][:300]}")
+                    break
+            if failure is None:
+                break
+        if failure is not None:
+            raise failure from None
+        self.scale = scale
         (t1, (in1, order, _)), (t2, (in2, _, _)) = runs.items()
         found: list[TemporalLayer] = []
         for path in order:
@@ -409,7 +419,9 @@ class CacheTemporalContext:
         input (converted model vs original), then the recurrent layers' skips and the outputs' delays."""
         original = copy.deepcopy(ctx.model)
         plan = ctx.temporal
-        T = PROBE_LENGTHS[1] - PROBE_LENGTHS[1] % plan.frame_multiple
+        # long enough that every layer sees MIN_OVERLAP frames and more after its strides
+        T = max(PROBE_LENGTHS[1] * self.scale, 4 * MIN_OVERLAP * plan.frame_multiple)
+        T -= T % plan.frame_multiple
         gen = torch.Generator().manual_seed(8)
         data = ctx.example_data(PROBE_BATCH, T, gen)
         states = [e.make(PROBE_BATCH) for e in ctx.explicit]

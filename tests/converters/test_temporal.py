@@ -80,6 +80,19 @@ class SpectroCRNN(nn.Module):
         return self.head(y)
 
 
+class WaveformFrontend(nn.Module):
+    """A learned frontend over raw samples: Conv1d(kernel 64, stride 32, padding 16), then a GRU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(1, 8, 64, stride=32, padding=16)
+        self.gru = nn.GRU(8, 12, batch_first=True)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, wav):  # [batch, samples]
+        return self.head(self.gru(torch.relu(self.enc(wav.unsqueeze(1))).transpose(1, 2))[0])
+
+
 CASES = {
     # name: (factory, --input, data layout time axis, expected delay, expected frame multiple)
     "causal-k5-d2-lstm": (lambda: ConvFrontend(5, 2, 1, True, "lstm"), "x:float32:B,T,12", 1, 0, 1),
@@ -90,6 +103,8 @@ CASES = {
     "causal-k5-s2-lstm": (lambda: ConvFrontend(5, 1, 2, True, "lstm"), "x:float32:B,T,12", 1, 0, 2),
     "tcn-chomp-residual": (TCNBlock, "x:float32:B,12,T", 2, 0, 1),
     "conv2d-time-freq-pool": (SpectroCRNN, "x:float32:B,T,16", 1, 1, 2),
+    # kernel wider than the short probes, stride 32: probed at longer lengths, calls of 32 samples
+    "waveform-k64-s32": (WaveformFrontend, "wav:float32:B,T", 1, 1, 32),
 }
 
 
@@ -132,6 +147,8 @@ def test_streams_like_the_whole_sequence_shifted_by_its_delay(name: str) -> None
     assert (out.delay, inp.frame_multiple) == (delay, multiple)
     assert any(s.name.endswith(".context") for s in report.contract.states)
     shape = [2, FRAMES, 16 if name.startswith("conv2d") else 12] if t_axis == 1 else [2, 12, FRAMES]
+    if name.startswith("waveform"):
+        shape = [2, FRAMES * multiple]
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = model(x).numpy()
