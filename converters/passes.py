@@ -816,7 +816,7 @@ class ScanOverTime:
         data_out, state_out = list(g.output[:n_out]), list(g.output[n_out:])
         rename = {v.name: f"{v.name}@frame" for v in [*data_in, *state_in, *data_out, *state_out]}
         body = onnx.helper.make_graph(
-            [_renamed(n, rename) for n in g.node], "frame_step",
+            [timeloop.renamed_node(n, rename) for n in g.node], "frame_step",
             [_renamed_vi(v, rename) for v in [*state_in, *data_in]],
             [_renamed_vi(v, rename) for v in [*state_out, *data_out]],
             initializer=list(g.initializer), value_info=list(g.value_info))
@@ -831,14 +831,6 @@ class ScanOverTime:
         ctx.data = [InputSpec(s.name, s.dtype, (TIME, *s.shape), s.high) for s in ctx.data]
         ctx.output_axes = [(None if b is None else b + 1, 0) for b, _ in ctx.output_axes]
         return f"step graph of {len(body.node)} nodes in a Scan over axis 0, {len(state_in)} state variables"
-
-
-def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
-    n = onnx.NodeProto()
-    n.CopyFrom(node)
-    n.input[:] = [rename.get(i, i) for i in n.input]
-    n.output[:] = [rename.get(o, o) for o in n.output]
-    return n
 
 
 def _renamed_vi(vi: onnx.ValueInfoProto, rename: dict[str, str]) -> onnx.ValueInfoProto:

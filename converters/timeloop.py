@@ -150,7 +150,8 @@ def reroute(ctx, fixed: Sequence[str]) -> None:
 
 # ------------------------------------------------------------------------------------- the Scan
 
-def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
+def renamed_node(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
+    """A copy of ``node`` with its inputs and outputs renamed by ``rename``."""
     n = onnx.NodeProto()
     n.CopyFrom(node)
     n.input[:] = [rename.get(i, i) for i in n.input]
@@ -338,7 +339,7 @@ def scan_over_time(ctx) -> str:
             body_outs.append(_vi(v, f"{v.name}@frame", drop_axis=t))
     consts = {t.name: numpy_helper.to_array(t) for t in [*g.initializer, *inits]
               if int(np.prod(t.dims)) <= 8}
-    nodes = _fold_time_axis([*pre, *(_renamed(n, rename) for n in g.node), *post], consts,
+    nodes = _fold_time_axis([*pre, *(renamed_node(n, rename) for n in g.node), *post], consts,
                             {f"{v.name}@step": (f"{v.name}@frame", a) for v, a in scanned}, body_outs)
     weights = {t.name: t for t in g.initializer}
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v, _ in scanned}

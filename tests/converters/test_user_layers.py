@@ -20,33 +20,8 @@ from torch import nn
 import edgernn
 from edgernn.converters import capture
 from edgernn.errors import ExportError
-from edgernn.runtimes import StreamingSession
 
-TOLERANCE = 1e-5
-
-
-def assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != PyTorch {want.shape}"
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * scale, err_msg=what)
-
-
-def assert_verified(report) -> None:
-    assert report.parity is not None and report.parity.passed, report.parity.summary()
-
-
-def session_of(report) -> StreamingSession:
-    return StreamingSession(report.model.SerializeToString())
-
-
-def stream(session: StreamingSession, x: np.ndarray, sizes: list[int], axis: int, state=None, name: str = "y"):
-    """Feed ``x`` in calls of ``sizes`` frames along ``axis`` (state carried); outputs joined."""
-    session.reset(state=state)
-    pieces, start = [], 0
-    for size in sizes:
-        pieces.append(session.step(np.take(x, range(start, start + size), axis=axis))[name])
-        start += size
-    return np.concatenate(pieces, axis=axis)
+from streams import TOLERANCE, assert_close, assert_verified, session_of, states_of, stream  # noqa: F401
 
 
 CHUNKS = [1, 3, 7, 16]  # 27 frames
