@@ -84,6 +84,9 @@ class TemporalLayer:
     # longer than its input (padding (k-1)*d on both sides, then cropped: a TCN's "chomp"), zero
     # frames are appended so that the model's own crop keeps the right ones
     extra_out: int = 0
+    # the module's class overrides forward (a CausalConv1d that pads its input itself): its own
+    # forward runs on [context, call], taken to pad on the left only (checked by the end-to-end match)
+    own_forward: bool = False
     context_shape: tuple[int, ...] = ()  # with batch 1 at axis 0
 
     def describe(self) -> str:
@@ -155,8 +158,12 @@ class StreamingTemporal:
         full = torch.cat([values["context"], x], ta) if lay.cache else x
         if lay.cache:
             final["context"] = full.narrow(ta, full.shape[ta] - lay.cache, lay.cache)
-        y = self._edgernn_apply(full)
         wanted = frames // lay.stride
+        if lay.own_forward:  # the user's subclass pads inside its forward (a CausalConv1d): run it,
+            y = super().forward(full)  # keep the frames that end in this call
+            st.final = tuple(final[p] for p in parts)
+            return y.narrow(ta, y.shape[ta] - wanted, wanted)
+        y = self._edgernn_apply(full)
         if self._edgernn_trim:  # a cache longer than the window needs: keep this call's frames only
             y = y.narrow(ta, 0, wanted)
         if lay.extra_out > 0:
@@ -398,8 +405,16 @@ class CacheTemporalContext:
                                   "export with --mode sequence")
             core = t1 // rate
             extra_out = (core + pl + pr + drop_l + drop_r - (k - 1) * d - 1) // s + 1 - core // s
+            own = _own_forward(m)
+            if own:  # padding happens inside its forward: same length out as in means causal padding
+                if s != 1 or extra or not self._keeps_length(ctx, model, path, m, t1, axis):
+                    raise ExportError(f"{path}: {type(m).__name__} overrides forward and does not keep the length "
+                                      "of time (it is not a causal convolution that pads its own input), so edgernn "
+                                      "cannot cache its context; export with --mode sequence")
+                pl, pr, extra_out = (k - 1) * d, 0, 0
             found.append(TemporalLayer(path, type(m).__name__, axis, rate, k, d, s, pl + drop_l, pr + drop_r,
-                                       drop_l, drop_r, extra_out=extra_out, context_shape=(1, *a.shape[1:])))
+                                       drop_l, drop_r, extra_out=extra_out, own_forward=own,
+                                       context_shape=(1, *a.shape[1:])))
         if not found:
             return "no convolution or pooling over time"
         plan = ctx.temporal
@@ -413,6 +428,16 @@ class CacheTemporalContext:
         plan.layers = found
         ctx.frame_multiple = math.lcm(getattr(ctx, "frame_multiple", 1), plan.frame_multiple)
         return "; ".join(lay.describe() for lay in found)
+
+    @staticmethod
+    def _keeps_length(ctx, model: nn.Module, path: str, m: nn.Module, frames: int, axis: int) -> bool:
+        """Whether ``m``'s output has as many frames as its input (run on ``frames`` frames)."""
+        data = ctx.example_data(PROBE_BATCH, frames, torch.Generator().manual_seed(12))
+        states = [e.make(PROBE_BATCH) for e in ctx.explicit]
+        ins, _, _ = record(model, {path: m}, lambda: model(*data, *states))
+        outs, _, _ = record(model, {path: m}, lambda: model(*data, *states), outputs=True)
+        a, b = ins[path][0], outs[path][0]
+        return b is not None and b.dim() == a.dim() and b.shape[axis] == a.shape[axis]
 
     def _convert(self, ctx, found: list[TemporalLayer], recurrent: dict[str, nn.Module]) -> None:
         """Set each layer's skip, cache and shift in data-flow order, measuring the skip at its
@@ -551,6 +576,13 @@ def _time_axis(a: torch.Tensor, b: torch.Tensor, t1: int, t2: int) -> tuple[int,
         return None
     rate = (t2 - t1) // grow
     return k, rate, a.shape[k] - t1 // rate
+
+
+def _own_forward(m: nn.Module) -> bool:
+    """True when ``m``'s class (a user subclass) replaces the forward of the torch layer it extends."""
+    base = next(c for c in type(m).__mro__ if c in TEMPORAL)
+    forward = next(c.__dict__["forward"] for c in type(m).__mro__ if "forward" in c.__dict__)
+    return forward is not base.__dict__["forward"]
 
 
 def _grown_axis(a: torch.Tensor, b: torch.Tensor) -> int | None:

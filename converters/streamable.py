@@ -57,6 +57,11 @@ class CheckStreamable:
                 continue
             if not _close(a, torch.cat(pieces, axis)):
                 m = leaves[p]
+                state = getattr(m, "_edgernn_state", None)  # a layer given a context cache (context.py)
+                if state is not None and state.layer.own_forward:
+                    raise ExportError(f"{p}: {state.layer.kind} overrides forward and pads time in a way a context "
+                                      "cache cannot take over (only padding on the left streams: a causal "
+                                      f"convolution); export with --mode sequence")
                 raise ExportError(f"{p}: {type(m).__name__} gives other values when the sequence streams in calls "
                                   f"than on the whole sequence: something before it looks across all frames "
                                   f"(global pooling, attention, a reversal) and cannot stream in {ctx.mode} mode; "

@@ -298,3 +298,48 @@ def test_batcher_streams_opened_at_different_times_each_equal_pytorch() -> None:
         with torch.no_grad():
             want = model(torch.from_numpy(xs[k])).numpy()
         assert_shifted(np.concatenate(ys[sid], axis=1), want, 4, 1, f"stream {k}")
+
+
+class CausalConv1d(nn.Conv1d):
+    """The subclass TCN and WaveNet code defines: it pads its own input on the left in forward."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1) -> None:
+        super().__init__(cin, cout, kernel, dilation=dilation)
+        self.left = (kernel - 1) * dilation
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (self.left, 0)))
+
+
+class SymmetricConv1d(nn.Conv1d):
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1)))
+
+
+class WaveNetLike(nn.Module):
+    def __init__(self, conv=CausalConv1d) -> None:
+        super().__init__()
+        self.c1 = conv(8, 8, 2) if conv is CausalConv1d else conv(8, 8, 3)
+        self.c2 = CausalConv1d(8, 8, 2, dilation=2)
+        self.gru = nn.GRU(8, 10, batch_first=True)
+
+    def forward(self, x):  # [batch, 8, time]
+        h = torch.tanh(self.c1(x)) + x
+        h = torch.tanh(self.c2(h)) + h
+        return self.gru(h.transpose(1, 2))[0]
+
+
+def test_a_causal_conv_subclass_that_pads_in_forward_streams_without_delay() -> None:
+    torch.manual_seed(13)
+    model = WaveNetLike().eval()
+    report = edgernn.export(model, mode="chunk", inputs=["x:float32:B,8,T"])
+    assert report.contract.outputs[0].delay == 0
+    assert {s.name: s.shape for s in report.contract.states if s.name.endswith(".context")} == {
+        "c1.context": ("batch", 8, 1), "c2.context": ("batch", 8, 2)}
+    x = torch.randn(1, 8, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = stream(StreamingSession(report.model.SerializeToString()), x.numpy(), 7, 2)
+    assert_shifted(got, want, 0, 1, "calls of 7 frames")
+    with pytest.raises(ExportError, match=r"^c1: SymmetricConv1d overrides forward and pads time"):
+        edgernn.export(WaveNetLike(SymmetricConv1d).eval(), mode="chunk", inputs=["x:float32:B,8,T"])
