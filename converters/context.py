@@ -89,6 +89,11 @@ class TemporalLayer:
     own_forward: bool = False
     context_shape: tuple[int, ...] = ()  # with batch 1 at axis 0
 
+    @property
+    def window(self) -> int:
+        """Input frames one output frame reads: ``(kernel - 1) * dilation + 1``."""
+        return (self.kernel - 1) * self.dilation + 1
+
     def describe(self) -> str:
         geo = f"kernel {self.kernel}" + (f", dilation {self.dilation}" if self.dilation > 1 else "") + (
             f", stride {self.stride}" if self.stride > 1 else "")
@@ -164,7 +169,7 @@ class StreamingTemporal:
             st.final = tuple(final[p] for p in parts)
             return y.narrow(ta, y.shape[ta] - wanted, wanted)
         y = self._edgernn_apply(full)
-        if self._edgernn_trim:  # a cache longer than the window needs: keep this call's frames only
+        if lay.cache > lay.window - lay.stride:  # a cache longer than the window needs: keep this call's frames
             y = y.narrow(ta, 0, wanted)
         if lay.extra_out > 0:
             shape = list(y.shape)
@@ -461,8 +466,7 @@ class CacheTemporalContext:
                 lay.skip = _measured_skip(lay.path, ref_in[lay.path][0], got[lay.path][0], lay.time_axis,
                                           lay.drop_left, lay.drop_right)
             s = lay.stride
-            window = (lay.kernel - 1) * lay.dilation + 1
-            c = max(0, window - s, lay.pad_left - lay.skip)
+            c = max(0, lay.window - s, lay.pad_left - lay.skip)
             c += (lay.pad_left - lay.skip - c) % s  # align windows with the model's (c + skip - pad_left) % s == 0
             lay.cache = c
             lay.out_shift = (c + lay.skip - lay.pad_left) // s
@@ -625,8 +629,6 @@ def _install(model: nn.Module, lay: TemporalLayer) -> TemporalState:
                 _, _, _, pl, pr = _geometry(lay.path, m, si, nd)
                 pads.append((pl, pr))
         object.__setattr__(m, "_edgernn_pads", tuple(pads))
-    window = (lay.kernel - 1) * lay.dilation + 1
-    object.__setattr__(m, "_edgernn_trim", lay.cache > window - lay.stride)
     lay.context_shape = tuple(lay.cache if k == lay.time_axis else n for k, n in enumerate(lay.context_shape))
     object.__setattr__(m, "_edgernn_state", st)
     return st

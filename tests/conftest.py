@@ -10,7 +10,17 @@ from typing import Callable
 
 import pytest
 
-NTM_COPY = Path(__file__).resolve().parents[1] / "examples" / "ntm_copy"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NTM_COPY = EXAMPLES / "ntm_copy"
+
+
+def load_example(folder: str, name: str) -> ModuleType:
+    """examples/FOLDER/NAME.py as a module named ``FOLDER_NAME`` (the folders are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", EXAMPLES / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_ntm_example(name: str) -> ModuleType:

@@ -10,7 +10,6 @@ one) and the batch axis holding independent streams. :func:`load_streams` reads 
 
 from __future__ import annotations
 
-import math
 
 import os
 from dataclasses import dataclass, field
@@ -313,13 +312,12 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
         feeds = _stream_feeds(ref.contract, data)
         total = _length(ref.contract, feeds)
         size = chunk or (1 if per_frame else _DEFAULT_CHUNK.get(mode, total))
-        multiple = math.lcm(*(spec.frame_multiple for spec in ref.inputs))
-        if multiple > 1:  # the model strides over time or works in blocks: whole multiples per call
+        multiple = ref.frame_multiple
+        if multiple > 1:
             if chunk is not None and chunk % multiple:
                 raise EdgernnError(f"chunk {chunk} is not a multiple of {multiple}, the frames the model takes per "
                                    f"call; use a multiple of {multiple}")
-            size = -(-size // multiple) * multiple
-            total -= total % multiple
+            size, total = whole_calls(size, total, multiple)
             if total == 0:
                 raise EdgernnError(f"the streams are shorter than {multiple} frames, the frames the model takes per "
                                    "call")
@@ -336,6 +334,12 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
             state_errors[name] = max(state_errors[name], worst)
     return AccuracyReport(data_source=data_source, steps=max(lengths), streams=total_streams, chunk=max(chunks),
                           outputs=[s.result() for s in stats.values()], state_errors=state_errors)
+
+
+def whole_calls(size: int, total: int, multiple: int) -> tuple[int, int]:
+    """A model that strides over time (or works in blocks) takes whole multiples of ``multiple``
+    frames per call: ``size`` rounded up to one, and ``total`` cut down to one."""
+    return -(-size // multiple) * multiple, total - total % multiple
 
 
 def _check_same_contract(ref: Contract, cand: Contract) -> None:

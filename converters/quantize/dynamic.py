@@ -70,4 +70,3 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
     done, more = decisions(candidates, exclude, how, "onnxruntime's quantizer left it in float",
                            skip=("GRU", "RNN"))  # GRU/RNN: recorded by the lowering
     return quantized, fused_done + done, kept + fused_kept + more
-

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgernn.converters.quantize.accuracy import whole_calls
 from edgernn.converters.quantize.graph import decisions, work_nodes
 from edgernn.converters.quantize.lowering import lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
@@ -56,10 +57,7 @@ def _calls(session, stream: Mapping[str, np.ndarray], chunk: int):
     specs = session.inputs
     axis = {s.name: (s.time_axis if s.time_axis is not None else 0) for s in specs}
     total = next(iter(stream.values())).shape[axis[specs[0].name]]
-    multiple = session.frame_multiple  # a model that strides over time: whole multiples per call
-    if multiple > 1:
-        chunk = -(-chunk // multiple) * multiple
-        total -= total % multiple
+    chunk, total = whole_calls(chunk, total, session.frame_multiple)
     for start in range(0, total, chunk):
         call = {}
         for s in specs:

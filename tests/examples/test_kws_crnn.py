@@ -8,10 +8,8 @@ wrote to ``report.json``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 import edgernn
+from conftest import load_example
 
 KWS = Path(__file__).resolve().parents[2] / "examples" / "kws_crnn"
 FRAMES = 400
@@ -34,12 +33,7 @@ MIN_DETECTION_F1 = 0.95
 
 
 def _example(name: str) -> ModuleType:
-    """examples/kws_crnn/NAME.py as a module under a unique name (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"kws_crnn_{name}", KWS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("kws_crnn", name)
 
 
 @pytest.fixture(scope="module")

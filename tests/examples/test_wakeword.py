@@ -7,10 +7,8 @@ wrote to ``report.json``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 
 import edgernn
+from conftest import load_example
 
 WAKEWORD = Path(__file__).resolve().parents[2] / "examples" / "wakeword"
 FRAMES = 300
@@ -30,12 +29,7 @@ MIN_DETECTION_F1 = 0.95
 
 
 def _example(name: str) -> ModuleType:
-    """examples/wakeword/NAME.py as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"wakeword_{name}", WAKEWORD / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("wakeword", name)
 
 
 @pytest.fixture(scope="module")
