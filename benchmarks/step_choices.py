@@ -6,7 +6,7 @@
    256x3) is exported in step mode with ``cells="auto"`` and with ``cells="matmul"``; the auto
    file and the matmul file run through ``StreamingSession.step`` in interleaved rounds in one
    process (``auto / matmul`` below 1: the auto form is faster). ``auto`` picks the ONNX GRU/LSTM op for GRU and LSTM and MatMul cells for Elman RNN
-   (``converters.recurrent.FUSED_STEP``); for the RNN both files are the same form, a control.
+   (``edgernn.recurrent_kinds``: ``step_op``); for the RNN both files are the same form, a control.
 2. Session options: the GRU step file through ``StreamingSession`` with each graph optimization
    level, and the session start-up time from the file against from a pre-optimized copy (what
    caching the optimized model would save).

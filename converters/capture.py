@@ -13,6 +13,8 @@ How it works (checked on torch 2.13 / onnxscript 0.7):
    (``edgernn::recurrent``, ``edgernn::recurrent_lstm``) that the custom translation table turns
    into one ``edgernn.Recurrent`` node each. The exporter handles everything else (frontends,
    heads); ``recurrent.py`` lowers the placeholders to real ONNX afterwards.
+
+:class:`Capture` is the pipeline's capture pass: it runs :func:`export_graph` on the lifter.
 """
 
 from __future__ import annotations
@@ -22,15 +24,22 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import onnx
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from edgernn.contract import state_input_name, state_output_name
+from edgernn.converters import timeloop
+from edgernn.converters.pass_api import PassResult
+from edgernn.converters.probe import TRACE_BATCH, time_dimension, trace_time
 from edgernn.converters.recurrent import RecurrentLayerSpec
 from edgernn.errors import ExportError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgernn.converters.passes import ExportContext
 
 DOMAIN = "edgernn"
 _ACTIVE: dict[int, RecurrentLayerSpec] = {}  # layer id -> spec, only while capturing
@@ -343,3 +352,42 @@ def _first_line(e: BaseException) -> str:
         root = root.__cause__
     text = str(root).strip() or str(e).strip() or type(e).__name__
     return text.splitlines()[0][:400]
+
+
+class Capture:
+    """``torch.onnx.export(dynamo=True)`` of the state lifter, recurrent layers as placeholders."""
+
+    name = "capture"
+
+    def __call__(self, ctx: ExportContext) -> PassResult:
+        assert ctx.lifter is not None
+        gen = torch.Generator().manual_seed(2)
+        time_len = 1 if ctx.capture_mode == "step" else trace_time(ctx)
+        example = [*ctx.example_data(TRACE_BATCH, time_len, gen), *ctx.initial_states(TRACE_BATCH)]
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        time_dim = time_dimension(ctx)
+        dyn: list[dict[int, Any]] = []
+        for s in ctx.data:
+            d = {}
+            if s.batch_axis is not None:
+                d[s.batch_axis] = batch
+            if s.time_axis is not None and ctx.capture_mode != "step":
+                d[s.time_axis] = time_dim
+            dyn.append(d)
+        for e in ctx.explicit:
+            dyn += [{a: batch} if a is not None else {} for a in e.batch_axes]
+        dyn += [{s.batch_axis: batch} for s in ctx.lifted]
+        input_names = [s.name for s in ctx.data] + [state_input_name(n) for n in ctx.state_names]
+        output_names = list(ctx.output_names) + [state_output_name(n) for n in ctx.state_names]
+        ctx.onnx_model = export_graph(ctx.lifter, ctx.wrappers, example, input_names, output_names, dyn,
+                                      ctx.options.opset)
+        fixed = timeloop.static_time_inputs(ctx, ctx.onnx_model) if ctx.capture_mode != "step" else []
+        if fixed:  # the trace unrolled a Python loop over time that the time-loop pass did not see
+            from edgernn.converters.lift import LiftState  # lift.py imports this module
+
+            timeloop.reroute(ctx, fixed)
+            LiftState()(ctx)
+            return PassResult.done(f"{ctx.time_loop}: captured again for one frame, {self(ctx).detail}")
+        ctx.layer_specs = {w.layer_id: w.spec for w in ctx.wrappers}
+        nodes = ctx.onnx_model.graph.node
+        return PassResult.done(f"{len(nodes)} nodes, {sum(1 for x in nodes if x.domain == DOMAIN)} placeholders")

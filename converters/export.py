@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,13 +12,12 @@ import torch
 from torch import nn
 
 from edgernn.converters.io import InputSpec, parse_input
-from edgernn.converters.passes import (PIPELINE, STATE_LAYOUTS, ExportContext, ExportOptions, PassRecord,
-                                       run_pipeline)
-from edgernn.converters.recurrent import CELLS
+from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
 from edgernn.converters.verify import ParityReport
 from edgernn.architectures import RecurrentLayer
 from edgernn.contract import Contract
 from edgernn.errors import EdgernnError, ExportError, ParityError
+from edgernn.modelfile import write_atomic
 
 
 @dataclass
@@ -93,12 +91,9 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         ExportError: the model cannot be exported as asked (the message says why).
         ParityError: the export does not match PyTorch; ``error.report`` holds the numbers.
     """
-    if mode not in ("chunk", "step", "sequence"):
-        raise ExportError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
-    if cells not in CELLS:
-        raise ExportError(f"cells {cells!r} is unknown; expected {' or '.join(CELLS)}")
-    if state_layout not in STATE_LAYOUTS:
-        raise ExportError(f"state layout {state_layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
+    # the options check mode, cells and state layout, once, before anything runs
+    options = ExportOptions(mode=mode, opset=opset, state_args=state_args, output_names=output_names, verify=verify,
+                            tolerance=tolerance, cells=cells, state_layout=state_layout)
     target = Path(output) if output is not None else None
     if target is not None and not target.parent.is_dir():
         raise ExportError(f"cannot write {target}: folder {target.parent} does not exist")
@@ -116,15 +111,18 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         raise ExportError("TorchScript modules cannot be captured by torch.export; export the eager model")
     if isinstance(model, nn.RNNBase):
         model = RecurrentLayer(model)
-    specs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
-    options = ExportOptions(mode=mode, opset=opset, inputs=specs, state_args=state_args,
-                            output_names=output_names, verify=verify, tolerance=tolerance, cells=cells,
-                            state_layout=state_layout)
+    options.inputs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     ctx = run_pipeline(ExportContext(model, options), PIPELINE, progress)
     data = ctx.onnx_model.SerializeToString()
     report = ExportReport(ctx.contract, ctx.parity, None, len(data), ctx.records, ctx.notes, ctx.onnx_model)
+    return write_if_passed(report, target, data, "the export")
+
+
+def write_if_passed(report: ExportReport, target: Path | None, data: bytes, what: str) -> ExportReport:
+    """Write ``data`` to ``target`` (when given) if parity passed; else raise a :class:`ParityError`
+    whose ``report`` holds the numbers, writing nothing. ``what`` names the export in the message."""
     if not report.passed:
-        err = ParityError(f"the export does not match PyTorch: {ctx.parity.summary()}; no file was written")
+        err = ParityError(f"{what} does not match PyTorch: {report.parity.summary()}; no file was written")
         err.report = report  # type: ignore[attr-defined]
         raise err
     if target is not None:
@@ -141,19 +139,4 @@ def _is_tree_model(model: nn.Module) -> bool:
     return isinstance(model, (TreeRNN, ChildSumTreeLSTM))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-__all__ = ["export", "ExportReport", "EdgernnError", "write_atomic"]
+__all__ = ["export", "ExportReport", "EdgernnError", "write_if_passed"]

@@ -5,7 +5,8 @@ belong to no frame of the model. A recurrent layer after it must leave its state
 them: it gets a per-stream counter state ``<layer>.warmup`` (int64 ``[batch, 1]``, zeros at the
 start) and, in capture, a gated placeholder (``edgernn::recurrent_gated``) that
 ``recurrent.lower_gated`` lowers to an ``If``: the fused ONNX op when a call has no warm-up frame,
-a masked ``Scan`` of the cell otherwise.
+a masked ``Scan`` of the cell otherwise. The ``If`` carries the layer's mark with role ``gated``,
+and the nodes of both branches their own (``edgernn/recurrent_kinds.py``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
     """A recurrent layer's forward that leaves its state unchanged on warm-up frames: in capture
     the gated placeholder, in eager one frame at a time."""
     spec = layer.spec
+    paired = len(spec.state_parts) > 1  # LSTM: the state is (h, c)
     xt = x.transpose(0, 1) if spec.batch_first else x  # [T, B, F]
     frames, batch = xt.shape[0], xt.shape[1]
     warm = gate.lifted[0] if gate.lifted is not None else torch.zeros(batch, 1, dtype=torch.int64)
@@ -114,10 +116,10 @@ def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
     if hx is None:
         zeros = tuple(xt.new_zeros(spec.num_layers * spec.directions, batch, spec.state_size(p))
                       for p in spec.state_parts)
-        hx = zeros if spec.kind == "lstm" else zeros[0]
+        hx = zeros if paired else zeros[0]
     if layer.capturing:
         mask = valid.to(xt.dtype)
-        if spec.kind == "lstm":
+        if paired:
             y, h, c = torch.ops.edgernn.recurrent_lstm_gated(xt, hx[0], hx[1], mask, layer.layer_id)
             hn = (h, c)
         else:
@@ -129,8 +131,7 @@ def run_gated(layer, x: torch.Tensor, hx, gate: RecurrentGate):
         frame = x.narrow(1 if spec.batch_first else 0, t, 1)
         y, new = forward(frame, state)
         keep = valid[t].unsqueeze(0)  # [1, B, 1] over [L, B, H]
-        state = tuple(torch.where(keep, n, o) for n, o in zip(new, state)) if spec.kind == "lstm" else torch.where(
-            keep, new, state)
+        state = tuple(torch.where(keep, n, o) for n, o in zip(new, state)) if paired else torch.where(keep, new, state)
         ys.append(y)
     return torch.cat(ys, 1 if spec.batch_first else 0), state
 

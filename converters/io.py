@@ -12,13 +12,13 @@ import inspect
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgernn.contract import BATCH, TIME, TensorSpec
 from edgernn.errors import ExportError
 
+# the dtypes --input accepts, by name; by hand: onnx-ir's DataType maps to numpy, not to torch
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16, "float64": torch.float64,
     "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "bool": torch.bool,
@@ -180,8 +180,3 @@ def input_layouts(guess: InputSpec, time_major: bool = False) -> list[InputSpec]
         if all(o.shape != shape for o in out):
             out.append(InputSpec(guess.name, guess.dtype, tuple(shape), guess.high))
     return out
-
-
-def numpy_dtype(dtype: str) -> np.dtype:
-    return np.dtype({"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-                     "int32": np.int32, "bool": np.bool_}[dtype])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from edgernn.converters.context import MATCH_TOLERANCE, PROBE_BATCH, record
+from edgernn.converters.pass_api import PassResult
+from edgernn.converters.probe import PROBE_BATCH, close, record
 from edgernn.errors import ExportError
 
 
@@ -16,10 +17,10 @@ class CheckStreamable:
 
     name = "check-streamable"
 
-    def __call__(self, ctx) -> str:
+    def __call__(self, ctx) -> PassResult:
         if ctx.mode == "sequence" or not ctx.streams_time or ctx.frame_model:
-            return "not needed" if ctx.mode != "sequence" else "not needed (whole sequences)"
-        multiple = getattr(ctx, "frame_multiple", 1)
+            return PassResult.unchanged("not needed" if ctx.mode != "sequence" else "not needed (whole sequences)")
+        multiple = ctx.frame_multiple
         sizes = [1, 1, 1] if ctx.capture_mode == "step" else [5 * multiple, 11 * multiple]
         gen = torch.Generator().manual_seed(9)
         total = sum(sizes)
@@ -32,7 +33,7 @@ class CheckStreamable:
         except ExportError:
             raise
         except Exception:
-            return "skipped: the model takes one frame per call"
+            return PassResult.unchanged("skipped: the model takes one frame per call")
         parts, start, states, outs = [], 0, init, []
         for size in sizes:
             frame = [t.narrow(s.time_axis, start, size) if s.time_axis is not None else t
@@ -42,10 +43,11 @@ class CheckStreamable:
             outs.append(out[:n_out])
             states = out[n_out:]
             start += size
-        bad = [k for k, (_, t_axis) in enumerate(ctx.output_axes) if t_axis is not None and not _close(
+        bad = [k for k, (_, t_axis) in enumerate(ctx.output_axes) if t_axis is not None and not close(
             res[k], torch.cat([o[k] for o in outs], t_axis))]
         if not bad:
-            return f"{len(sizes)} calls of {'+'.join(map(str, sizes))} frames give what one call gives"
+            return PassResult.unchanged(f"{len(sizes)} calls of {'+'.join(map(str, sizes))} frames give what one call "
+                                        "gives")
         for p in order:
             a = (whole.get(p) or [None])[0]
             pieces = [(r.get(p) or [None])[0] for r in parts]
@@ -55,7 +57,7 @@ class CheckStreamable:
                          and all(b.shape[k] < a.shape[k] for b in pieces)), None)
             if axis is None:
                 continue
-            if not _close(a, torch.cat(pieces, axis)):
+            if not close(a, torch.cat(pieces, axis)):
                 m = leaves[p]
                 state = getattr(m, "_edgernn_state", None)  # a layer given a context cache (context.py)
                 if state is not None and state.layer.own_forward:
@@ -70,8 +72,3 @@ class CheckStreamable:
                           "looks across all frames outside a module (a mean or sum over time, a reversal) and "
                           f"cannot stream in {ctx.mode} mode; export with --mode sequence")
 
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape:
-        return False
-    return float((a - b).abs().max()) <= MATCH_TOLERANCE * max(1.0, float(a.abs().max())) if a.numel() else True

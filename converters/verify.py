@@ -9,12 +9,16 @@ divided by ``max(1, max|torch|)`` (error relative to the output's scale, floored
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
+from edgernn.converters.pass_api import PassResult
 from edgernn.errors import ExportError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgernn.converters.passes import ExportContext
 
 # (batch, chunk sizes, random initial state) per mode; lengths differ from the traced 5 frames
 CASES = {
@@ -75,6 +79,42 @@ class ParityReport:
         self.errors.append(TensorError(name, kind, err, scale))
 
 
+class Verify:
+    """Numerical parity with PyTorch through onnxruntime (:func:`verify_parity`)."""
+
+    name = "verify"
+
+    def __call__(self, ctx: ExportContext) -> PassResult:
+        if not ctx.options.verify:
+            ctx.notes.append("parity was not checked (--no-verify)")
+            return PassResult.unchanged("skipped")
+        # states go in and come out in the file's layout (batch-major or not), PyTorch runs in its own
+        ctx.parity = verify_parity(_InFileLayout(ctx) if ctx.state_perms else ctx)
+        return PassResult.unchanged(ctx.parity.summary())
+
+
+class _InFileLayout:
+    """``ctx`` seen with states in the file's layout: ``initial_states`` gives them so and
+    ``run_lifter`` takes and returns them so (PyTorch still runs in its own layout). The parity
+    check runs on this view, so that start states handed to the file and final states compared
+    with PyTorch's are laid out as the file's contract says."""
+
+    def __init__(self, ctx: ExportContext) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def initial_states(self, batch: int, generator: torch.Generator | None = None, scale: float = 0.0
+                       ) -> list[torch.Tensor]:
+        return self._ctx.to_file_layout(self._ctx.initial_states(batch, generator, scale))
+
+    def run_lifter(self, data: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out = self._ctx.run_lifter(data, self._ctx.from_file_layout(states))
+        n_out = len(out) - len(states)
+        return out[:n_out] + self._ctx.to_file_layout(out[n_out:])
+
+
 def verify_parity(ctx) -> ParityReport:
     """Run the cases of ``ctx.mode`` through onnxruntime and PyTorch; return the worst errors."""
     from edgernn.runtimes.session import StreamingSession
@@ -83,7 +123,7 @@ def verify_parity(ctx) -> ParityReport:
     report = ParityReport(ctx.options.tolerance)
     gen = torch.Generator().manual_seed(1234)
     n_out = len(ctx.output_names)
-    multiple = getattr(ctx, "frame_multiple", 1)  # calls must feed multiples of it: scale every chunk
+    multiple = ctx.frame_multiple  # calls must feed multiples of it: scale every chunk
     for batch, chunks, random_init in CASES[ctx.mode]:
         chunks = [c * multiple for c in chunks] if ctx.mode != "step" else chunks
         total = sum(chunks)
@@ -130,7 +170,7 @@ def _reached_state(ctx, batch: int, gen: torch.Generator, frames: int = 4) -> li
     states = ctx.initial_states(batch)
     if ctx.streams_time and not ctx.frame_model:
         try:
-            length = frames * getattr(ctx, "frame_multiple", 1)
+            length = frames * ctx.frame_multiple
             return _jitter(ctx.run_lifter(ctx.example_data(batch, length, gen), states)[n_out:], gen)
         except Exception:
             if ctx.capture_mode != "step" or ctx.time_loop:  # a loop over time runs on any length

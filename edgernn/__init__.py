@@ -9,6 +9,7 @@ Public API::
     model = edgernn.load("gru.pt").module                      # checkpoints, state_dicts...
     edgernn.save(model, "gru.pt")                              # edgernn's own checkpoint
     q = edgernn.quantize("gru.onnx", method="dynamic")        # int8, with an accuracy report
+    f = edgernn.ModelFile.open("gru.onnx")                     # a file and its resolved contract
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgernn.checkpoints import LoadedModel, load, save
     from edgernn.converters.quantize import QuantizeReport, quantize
     from edgernn.converters.export import ExportReport, export
+    from edgernn.modelfile import ModelFile
     from edgernn.runtimes.session import StreamingSession
 
 _LAZY = {
@@ -35,6 +37,7 @@ _LAZY = {
     "export_file": ("edgernn.api", "export_file"),
     "quantize": ("edgernn.converters.quantize", "quantize"),
     "QuantizeReport": ("edgernn.converters.quantize", "QuantizeReport"),
+    "ModelFile": ("edgernn.modelfile", "ModelFile"),
 }
 
 
@@ -56,4 +59,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["export", "ExportReport", "quantize", "QuantizeReport", "StreamingSession", "open", "load", "save", "LoadedModel", "info", "run",
-           "export_file", "__version__"]
+           "export_file", "ModelFile", "__version__"]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from edgernn.contract import Contract, ContractError
-from edgernn.errors import EdgernnError, ExportError
+from edgernn.errors import CheckpointError, EdgernnError
+from edgernn.modelfile import ModelFile
+
+if TYPE_CHECKING:  # numpy loads with the commands that stream data
+    import numpy as np
 
 
 def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "chunk",
@@ -25,15 +27,15 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
     """Load ``model_path`` (see :func:`edgernn.load`), export it to ``output`` (default: the model
     path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes).
     ``state_layout``: ``native`` or ``batch-major`` (see :func:`edgernn.export`)."""
+    src = Path(model_path)
+    # before torch loads (seconds): a missing model file is said at once, as edgernn.load says it
+    if not src.exists():
+        raise CheckpointError(f"{src} does not exist")
     from edgernn.checkpoints import load
     from edgernn.converters.export import export
-    from edgernn.converters.passes import STATE_LAYOUTS
+    from edgernn.converters.passes import ExportOptions
 
-    src = Path(model_path)
-    if mode not in ("chunk", "step", "sequence"):
-        raise EdgernnError(f"mode {mode!r} is unknown; expected chunk, step or sequence")
-    if state_layout not in STATE_LAYOUTS:
-        raise ExportError(f"state layout {state_layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
+    ExportOptions(mode=mode, cells=cells, state_layout=state_layout)  # the choices, checked before any load
     if progress:
         progress("load")
     # load first: it says what is wrong with a missing file or a folder, of which no default
@@ -82,41 +84,22 @@ class InfoReport:
                 "providers_available": self.providers}
 
 
-def read_onnx(path: str | os.PathLike):
-    """Load an ONNX file with a clear sentence when it is missing or not ONNX."""
-    import onnx
+def info(path: str | os.PathLike | ModelFile, state_pairs: Mapping[str, str] | None = None) -> InfoReport:
+    """Describe an ONNX file: its contract as :class:`~edgernn.modelfile.ModelFile` resolves it
+    (the metadata of an edgernn file; for a stateful file from another exporter, or any file when
+    ``state_pairs`` (graph input name -> graph output name) is given, the contract
+    :func:`~edgernn.contract.infer_contract` finds in its graph), its size and op counts."""
+    from edgernn.runtimes.providers import available
 
-    p = Path(path)
-    if not p.is_file():
-        raise EdgernnError(f"{p} does not exist or is not a file")
-    try:
-        return onnx.load(str(p))
-    except Exception:
-        raise EdgernnError(f"{p} is not an ONNX model (onnx.load could not parse it)") from None
-
-
-def info(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) -> InfoReport:
-    """Describe an ONNX file: an edgernn file from its metadata; a stateful file from another
-    exporter (no edgernn metadata), or any file when ``state_pairs`` (graph input name -> graph
-    output name) is given, from its graph by :func:`~edgernn.contract.infer_contract`."""
-    from edgernn.contract import infer_contract, read_metadata
-    from edgernn.foreign import inferred_record
-
-    model = read_onnx(path)
-    has_metadata = any(p.key == "edgernn.format" for p in model.metadata_props)
-    if has_metadata and state_pairs is None:
-        contract, origin, record = read_metadata(model, str(path)), "metadata", None
-    else:
-        contract = infer_contract(model, state_pairs, source=str(path))
-        origin, record = "inferred", inferred_record(contract)
+    mf = ModelFile.open(path, state_pairs=state_pairs)
+    model = mf.proto
+    contract = mf.contract
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    from edgernn.runtimes.providers import available
-
-    return InfoReport(str(path), Path(path).stat().st_size, contract, opset, model.producer_name,
-                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), origin, record, available())
+    return InfoReport(mf.source, mf.size_bytes, contract, opset, model.producer_name,
+                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), mf.contract_from, mf.inferred, available())
 
 
 @dataclass
@@ -147,16 +130,19 @@ class RunReport:
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` data file (never unpickled)."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
-        raise EdgernnError(f"input {p} does not exist")
+        raise EdgernnError(f"data file {p} does not exist")
     try:
         return np.load(p, allow_pickle=False)
     except Exception:
-        raise EdgernnError(f"input {p} is not a .npy array file") from None
+        raise EdgernnError(f"data file {p} is not a .npy array file") from None
 
 
-def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
+def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
         output: str | os.PathLike | None = None, threads: int | None = 1,
         state_pairs: Mapping[str, str] | None = None, providers: str | Sequence[str] | None = None,
         allow_fallback: bool = False, align: bool = False) -> tuple[RunReport, dict[str, np.ndarray]]:
@@ -172,7 +158,9 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
     before anything runs or is written. Outputs with lookahead (``delay``) are saved as the file
     produces them (frame ``t`` is the model's frame ``t - delay``; the report says the delay), or
     with ``align=True`` as the model's frames (see :meth:`StreamingSession.stream`)."""
-    from edgernn.converters.export import write_atomic
+    import numpy as np
+
+    from edgernn.modelfile import write_atomic
     from edgernn.runtimes.session import StreamingSession
 
     out_path = Path(output) if output is not None else None
@@ -183,7 +171,7 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
     arrays = dict(inputs) if isinstance(inputs, Mapping) else {session.inputs[0].name: inputs}
     if not isinstance(inputs, Mapping) and len(session.inputs) != 1:
         names = ", ".join(t.name for t in session.inputs)
-        raise EdgernnError(f"{path} takes {len(session.inputs)} inputs ({names}); give each by name")
+        raise EdgernnError(f"{session.file.source} takes {len(session.inputs)} inputs ({names}); give each by name")
     spec = next((t for t in session.inputs if t.batch_axis is not None or t.time_axis is not None), session.inputs[0])
     axis = spec.time_axis if spec.time_axis is not None else 0
     first = np.asarray(arrays.get(spec.name, next(iter(arrays.values()))))
@@ -215,7 +203,7 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
             np.savez(buf, **outputs)
         write_atomic(out_path, buf.getvalue())
     flush_calls = session.flushed_frames // session.frame_multiple if aligned else 0
-    report = RunReport(str(path), total, -(-total // chunk) + flush_calls, chunk,
+    report = RunReport(session.file.source, total, -(-total // chunk) + flush_calls, chunk,
                        {k: v.shape for k, v in outputs.items()},
                        str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()},
                        session.provider, notes, session.frame_multiple, session.delays, aligned,
@@ -223,4 +211,4 @@ def run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | np.ndarray, 
     return report, outputs
 
 
-__all__ = ["export_file", "info", "InfoReport", "run", "RunReport", "read_onnx", "load_array", "ContractError"]
+__all__ = ["export_file", "info", "InfoReport", "run", "RunReport", "load_array", "ContractError"]

@@ -32,6 +32,7 @@ from torch import nn
 
 from edgernn.architectures import ARCHITECTURES, RecurrentLayer, describe
 from edgernn.errors import CheckpointError
+from edgernn.recurrent_kinds import KINDS, LSTM, kind_of_mode, kinds_of
 
 CHECKPOINT_VERSION = 1
 _LAYER_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
@@ -70,7 +71,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, architecture: str | None 
                "config": dict(config or {}), "state_dict": model.state_dict()}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    from edgernn.converters.export import write_atomic
+    from edgernn.modelfile import write_atomic
 
     target = Path(path)
     if not target.parent.is_dir():
@@ -282,28 +283,31 @@ def _from_layer_state_dict(path: Path, sd: Mapping[str, torch.Tensor], nonlinear
     proj = bare.get("weight_hr_l0")
     hidden = proj.shape[1] if proj is not None else w_hh.shape[1]
     gates, rem = divmod(w_hh.shape[0], hidden)
-    kinds = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}
-    if rem or gates not in kinds or (proj is not None and gates != 4):
-        raise CheckpointError(f"{path}: weight_hh_l0 has shape {list(w_hh.shape)}, which fits none of nn.RNN "
-                              "(H x H), nn.GRU (3H x H) or nn.LSTM (4H x H)")
+    kinds = () if rem else kinds_of(gates=gates)
+    if not kinds or (proj is not None and kinds[0] is not LSTM):  # proj_size: LSTM only
+        fits = [f"nn.{m} ({g if g > 1 else ''}H x H)" for m, g in dict.fromkeys(
+            (k.torch_module, k.gates) for k in KINDS.values())]
+        raise CheckpointError(f"{path}: weight_hh_l0 has shape {list(w_hh.shape)}, which fits none of "
+                              f"{', '.join(fits[:-1])} or {fits[-1]}")
+    cls = kinds[0].torch_class
     kwargs: dict[str, Any] = dict(input_size=w_ih.shape[1], hidden_size=hidden, num_layers=layers, bias=has_bias,
                                   batch_first=bool(batch_first), bidirectional=bidirectional)
     notes = []
     if batch_first is None:
         notes.append("a state_dict does not record batch_first; assumed False (time-major input), "
                      "pass --batch-first otherwise")
-    if gates == 1:
+    if kinds[0].nonlinearity:  # nn.RNN: tanh or relu, which the weights do not tell
         kwargs["nonlinearity"] = nonlinearity or "tanh"
         if nonlinearity is None:
             notes.append("a state_dict does not record the RNN's nonlinearity; assumed tanh, "
                          "pass --nonlinearity relu otherwise")
     elif nonlinearity is not None:
-        raise CheckpointError(f"--nonlinearity applies to nn.RNN, but {path} holds an {kinds[gates].__name__}")
+        raise CheckpointError(f"--nonlinearity applies to nn.RNN, but {path} holds an {cls.__name__}")
     if proj is not None:
         kwargs["proj_size"] = proj.shape[0]
-    layer = kinds[gates](**kwargs)
+    layer = cls(**kwargs)
     _load_weights(path, layer, bare)
-    desc = f"state_dict of nn.{kinds[gates].__name__}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+    desc = f"state_dict of nn.{cls.__name__}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
     return LoadedModel(RecurrentLayer(layer).eval(), "state_dict", desc, notes)
 
 
@@ -311,18 +315,19 @@ def _from_torchscript(path: Path, module: Any) -> LoadedModel:
     """Rebuild a scripted ``nn.RNN``/``nn.LSTM``/``nn.GRU`` as an eager layer (exact: same weights and
     constants). Other scripted models have compiled forwards that torch.export cannot capture."""
     name = getattr(module, "original_name", type(module).__name__)
-    kinds = {"RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
-    if name not in kinds:
+    kinds = kinds_of(torch_module=name)
+    if not kinds:
         raise CheckpointError(
             f"{path} is a TorchScript archive of {name}; torch.export (which edgernn captures with) cannot trace "
             "a compiled forward, so only scripted nn.RNN/nn.LSTM/nn.GRU layers are rebuilt; export the eager model "
             "instead (torch.save(model.state_dict(), path) and --class pkg.module:Name)")
     kwargs: dict[str, Any] = {k: getattr(module, k) for k in
                               ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional")}
-    if name == "RNN":
-        kwargs["nonlinearity"] = "relu" if getattr(module, "mode", "RNN_TANH") == "RNN_RELU" else "tanh"
-    if name == "LSTM" and getattr(module, "proj_size", 0):
+    kind = kind_of_mode(getattr(module, "mode", kinds[0].torch_mode))
+    if kind.nonlinearity:
+        kwargs["nonlinearity"] = kind.nonlinearity
+    if kind is LSTM and getattr(module, "proj_size", 0):
         kwargs["proj_size"] = module.proj_size
-    layer = kinds[name](**kwargs)
+    layer = kind.torch_class(**kwargs)
     _load_weights(path, layer, module.state_dict())
     return LoadedModel(RecurrentLayer(layer).eval(), "torchscript", f"TorchScript archive of nn.{name}({kwargs})")

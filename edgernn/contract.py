@@ -35,8 +35,24 @@ BATCH = "batch"
 TIME = "time"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "metadata.schema.json"
 
+#: element types a contract names (numpy's names), the tensors edgernn streams
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+          "uint32", "uint64", "bool")
+
 Mode = Literal["chunk", "step", "sequence"]
 Dim = int | str
+
+
+def dtype_of(elem_type: int) -> str | None:
+    """The contract's dtype name of an ONNX tensor element type (``None``: one edgernn does not stream)."""
+    import numpy as np
+    import onnx_ir as ir
+
+    try:
+        name = np.dtype(ir.DataType(elem_type).numpy()).name
+    except (TypeError, ValueError):
+        return None
+    return name if name in DTYPES else None
 
 
 def state_input_name(name: str) -> str:
@@ -47,6 +63,34 @@ def state_input_name(name: str) -> str:
 def state_output_name(name: str) -> str:
     """Graph output name of the state called ``name``."""
     return STATE_OUT + name
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _require(d: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    missing = next((k for k in keys if k not in d), None)
+    if missing is not None:
+        raise KeyError(missing)  # _parse_entries: "... without the field 'NAME'"
+
+
+def _name_shape_dtype(d: Mapping[str, Any]) -> tuple[str, tuple[Dim, ...], str]:
+    name, shape, dtype = d["name"], d["shape"], d["dtype"]
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name {name!r} is not a non-empty string")
+    if not isinstance(shape, list) or not all((_is_int(v) and v >= 1) or (isinstance(v, str) and v) for v in shape):
+        raise ValueError(f"shape {shape!r} of {name!r} is not a list of sizes (integers >= 1) and symbols (strings)")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} of {name!r} is not one of {', '.join(DTYPES)}")
+    return name, tuple(shape), dtype
+
+
+def _axis(d: Mapping[str, Any], key: str) -> int | None:
+    v = d[key]
+    if v is not None and not (_is_int(v) and 0 <= v < len(d["shape"])):
+        raise ValueError(f"{key} {v!r} of {d['name']!r} is not null nor an axis of its shape {d['shape']!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -74,13 +118,14 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TensorSpec:
+        _require(d, ("name", "shape", "dtype", "batch_axis", "time_axis"))
+        name, shape, dtype = _name_shape_dtype(d)
         multiple, delay = d.get("frame_multiple", 1), d.get("delay", 0)
-        if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
-            raise ValueError(f"frame_multiple {multiple!r} of {d['name']!r} is not a positive integer")
-        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
-            raise ValueError(f"delay {delay!r} of {d['name']!r} is not a non-negative integer")
-        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("batch_axis"), d.get("time_axis"),
-                   multiple, delay)
+        if not _is_int(multiple) or multiple < 1:
+            raise ValueError(f"frame_multiple {multiple!r} of {name!r} is not a positive integer")
+        if not _is_int(delay) or delay < 0:
+            raise ValueError(f"delay {delay!r} of {name!r} is not a non-negative integer")
+        return cls(name, shape, dtype, _axis(d, "batch_axis"), _axis(d, "time_axis"), multiple, delay)
 
     def concrete_shape(self, batch: int, time: int = 1) -> tuple[int, ...]:
         """The shape with ``batch`` and ``time`` filled in (other symbols become 1)."""
@@ -121,15 +166,15 @@ class StateSpec:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StateSpec:
-        return cls(
-            name=d["name"],
-            shape=tuple(d["shape"]),
-            dtype=d["dtype"],
-            batch_axis=d.get("batch_axis"),
-            init=d.get("init", "zeros"),
-            input=d["input"],
-            output=d["output"],
-        )
+        _require(d, ("name", "shape", "dtype", "input", "output", "batch_axis", "init"))
+        name, shape, dtype = _name_shape_dtype(d)
+        init = d["init"]
+        stored = (isinstance(init, dict) and list(init) == ["initializer"] and isinstance(init["initializer"], str)
+                  and init["initializer"] != "")
+        if init != "zeros" and not stored:
+            raise ValueError(f"init {init!r} of state {name!r}; expected \"zeros\" or {{\"initializer\": NAME}}")
+        return cls(name=name, shape=shape, dtype=dtype, batch_axis=_axis(d, "batch_axis"), init=init,
+                   input=d["input"], output=d["output"])
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else d if isinstance(d, int) else 1 for d in self.shape)
@@ -166,9 +211,36 @@ class Contract:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "the model") -> Contract:
         """Parse ``metadata_props``; raise :class:`ContractError` naming what is missing or bad."""
-        d = decoded_metadata(props, source)
+        extra = {k: v for k, v in props.items() if k.startswith("edgernn.") and k not in _CORE_KEYS}
+        return cls.from_json(decoded_metadata(props, source), source, extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract as one JSON object (``{"format", "mode", "inputs", "outputs", "states"}``,
+        the object ``metadata.schema.json`` describes): the ``<name>.edgernn.json`` sidecar of an
+        ``.ort`` file, whose format keeps no contract of its own."""
+        return {"format": self.format, "mode": self.mode, "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs], "states": [s.to_json() for s in self.states]}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], source: str = "the model",
+                  extra: Mapping[str, str] | None = None) -> Contract:
+        """The contract of a decoded object (:meth:`to_json`, :func:`decoded_metadata`), checked
+        as the metadata is: the format version, the mode, every entry's fields and the state names."""
+        if not isinstance(d, Mapping):
+            raise ContractError(f"{source} holds a JSON {type(d).__name__}; expected an object with format, mode, "
+                                "inputs, outputs and states")
+        missing = [k for k in ("format", "mode", "inputs", "outputs", "states") if k not in d]
+        if missing:
+            raise ContractError(f"{source} has no {missing[0]!r}; expected format, mode, inputs, outputs and states")
+        if d["format"] != FORMAT_VERSION:
+            raise ContractError(f"{source} uses edgernn contract version {d['format']!r}; "
+                                f"this edgernn reads version {FORMAT_VERSION!r}")
         if d["mode"] not in MODES:
             raise ContractError(f"{source} has edgernn.mode {d['mode']!r}; expected one of {', '.join(MODES)}")
+        for key in ("inputs", "outputs", "states"):
+            if not isinstance(d[key], list) or not all(isinstance(v, dict) for v in d[key]):
+                raise ContractError(f"{source} has edgernn.{key} of type {type(d[key]).__name__}; "
+                                    "expected a JSON list of objects")
         inputs = _parse_entries(source, "inputs", d["inputs"], TensorSpec.from_json)
         outputs = _parse_entries(source, "outputs", d["outputs"], TensorSpec.from_json)
         states = _parse_entries(source, "states", d["states"], StateSpec.from_json)
@@ -177,8 +249,7 @@ class Contract:
             if (s.input, s.output) != want:
                 raise ContractError(f"{source} names the graph I/O of state {s.name!r} {s.input!r} -> {s.output!r}; "
                                     f"the contract expects {want[0]!r} -> {want[1]!r}")
-        extra = {k: v for k, v in props.items() if k.startswith("edgernn.") and k not in _CORE_KEYS}
-        return cls(d["mode"], inputs, outputs, states, extra)
+        return cls(d["mode"], inputs, outputs, states, dict(extra or {}))
 
 
 def decoded_metadata(props: Mapping[str, str], source: str = "the model") -> dict[str, Any]:
@@ -265,7 +336,25 @@ def infer_contract(model: Any, pairs: Mapping[str, str] | None = None, mode: str
 
 def with_contract(model: Any, contract: Contract, source: str = "the model") -> Any:
     """A copy of ``model`` that declares ``contract`` in its metadata, with the state I/O renamed
-    ``state_in.<name>`` / ``state_out.<name>`` (see :func:`edgernn.foreign.with_contract`)."""
-    from edgernn.foreign import with_contract as stamp
+    ``state_in.<name>`` / ``state_out.<name>`` (see :func:`edgernn.stamp.with_contract`)."""
+    from edgernn.stamp import with_contract as stamp
 
     return stamp(model, contract, source)
+
+
+def read_contract_json(path: str | Path, source: str | None = None) -> Contract:
+    """The contract in a JSON file (the ``<name>.edgernn.json`` sidecar of an ``.ort`` file)."""
+    p = Path(path)
+    name = source or str(p)
+    try:
+        d = json.loads(p.read_text())
+    except OSError:
+        raise ContractError(f"{p} does not exist or cannot be read") from None
+    except ValueError as e:
+        raise ContractError(f"{name} is not valid JSON ({e})") from None
+    return Contract.from_json(d, name)
+
+
+def contract_json_text(contract: Contract) -> str:
+    """The text of a contract's JSON file (see :func:`read_contract_json`)."""
+    return json.dumps(contract.to_json(), indent=2) + "\n"

@@ -5,9 +5,9 @@ state through graph inputs and outputs, but name the pairs their own way and des
 ``metadata_props``. :func:`infer_contract` finds the pairs by a documented rule (or takes them
 from the user) and builds the same :class:`~edgernn.contract.Contract` that edgernn's own files
 declare, so that :class:`~edgernn.runtimes.StreamingSession`, ``edgernn info`` / ``run`` and the
-quantizer treat such files like exports. :func:`with_contract` stamps a contract into a model
-(renaming the state I/O to ``state_in.<name>`` / ``state_out.<name>``), so that a file written
-from a foreign one is an edgernn file.
+quantizer treat such files like exports. :func:`edgernn.stamp.with_contract` stamps a contract
+into a model (renaming the state I/O to ``state_in.<name>`` / ``state_out.<name>``), so that a
+file written from a foreign one is an edgernn file.
 
 The rule, in full (docs/state-contract.md, "Files from other exporters", says the same):
 
@@ -56,6 +56,7 @@ from typing import Any, Callable, Mapping
 
 from edgernn.contract import (
     BATCH,
+    DTYPES,
     MODES,
     STATE_IN,
     STATE_OUT,
@@ -65,20 +66,16 @@ from edgernn.contract import (
     Dim,
     StateSpec,
     TensorSpec,
-    state_input_name,
-    state_output_name,
-    write_metadata,
+    dtype_of,
 )
 
 INFERRED_KEY = "edgernn.inferred"
 """``Contract.extra`` key of a contract built by :func:`infer_contract`: JSON ``{"pairs": [{"name",
 "input", "output", "rule"}], "batch": ..., "time": ...}`` saying how each part was found. Kept in
-the metadata that :func:`with_contract` writes, as the record of the file's original names."""
+the metadata that :func:`edgernn.stamp.with_contract` writes, as the record of the file's original names."""
 
 UNKNOWN = "?"
 
-_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-           10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
 _BATCH_NAMES = {"n", "b", "bs"}
 _TIME_NAMES = {"t", "l"}
 _TIME_WORDS = ("time", "seq", "frame", "len", "step")
@@ -156,10 +153,10 @@ def _value(v: Any, source: str, what: str) -> _Value:
     t = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
         raise ContractError(f"{source} has {what} {v.name!r} that is not a tensor; edgernn streams tensors only")
-    dtype = _DTYPES.get(t.elem_type)
+    dtype = dtype_of(t.elem_type)
     if dtype is None:
         raise ContractError(f"{source} has {what} {v.name!r} of ONNX element type {t.elem_type}, "
-                            f"which edgernn does not stream (it reads {', '.join(sorted(set(_DTYPES.values())))})")
+                            f"which edgernn does not stream (it reads {', '.join(sorted(DTYPES))})")
     if not t.HasField("shape"):
         return _Value(v.name, dtype, None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in t.shape.dim)
@@ -454,128 +451,6 @@ def inferred_record(contract: Contract) -> dict[str, Any] | None:
         return None
 
 
-# ---------------------------------------------------------------- stamping
 
 
-def standard_names(contract: Contract) -> Contract:
-    """``contract`` with every state's graph I/O named ``state_in.<name>`` / ``state_out.<name>``."""
-    states = tuple(StateSpec(s.name, s.shape, s.dtype, s.batch_axis, s.init) for s in contract.states)
-    return Contract(contract.mode, contract.inputs, contract.outputs, states, dict(contract.extra), contract.format)
-
-
-def with_contract(model: Any, contract: Contract, source: str = "the model") -> Any:
-    """A copy of ``model`` (an ``onnx.ModelProto``) that follows ``contract`` and declares it.
-
-    State inputs and outputs are renamed ``state_in.<name>`` / ``state_out.<name>`` throughout the
-    graph (subgraphs included); graph inputs are reordered data inputs first, then states (outputs
-    likewise); the symbolic dimensions at batch and time axes are renamed ``batch`` and ``time``;
-    and the contract is written to ``metadata_props``. :func:`~edgernn.contract.read_metadata`
-    reads it back. The input model is not changed.
-    """
-    import onnx
-
-    graph = model.graph
-    g_inputs = {v.name: v for v in graph.input}
-    g_outputs = {v.name: v for v in graph.output}
-    for spec in contract.inputs:
-        if spec.name not in g_inputs:
-            raise ContractError(f"{source} has no graph input {spec.name!r}, which the contract names as a data input")
-    for spec in contract.outputs:
-        if spec.name not in g_outputs:
-            raise ContractError(f"{source} has no graph output {spec.name!r}, which the contract names as a data output")
-    rename: dict[str, str] = {}
-    for s in contract.states:
-        if s.input not in g_inputs or s.output not in g_outputs:
-            raise ContractError(f"{source} has no state pair {s.input!r} -> {s.output!r} in its graph I/O, "
-                                f"which the contract names for state {s.name!r}")
-        for old, new in ((s.input, state_input_name(s.name)), (s.output, state_output_name(s.name))):
-            if old != new:
-                rename[old] = new
-    existing = _all_value_names(graph)
-    clash = sorted(n for n in rename.values() if n in existing and n not in rename)
-    if clash:
-        raise ContractError(f"{source} already has a value named {clash[0]!r}; cannot rename a state to it")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    if rename:
-        _rename_values(g, rename)
-    _reorder(g.input, [t.name for t in contract.inputs] + [state_input_name(s.name) for s in contract.states])
-    _reorder(g.output, [t.name for t in contract.outputs] + [state_output_name(s.name) for s in contract.states])
-    _rename_symbols(g, contract)
-    final = standard_names(contract)
-    write_metadata(out, final)
-    return out
-
-
-def _all_value_names(graph: Any) -> set[str]:
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                names |= _all_value_names(sub)
-    return names
-
-
-def _rename_values(graph: Any, rename: Mapping[str, str]) -> None:
-    for v in [*graph.input, *graph.output, *graph.value_info]:
-        if v.name in rename:
-            v.name = rename[v.name]
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            if name in rename:
-                node.input[k] = rename[name]
-        for k, name in enumerate(node.output):
-            if name in rename:
-                node.output[k] = rename[name]
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _rename_values(sub, rename)
-
-
-def _reorder(values: Any, order: list[str]) -> None:
-    rank = {n: k for k, n in enumerate(order)}
-    items = list(values)
-    items.sort(key=lambda v: rank.get(v.name, len(order)))  # stable: others keep their order, at the end
-    copies = [type(v)() for v in items]
-    for c, v in zip(copies, items):
-        c.CopyFrom(v)
-    del values[:]
-    values.extend(copies)
-
-
-def _rename_symbols(graph: Any, contract: Contract) -> None:
-    """Rename the dim_params at contract batch / time axes to ``batch`` / ``time``, everywhere."""
-    symbols: dict[str, str] = {}
-    values = {v.name: v for v in [*graph.input, *graph.output]}
-    tensors: list[tuple[str, int | None, int | None]] = [(t.name, t.batch_axis, t.time_axis)
-                                                         for t in (*contract.inputs, *contract.outputs)]
-    for s in contract.states:
-        tensors += [(state_input_name(s.name), s.batch_axis, None), (state_output_name(s.name), s.batch_axis, None)]
-    for name, b, t in tensors:
-        dims = values[name].type.tensor_type.shape.dim
-        for axis, symbol in ((b, BATCH), (t, TIME)):
-            if axis is not None and axis < len(dims) and not dims[axis].HasField("dim_value"):
-                old = dims[axis].dim_param
-                if old and symbols.setdefault(old, symbol) != symbol:
-                    symbols[old] = ""  # used as both: leave it alone
-                dims[axis].dim_param = symbol
-    symbols = {k: v for k, v in symbols.items() if v and k != v}
-    if symbols:
-        _rename_dim_params(graph, symbols)
-
-
-def _rename_dim_params(graph: Any, symbols: Mapping[str, str]) -> None:
-    for v in [*graph.input, *graph.output, *graph.value_info]:
-        for d in v.type.tensor_type.shape.dim:
-            if d.HasField("dim_param") and d.dim_param in symbols:
-                d.dim_param = symbols[d.dim_param]
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _rename_dim_params(sub, symbols)
-
-
-__all__ = ["infer_contract", "with_contract", "standard_names", "inferred_record", "INFERRED_KEY", "RULES"]
+__all__ = ["infer_contract", "inferred_record", "INFERRED_KEY", "RULES"]

@@ -26,9 +26,9 @@ class StreamBatcher:
     every stream gets exactly what a :class:`StreamingSession` of its own would give it (within
     float rounding of the batched kernels).
 
-    ``model``: a path (or the bytes) of an edgernn file, or an open :class:`StreamingSession`,
-    whose onnxruntime session and contract are used (``threads`` and ``session_args`` then do
-    not apply). ``session_args`` go to :class:`StreamingSession` (``providers``, ``state_pairs``,
+    ``model``: a path (or the bytes) of an edgernn file, a :class:`~edgernn.modelfile.ModelFile`,
+    or an open :class:`StreamingSession`, whose onnxruntime session and contract are used
+    (``threads`` and ``session_args`` then do not apply). ``session_args`` go to :class:`StreamingSession` (``providers``, ``state_pairs``,
     ``contract``). ``capacity``: the most streams open at once; state memory for that many is
     allocated up front.
 

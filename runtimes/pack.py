@@ -13,18 +13,20 @@ every file is written and the ``.ort`` file streams like the ``.onnx`` one: a fa
 nothing behind. See docs/deploy.md, "ORT format for mobile and minimal builds".
 
 The ``.ort`` file keeps the ``metadata_props`` of the ONNX file, so an edgernn file's contract
-travels with it and ``StreamingSession("model.ort")`` works as on the ``.onnx`` file. Two things
-do not travel and are written next to it: the contract of a file from another exporter (inferred,
-not in the metadata: ``<name>.edgernn.json``, read by :func:`load_contract`), and stored start
-values of states (``init: {"initializer": ...}``), which onnxruntime drops as unused
-initializers (``<name>.state_init.npz``, read by :func:`read_stored_inits`).
+travels with it and ``StreamingSession("model.ort")`` works as on the ``.onnx`` file. A file from
+another exporter is packed with its inferred contract stamped in (states renamed
+``state_in.<name>`` / ``state_out.<name>``, as ``triton_repository`` does), so its contract
+travels too. Stored start values of states (``init: {"initializer": ...}``) do not: onnxruntime
+drops them as unused initializers, so they go next to the ``.ort`` file
+(``<name>.state_init.npz``), where :class:`~edgernn.modelfile.ModelFile` (and so
+``StreamingSession``) reads them. The folder's README is written by
+:mod:`edgernn.runtimes.pack_readme`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -36,14 +38,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from edgernn.contract import Contract, ContractError, StateSpec, TensorSpec
+from edgernn.contract import Contract, ContractError, contract_json_text, read_metadata
 from edgernn.errors import EdgernnError
+from edgernn.recurrent_kinds import ONNX_OPS
+from edgernn.modelfile import CONTRACT_SUFFIX, STATE_INIT_SUFFIX, ModelFile, ModelFileError, is_ort_format
+from edgernn.runtimes.pack_readme import build_command, folder_readme
 
 TARGETS = {"ort": "ORT format and reduced-operator config for onnxruntime mobile and minimal builds"}
 OPTIMIZATIONS = ("basic", "extended", "all")
-ORT_IDENTIFIER = b"ORTM"  # flatbuffers file identifier of an ORT-format model (bytes 4..8)
-CONTRACT_SUFFIX = ".edgernn.json"
-STATE_INIT_SUFFIX = ".state_init.npz"
 
 _CONVERT_LOCK = threading.Lock()  # the converter reads its optimization level from the environment
 _LEVEL_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
@@ -152,7 +154,7 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
         raise PackError(f"optimization {optimization!r} is unknown; expected one of {', '.join(OPTIMIZATIONS)}")
     step("read")
     src = Path(model)
-    data, external, onnx_model, contract, contract_from = _read_source(src, state_pairs)
+    mf = _open_source(src, state_pairs)
     name = src.name[: -len(".onnx")] if src.name.lower().endswith(".onnx") and len(src.name) > 5 else src.name
     out = Path(output_dir) if output_dir is not None else src.parent / f"{name}-{target}"
     if out.name in ("", ".", ".."):  # "." or "..": name the folder, so that its parent can hold the staging one
@@ -161,7 +163,7 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        report = _pack_ort(src, name, data, external, onnx_model, contract, contract_from, staging, out,
+        report = _pack_ort(mf, name, staging, out,
                            optimization=optimization, type_reduction=type_reduction, copy_onnx=copy_onnx,
                            verify=verify, tolerance=tolerance, step=step)
         step("write")
@@ -177,40 +179,23 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
 # input and output checks
 # ---------------------------------------------------------------------------------------------
 
-def _read_source(src: Path, state_pairs: Mapping[str, str] | None):
-    """(bytes to convert, whether the weights were in external files, ModelProto, contract, where
-    the contract came from) of an ONNX file."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    from edgernn.contract import infer_contract, read_metadata
-
+def _open_source(src: Path, state_pairs: Mapping[str, str] | None) -> ModelFile:
+    """The ONNX file to pack, its contract resolved (:class:`~edgernn.modelfile.ModelFile`)."""
     if not src.is_file():
         raise PackError(f"{src} does not exist or is not a file")
-    data = src.read_bytes()
-    if data[4:8] == ORT_IDENTIFIER:
+    if is_ort_format(src):
         raise PackError(f"{src} is already an ORT-format model; pack the .onnx file it was made from")
     try:
-        model = onnx.load_from_string(data)
-    except Exception:
-        model = None
-    if model is None or not model.graph.node:
-        raise PackError(f"{src} is not an ONNX model (onnx.load could not parse it into a graph)")
-    external = any(uses_external_data(t) for t in model.graph.initializer)
-    if external:
-        try:  # weights in external files: convert a single-file copy
-            model = onnx.load(str(src))
-            data = model.SerializeToString()
-        except Exception as e:
-            raise PackError(f"{src} keeps weights in external files that cannot be read "
-                            f"({str(e).splitlines()[0][:200]})") from None
-    has_metadata = any(p.key == "edgernn.format" for p in model.metadata_props)
-    try:
-        if has_metadata and state_pairs is None:
-            return data, external, model, read_metadata(model, str(src)), "metadata"
-        return data, external, model, infer_contract(model, state_pairs, source=str(src)), "inferred"
+        mf = ModelFile.open(src, state_pairs=state_pairs)
+        if not mf.proto.graph.node:
+            raise PackError(f"{src} is not an ONNX model (onnx.load could not parse it into a graph)")
+        mf.with_weights()
+        mf.contract  # noqa: B018 - resolved here, so that its sentence is a PackError
     except ContractError as e:
         raise PackError(str(e)) from None
+    except ModelFileError as e:
+        raise PackError(str(e).replace("could not parse it)", "could not parse it into a graph)")) from None
+    return mf
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -249,13 +234,25 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
 # target ort
 # ---------------------------------------------------------------------------------------------
 
-def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract: Contract, contract_from: str,
-              staging: Path, out: Path, *, optimization: str, type_reduction: bool, copy_onnx: bool, verify: bool,
+def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimization: str, type_reduction: bool, copy_onnx: bool, verify: bool,
               tolerance: float, step: Callable[[str], None]) -> PackReport:
     import onnxruntime as ort
 
     notes: list[str] = []
-    stored = _stored_values(model, contract, str(src))
+    src, contract, external = mf.path, mf.contract, mf.uses_external_data
+    renamed = mf.contract_from != "metadata"
+    if renamed:  # a file from another exporter: packed as an edgernn file, its contract in the metadata
+        model = mf.stamped()
+        contract = read_metadata(model, str(src))
+        notes.append(f"{mf.foreign_note}; the packed model names its states state_in.<name> / state_out.<name>, "
+                     "so that its contract travels in the .ort file's metadata")
+    else:
+        model = mf.with_weights()
+    data = model.SerializeToString() if external or renamed else mf.data  # weights inline for the converter
+    try:
+        stored = mf.stored_initializers()
+    except ContractError as e:
+        raise PackError(str(e)) from None
     step("convert")
     ort_tmp, config_tmp = _convert(data, model, stored, staging, optimization, type_reduction, str(src))
     config_kind = "required_operators_and_types" if type_reduction else "required_operators"
@@ -281,27 +278,26 @@ def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract
     files = [ort_path.name, config_path.name]
     if copy_onnx:
         target = staging / f"{name}.onnx"
-        if not external:
+        if not (external or renamed):
             shutil.copyfile(src, target)
-        else:  # weights were in external files: the single-file model
+        else:  # weights were in external files, or the states were renamed: the model packed
             target.write_bytes(data)
-            notes.append(f"{src.name} keeps its weights in external files; {target.name} holds them inline")
+            if external:
+                notes.append(f"{src.name} keeps its weights in external files; {target.name} holds them inline")
         files.append(target.name)
+    sidecars = ModelFile.open(model).sidecars(name, stored)  # the stored start values, if any
+    if not kept:  # (onnxruntime keeps metadata_props in the ORT format; a guard, should one drop them)
+        sidecars[name + CONTRACT_SUFFIX] = contract_json_text(contract).encode()
+    for file, content in sidecars.items():
+        (staging / file).write_bytes(content)
+        files.append(file)
     if not kept:
-        sidecar = staging / f"{name}{CONTRACT_SUFFIX}"
-        sidecar.write_text(json.dumps(_contract_json(contract), indent=2) + "\n")
-        files.append(sidecar.name)
-        notes.append(f"the contract is not in the .ort file's metadata (it was {contract_from}); {sidecar.name} "
-                     f"holds it: StreamingSession(\"{ort_path.name}\", contract=load_contract(\"{sidecar.name}\"))")
+        notes.append(f"the contract is not in the .ort file's metadata; {name}{CONTRACT_SUFFIX} next to it holds it, "
+                     f"and StreamingSession(\"{ort_path.name}\") reads it")
     if stored:
-        inits = staging / f"{name}{STATE_INIT_SUFFIX}"
-        buf = io.BytesIO()
-        np.savez(buf, **stored)
-        inits.write_bytes(buf.getvalue())
-        files.append(inits.name)
         notes.append(f"onnxruntime drops the stored start values of states ({', '.join(stored)}) from the .ort "
-                     f"file as unused initializers; {inits.name} holds them")
-    build = _build_command(config_path.name, type_reduction)
+                     f"file as unused initializers; {name}{STATE_INIT_SUFFIX} holds them")
+    build = build_command(config_path.name, type_reduction)
     if any(d == "com.microsoft" for d, _, _ in ops):
         notes.append("the model uses onnxruntime contrib operators (com.microsoft): do not build with "
                      "--disable_contrib_ops")
@@ -309,7 +305,7 @@ def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract
     for ep, info in mobile.items():
         if info["unsupported_ops"]:
             hint = (" (a step-mode export with --cells matmul has MatMul cells instead of recurrent ops)"
-                    if set(info["unsupported_ops"]) & {"GRU", "LSTM", "RNN"} else "")
+                    if set(info["unsupported_ops"]) & set(ONNX_OPS) else "")
             notes.append(f"{ep} takes {info['supported_nodes']} of {info['nodes']} nodes; these ops stay on the CPU: "
                          f"{', '.join(info['unsupported_ops'])}{hint}")
     sizes = {f: (staging / f).stat().st_size for f in files}
@@ -318,27 +314,12 @@ def _pack_ort(src: Path, name: str, data: bytes, external: bool, model, contract
         config_path=str(out / config_path.name), onnx_bytes=src.stat().st_size, ort_bytes=sizes[ort_path.name],
         config_bytes=sizes[config_path.name], files=sizes, ops=ops, optimization=optimization,
         type_reduction=type_reduction, onnxruntime_version=ort.__version__, ort_format_version=format_version,
-        contract=contract, contract_from=contract_from, metadata_kept=kept, build_command=build, parity=parity,
+        contract=contract, contract_from=mf.contract_from, metadata_kept=kept, build_command=build, parity=parity,
         notes=notes, mobile_eps=mobile)
     readme = staging / "README.md"
-    readme.write_text(_readme(report, name, stored))
+    readme.write_text(folder_readme(report, name, stored))
     report.files["README.md"] = readme.stat().st_size
     return report
-
-
-def _stored_values(model, contract: Contract, source: str) -> dict[str, np.ndarray]:
-    """Initializer name -> value of each state's stored start value (``init: {"initializer": ...}``)."""
-    from onnx import numpy_helper
-
-    wanted = [s.init["initializer"] for s in contract.states if isinstance(s.init, dict) and "initializer" in s.init]
-    if not wanted:
-        return {}
-    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
-    missing = [n for n in wanted if n not in found]
-    if missing:
-        raise PackError(f"{source} names initializer {missing[0]!r} as a state's start value, but has no such "
-                        "initializer")
-    return {n: found[n] for n in wanted}
 
 
 def _convert(data: bytes, model, stored: Mapping[str, np.ndarray], staging: Path, optimization: str,
@@ -455,7 +436,7 @@ def _check_parity(data: bytes, model, ort_path: Path, contract: Contract, tolera
     if "edgernn.tree" in contract.extra:
         notes.append("parity of the .ort file not checked: tree models take structure arrays, not streams")
         return None
-    zeros = replace(contract, states=tuple(replace(s, init="zeros") for s in contract.states))
+    zeros = replace(contract, states=tuple(replace(s, init="zeros") for s in contract.states))  # from a known state
     try:
         ref = StreamingSession(data, contract=zeros)
         cand = StreamingSession(str(ort_path), contract=zeros)
@@ -510,132 +491,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# README
-# ---------------------------------------------------------------------------------------------
-
-def _build_command(config: str, type_reduction: bool) -> str:
-    flags = ["./build.sh", "--config MinSizeRel", "--minimal_build", f"--include_ops_by_config {config}"]
-    if type_reduction:
-        flags.append("--enable_reduced_operator_type_support")
-    flags += ["--build_shared_lib", "--parallel", "--skip_tests"]
-    return " ".join(flags)
-
-
-def _fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def _readme(r: PackReport, name: str, stored: Mapping[str, np.ndarray]) -> str:
-    c = r.contract
-    ort_name, config_name = Path(r.ort_path).name, Path(r.config_path).name
-    what = {
-        ort_name: f"the model in ORT format (version {r.ort_format_version}), graph optimization level "
-                  f"`{r.optimization}` applied before saving (Fixed style)",
-        config_name: "the operators the model needs" + (" and their element types" if r.type_reduction else "")
-                     + ": the input of a reduced-operator onnxruntime build",
-        f"{name}.onnx": "the source ONNX model (full onnxruntime builds, Netron, `edgernn info`; the config "
-                        "can be made again from it)",
-        f"{name}{CONTRACT_SUFFIX}": "the streaming contract (inputs, outputs, state pairs), which the .ort "
-                                    "file's metadata does not hold for this model",
-        f"{name}{STATE_INIT_SUFFIX}": "stored start values of states (numpy .npz, one array per initializer name)",
-    }
-    lines = [f"# {name}: ORT format for onnxruntime mobile and minimal builds", "",
-             f"Packed by `edgernn pack {Path(r.source).name} --target ort` with onnxruntime "
-             f"{r.onnxruntime_version}.", "", "| file | bytes | what |", "|---|---:|---|"]
-    for f, size in r.files.items():
-        if f in what:
-            lines.append(f"| `{f}` | {size:,} | {what[f]} |")
-    lines.append("| `README.md` | | this file |")
-    lines += ["", f"The source `{Path(r.source).name}` has {r.onnx_bytes:,} bytes; the `.ort` file "
-              f"{r.ort_bytes:,} bytes."]
-    if r.parity:
-        errs = {**r.parity["max_abs_error"], **{f"state {k}": v for k, v in r.parity["state_errors"].items()}}
-        worst = max(errs.values()) if errs else 0.0
-        lines += ["", f"Checked at packing: {r.parity['frames']} random frames of {r.parity['streams']} streams in "
-                  f"{r.parity['calls']} calls, state carried, give the same outputs and states from the `.ort` and "
-                  f"the `.onnx` file (largest difference {worst:.3g})."]
-    lines += ["", "## Operators", "", f"`{config_name}` (domain;opset;operators):", "", "```",
-              *r.config_lines, "```", "",
-              "onnxruntime's prebuilt reduced-size packages are built from a fixed operator list that may leave out "
-              "the recurrent kernels (LSTM, GRU, RNN, DynamicQuantizeLSTM); a minimal build from this config has "
-              "exactly the kernels this model needs and nothing else."]
-    if any(d == "com.microsoft" for d, _, _ in r.ops):
-        lines += ["", "The model uses onnxruntime contrib operators (`com.microsoft`): keep them in the build "
-                  "(do not pass `--disable_contrib_ops`)."]
-    lines += ["", "## Build a minimal onnxruntime", "",
-              f"In a checkout of onnxruntime at release {r.onnxruntime_version} or newer (a build older than the "
-              "converter may not read this ORT format version), with this folder's config:", "", "```sh",
-              r.build_command.replace(config_name, f"/path/to/{config_name}"), "```", "",
-              "Windows: `.\\build.bat` with the same flags. Add the platform flags of onnxruntime's build docs:",
-              "Android `--android --android_sdk_path <sdk> --android_ndk_path <ndk> --android_abi arm64-v8a "
-              "--android_api <level>`, iOS `--ios --use_xcode --apple_sysroot iphoneos --osx_arch arm64 "
-              "--apple_deploy_target <version>`. Smaller still: `--disable_ml_ops --disable_exceptions "
-              "--disable_rtti` (no exceptions: C/C++ API only, no Python bindings)."]
-    if r.type_reduction:
-        lines += ["", "The config lists element types per operator; `--enable_reduced_operator_type_support` "
-                  "keeps only those kernel type variants."]
-    else:
-        lines += ["", "For a smaller binary, pack with type reduction (`required_operators_and_types.config`) and "
-                  "add `--enable_reduced_operator_type_support`."]
-    lines += ["", "To serve several models from one build, convert them together (onnxruntime's "
-              "`python -m onnxruntime.tools.convert_onnx_models_to_ort --optimization_style Fixed FOLDER`) or "
-              "concatenate the configs of models packed without type reduction (the build merges their lines).",
-              "",
-              "Execution providers other than the CPU one (NNAPI, CoreML, XNNPACK) need `--minimal_build extended` "
-              "and the provider's flag; pack with `optimization=\"basic\"` so that the graph keeps standard "
-              "operators they can take.", "",
-              "## Why the Fixed optimization style", "",
-              "onnxruntime's converter has two styles. *Fixed* applies the graph optimizations before saving: the "
-              "file runs as is in every build, including a plain `--minimal_build`, and its config lists exactly "
-              "the operators it runs. *Runtime* saves some optimizations to be replayed at load: it needs an "
-              "extended minimal build and the session option `session.enable_saved_runtime_optimizations`, and its "
-              "config must list the operators of both graphs, so the build is larger. Runtime pays off when a "
-              "compiling provider (NNAPI, CoreML) takes an unknown part of the graph; LSTM and GRU run on the CPU "
-              "provider, so Fixed is the portable choice. The converter leaves out the one machine-specific "
-              "optimization (x86 NCHWc layouts), so the file runs on ARM and x86 alike.", "",
-              "## Load it", "", "Python (any onnxruntime build):", "", "```python", "import onnxruntime as ort",
-              f"session = ort.InferenceSession(\"{ort_name}\")", "# or, with the state carried for you:",
-              "from edgernn.runtimes import StreamingSession"]
-    if r.metadata_kept and not stored:
-        lines.append(f"stream = StreamingSession(\"{ort_name}\")")
-    elif r.metadata_kept:
-        lines.append(f"stream = StreamingSession(\"{ort_name}\")  # start values from {name}{STATE_INIT_SUFFIX} "
-                     "next to it")
-    else:
-        lines += ["from edgernn.runtimes.pack import load_contract",
-                  f"stream = StreamingSession(\"{ort_name}\", contract=load_contract(\"{name}{CONTRACT_SUFFIX}\"))"]
-    lines += ["```", "", "C++:", "", "```cpp",
-              f"Ort::Session session(env, ORT_TSTR(\"{ort_name}\"), Ort::SessionOptions{{}});", "```", "",
-              "Android (Kotlin, `onnxruntime-android` or your build):", "", "```kotlin",
-              f"val session = OrtEnvironment.getEnvironment().createSession(assets.open(\"{ort_name}\").readBytes())",
-              "```", "", "iOS (Swift, `onnxruntime-objc` or your build):", "", "```swift",
-              "let session = try ORTSession(env: try ORTEnv(loggingLevel: .warning), modelPath: path, "
-              "sessionOptions: nil)", "```", "",
-              f"## Streaming contract ({c.mode} mode)", "",
-              "Each call takes the data inputs and every `state_in` tensor and returns the data outputs and every "
-              "`state_out` tensor; feed each `state_out` back as the matching `state_in` on the next call of the "
-              "same stream. A new stream starts from zeros" + (" or the stored start values" if stored else "")
-              + ".", "", "| kind | name | shape | dtype |", "|---|---|---|---|"]
-    for t in c.inputs:
-        lines.append(f"| input | `{t.name}` | {_fmt_shape(t.shape)} | {t.dtype} |")
-    for t in c.outputs:
-        lines.append(f"| output | `{t.name}` | {_fmt_shape(t.shape)} | {t.dtype} |")
-    for s in c.states:
-        start = f"stored `{s.init['initializer']}`" if isinstance(s.init, dict) else "zeros"
-        lines.append(f"| state | `{s.input}` -> `{s.output}` | {_fmt_shape(s.shape)} | {s.dtype}, starts at {start} |")
-    if stored:
-        lines += ["", f"onnxruntime drops initializers that no node reads, so the stored start values are in "
-                  f"`{name}{STATE_INIT_SUFFIX}` (repeat each along the batch axis, where it has size 1, once per "
-                  "stream): " + ", ".join(f"`{k}` {list(v.shape)}" for k, v in stored.items()) + ".",
-                  "Keep the file next to the `.ort` file: `StreamingSession` reads it from there "
-                  "(`edgernn.runtimes.pack.read_stored_inits` gives the arrays)."]
-    if r.notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in r.notes)]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# reading the sidecars of an .ort file
+# what mobile execution providers take
 # ---------------------------------------------------------------------------------------------
 
 def mobile_ep_support(model) -> dict[str, dict[str, Any]]:
@@ -661,61 +517,4 @@ def mobile_ep_support(model) -> dict[str, dict[str, Any]]:
     return out
 
 
-def is_ort_format(model: str | os.PathLike | bytes) -> bool:
-    """Whether ``model`` (a path or the file's bytes) is an ORT-format model."""
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model[4:8]) == ORT_IDENTIFIER
-    try:
-        with open(model, "rb") as f:
-            return f.read(8)[4:8] == ORT_IDENTIFIER
-    except OSError:
-        return False
-
-
-def _contract_json(contract: Contract) -> dict[str, Any]:
-    return {"format": contract.format, "mode": contract.mode, "inputs": [t.to_json() for t in contract.inputs],
-            "outputs": [t.to_json() for t in contract.outputs], "states": [s.to_json() for s in contract.states]}
-
-
-def sidecar_path(ort_path: str | os.PathLike, suffix: str) -> Path:
-    """``<name><suffix>`` next to ``<name>.ort``."""
-    p = Path(ort_path)
-    stem = p.name[: -len(".ort")] if p.name.lower().endswith(".ort") else p.name
-    return p.with_name(stem + suffix)
-
-
-def load_contract(path: str | os.PathLike) -> Contract:
-    """The contract in a ``<name>.edgernn.json`` written by ``pack`` (or, given the ``.ort`` file,
-    the one next to it): pass it as ``StreamingSession(ort_path, contract=...)``."""
-    p = Path(path)
-    if p.suffix.lower() == ".ort":
-        p = sidecar_path(p, CONTRACT_SUFFIX)
-    try:
-        d = json.loads(p.read_text())
-    except OSError:
-        raise PackError(f"{p} does not exist or cannot be read") from None
-    except ValueError as e:
-        raise PackError(f"{p} is not valid JSON ({e})") from None
-    try:
-        return Contract(d["mode"], tuple(TensorSpec.from_json(t) for t in d["inputs"]),
-                        tuple(TensorSpec.from_json(t) for t in d["outputs"]),
-                        tuple(StateSpec.from_json(s) for s in d["states"]), format=d.get("format", "1"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise PackError(f"{p} is not an edgernn contract (missing or bad field {e})") from None
-
-
-def read_stored_inits(model: str | os.PathLike, source: str | None = None) -> dict[str, np.ndarray]:
-    """Initializer name -> stored start value, from the ``<name>.state_init.npz`` next to the
-    ``.ort`` file ``model`` (empty when there is none)."""
-    p = sidecar_path(model, STATE_INIT_SUFFIX)
-    if not p.is_file():
-        return {}
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception:
-        raise PackError(f"{p} (start values of {source or model}) is not a numpy .npz file") from None
-
-
-__all__ = ["pack", "PackReport", "PackError", "TARGETS", "OPTIMIZATIONS", "load_contract", "read_stored_inits",
-           "is_ort_format", "sidecar_path"]
+__all__ = ["pack", "PackReport", "PackError", "TARGETS", "OPTIMIZATIONS", "mobile_ep_support"]

@@ -8,12 +8,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from edgernn.contract import BATCH, Contract, ContractError, StateSpec, TensorSpec, infer_contract
+from edgernn.contract import BATCH, Contract, ContractError, StateSpec, TensorSpec
 from edgernn.errors import EdgernnError
-
-_NP = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-       "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint64": np.uint64, "uint32": np.uint32,
-       "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_}
+from edgernn.modelfile import ModelFile
+from edgernn.runtimes.bound import BoundStates
 
 
 class StreamError(EdgernnError):
@@ -46,127 +44,6 @@ def session_options(threads: int | None = 1, spin: bool | None = None):
     return opts
 
 
-class _BoundStates:
-    """The carried state as two preallocated sets of OrtValues on the session's device, bound once
-    to two IOBindings that swap roles each call: the state outputs of one call are the state
-    inputs of the next, with no allocation, copy or name lookup per call, and on a GPU no trip
-    through host memory. Data inputs are bound per call (no copy on the CPU); data outputs are
-    allocated by onnxruntime on the host."""
-
-    def __init__(self, session, states: Sequence[StateSpec], inputs: Sequence[TensorSpec],
-                 outputs: Sequence[TensorSpec], values: Mapping[str, np.ndarray], device: str) -> None:
-        import onnxruntime as ort
-
-        self.session, self.device = session, device
-        self.shapes = {s.name: values[s.name].shape for s in states}
-        self.buffers: list[dict[str, np.ndarray]] = [{}, {}]  # host arrays the CPU OrtValues share
-        self.values: list[dict] = [{}, {}]
-        for k in (0, 1):
-            for s in states:
-                v = np.ascontiguousarray(values[s.name], dtype=_NP[s.dtype])
-                if device == "cpu":
-                    buf = v.copy()
-                    self.buffers[k][s.name] = buf
-                    self.values[k][s.name] = ort.OrtValue.ortvalue_from_numpy(buf)
-                else:
-                    self.values[k][s.name] = ort.OrtValue.ortvalue_from_numpy(v, device, 0)
-        self.bindings = []
-        for k in (0, 1):
-            b = session.io_binding()
-            for t in outputs:  # first, so that they come first in get_outputs()
-                b.bind_output(t.name, "cpu")
-            for s in states:
-                b.bind_ortvalue_input(s.input, self.values[k][s.name])
-                b.bind_ortvalue_output(s.output, self.values[1 - k][s.name])
-            self.bindings.append(b)
-        self.output_names = [t.name for t in outputs]
-        self.input_names = [t.name for t in inputs]
-        self._ort = ort
-        self.preallocate = True
-        # per binding: input shapes -> (input buffers, output buffers), each [(host array, OrtValue)]
-        self.slots: list[dict] = [{}, {}]
-        self.bound_key: list = [None, None]  # per binding: the input shapes its buffers are bound for
-        self.cur = 0  # index of the set holding the current state
-        self._feeds: Mapping[str, np.ndarray] = {}
-
-    def fits(self, values: Mapping[str, np.ndarray]) -> bool:
-        return all(values[k].shape == shape for k, shape in self.shapes.items())
-
-    def write(self, values: Mapping[str, np.ndarray]) -> None:
-        for name, value in values.items():
-            if self.device == "cpu":
-                np.copyto(self.buffers[self.cur][name], value)
-            else:
-                self.values[self.cur][name].update_inplace(np.ascontiguousarray(value))
-
-    def read(self) -> dict[str, np.ndarray]:
-        if self.device == "cpu":
-            return {k: v.copy() for k, v in self.buffers[self.cur].items()}
-        return {k: v.numpy() for k, v in self.values[self.cur].items()}
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """One call: data in, run, swap the state sets; return the data outputs (new arrays).
-
-        Data inputs and outputs go through host buffers bound once per input shape, learnt on
-        the first call of each shape (where onnxruntime sizes the outputs): a call shaped like an
-        earlier one only copies the frames in and the outputs out. A graph whose output shapes
-        depend on more than its input shapes makes onnxruntime refuse a buffer; from then on
-        inputs are bound and outputs allocated every call."""
-        k = self.cur
-        b = self.bindings[k]
-        key = tuple(v.shape for v in feeds.values()) if self.preallocate else None
-        slot = self.slots[k].get(key) if key is not None else None
-        if slot is None:
-            self._bind_io(b, feeds, None)
-            self.bound_key[k] = None
-        else:
-            if self.bound_key[k] != key:
-                self._bind_io(b, None, slot)
-                self.bound_key[k] = key
-            for (buf, _), value in zip(slot[0], feeds.values()):
-                np.copyto(buf, value)
-        try:
-            self.session.run_with_iobinding(b)
-        except RuntimeError:
-            if slot is None:
-                raise
-            self.preallocate, slot = False, None  # output shapes vary: let onnxruntime size them
-            self.bound_key = [None, None]
-            self._bind_io(b, feeds, None)
-            self.session.run_with_iobinding(b)
-        self.cur ^= 1
-        if slot is not None:
-            return [buf.copy() for buf, _ in slot[1]]
-        values = b.get_outputs()
-        arrays = [values[i].numpy() for i in range(len(self.output_names))]
-        if key is not None:
-            slots = self.slots[k]
-            if len(slots) >= 8:  # many chunk sizes: keep the memory bounded
-                slots.clear()
-            slots[key] = (self._buffers(feeds.values()), self._buffers(arrays))
-        return arrays
-
-    def _buffers(self, like) -> list:
-        """(host array, OrtValue sharing its memory) shaped like each of ``like``."""
-        bufs = [np.empty_like(a) for a in like]
-        return [(buf, self._ort.OrtValue.ortvalue_from_numpy(buf)) for buf in bufs]
-
-    def _bind_io(self, b, feeds, slot) -> None:
-        """Bind the data inputs and outputs: to ``slot``'s buffers, or ``feeds`` and unallocated
-        outputs (onnxruntime sizes them for this call)."""
-        if slot is None:
-            self._feeds = feeds  # the binding points into these arrays until the next bind
-            for name, value in feeds.items():
-                b.bind_cpu_input(name, value)
-            for name in self.output_names:
-                b.bind_output(name, "cpu")
-            return
-        for name, (_, value) in zip(self.input_names, slot[0]):
-            b.bind_ortvalue_input(name, value)
-        for name, (_, value) in zip(self.output_names, slot[1]):
-            b.bind_ortvalue_output(name, value)
-
-
 class StreamingSession:
     """One onnxruntime session over an edgernn file, carrying the recurrent state between calls.
 
@@ -179,24 +56,26 @@ class StreamingSession:
     ``chunk`` mode, a whole sequence in ``sequence`` mode. ``stream`` splits long arrays into
     calls of ``chunk`` frames and joins the outputs along their time axes.
 
-    Calls go through a fast path (``_BoundStates``): states live in preallocated OrtValues bound
+    Calls go through a fast path (``BoundStates``): states live in preallocated OrtValues bound
     once, on the provider's device (a GPU keeps them there between calls). ``providers``: short
     names (``cpu``, ``cuda``, ``tensorrt``...), onnxruntime's names, or ``auto``; a provider that
     cannot start is an error unless ``allow_fallback`` (then ``notes`` says so). ``threads`` and
     ``spin``: see :func:`session_options`; ``options``: your own ``onnxruntime.SessionOptions``
     instead (profiling, other optimization levels).
 
-    A file without edgernn metadata (exported by others: silero-vad, icefall, optimum...) gets
-    its contract from :func:`~edgernn.contract.infer_contract`: state pairs found by the
-    documented rule, or the ``state_pairs`` given (graph input name -> graph output name, which
-    also overrides a file's metadata); ``contract`` gives the whole contract yourself (e.g. one
-    built by ``infer_contract(..., batch_axes=...)``). ``contract_from`` says which it was:
-    ``"metadata"``, ``"inferred"`` or ``"given"``. A data input with neither a batch nor a time
-    axis (silero-vad's scalar ``sr``) is not streamed: pass it on every ``step`` call, and ``stream``
+    ``model``: a path, the file's bytes or a :class:`~edgernn.modelfile.ModelFile`, which
+    resolves the contract (``state_pairs`` and ``contract`` are passed to it): the file's
+    metadata; for a file without edgernn metadata (exported by others: silero-vad, icefall,
+    optimum...) the state pairs found by the documented rule or the ``state_pairs`` given (graph
+    input name -> graph output name, which also overrides a file's metadata); the sidecar
+    ``<name>.edgernn.json`` of an ``.ort`` file from another exporter; or the whole ``contract``
+    given. ``contract_from`` says which it was: ``"metadata"``, ``"inferred"``, ``"sidecar"`` or
+    ``"given"``; ``file`` is the ModelFile. A data input with neither a batch nor a time axis
+    (silero-vad's scalar ``sr``) is not streamed: pass it on every ``step`` call, and ``stream``
     feeds it whole to every call.
     """
 
-    def __init__(self, model: str | Path | bytes, *, threads: int | None = 1,
+    def __init__(self, model: str | Path | bytes | ModelFile, *, threads: int | None = 1,
                  providers: str | Sequence[str] | None = None, state_pairs: Mapping[str, str] | None = None,
                  contract: Contract | None = None, allow_fallback: bool = False, spin: bool | None = None,
                  options=None) -> None:
@@ -204,39 +83,21 @@ class StreamingSession:
 
         from edgernn.runtimes import providers as eps
 
-        source = "the model" if isinstance(model, bytes) else str(model)
-        if not isinstance(model, bytes):
-            path = Path(model)
-            if not path.is_file():
-                raise EdgernnError(f"{path} does not exist or is not a file")
-            model = str(path)
+        self.file: ModelFile = ModelFile.open(model, state_pairs=state_pairs, contract=contract)
+        source = self.file.source
+        self.contract: Contract = self.file.contract  # (says what is wrong with a file that is not a model)
+        self.contract_from: str = self.file.contract_from
         requested = eps.resolve(providers)
+        # by path where there is one (onnxruntime then finds weights kept in external files)
+        load = str(self.file.path) if self.file.path is not None else self.file.data
         try:
             opts = options if options is not None else session_options(threads, spin)
-            self.session = ort.InferenceSession(model, opts, providers=requested)
+            self.session = ort.InferenceSession(load, opts, providers=requested)
         except Exception as e:
             raise EdgernnError(f"onnxruntime cannot load {source}: {str(e).splitlines()[0][:300]}") from None
         self.notes: list[str] = eps.check_started(self.session, requested, allow_fallback, source)
         self.provider: str = self.session.get_providers()[0]
         self.device: str = eps.device_of(self.session)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.contract_from = "metadata"
-        if contract is None and state_pairs is None and "edgernn.format" in meta:
-            self.contract: Contract = Contract.from_metadata(meta, source)
-        else:
-            if contract is None:
-                from edgernn.runtimes.pack import CONTRACT_SUFFIX, is_ort_format, load_contract, sidecar_path
-
-                sidecar = None if isinstance(model, bytes) else sidecar_path(model, CONTRACT_SUFFIX)
-                if state_pairs is None and sidecar is not None and sidecar.is_file() and is_ort_format(model):
-                    contract = load_contract(sidecar)  # written by `edgernn pack` for a file from another exporter
-                else:
-                    contract = infer_contract(_graph_of(model, source), state_pairs, source=source)
-                self.contract_from = "inferred"
-            else:
-                self.contract_from = "given"
-            self.contract = contract
-            self._check_io(source)
         self.inputs: tuple[TensorSpec, ...] = self.contract.inputs
         self.outputs: tuple[TensorSpec, ...] = self.contract.outputs
         self.states: tuple[StateSpec, ...] = self.contract.states
@@ -244,14 +105,14 @@ class StreamingSession:
         self._input_names = [t.name for t in self.inputs]
         self._data_output_names = [t.name for t in self.outputs]
         # per input: (name, dtype, batch axis) for the per-call check; shapes that passed it
-        self._fast_checks = [(t.name, np.dtype(_NP[t.dtype]), t.batch_axis) for t in self.inputs]
+        self._fast_checks = [(t.name, np.dtype(t.dtype), t.batch_axis) for t in self.inputs]
         self._seen_shapes: dict[str, tuple] = {}
         # the bound fast path needs every state's shape known once the batch is: else plain run()
         self._bindable = all(isinstance(d, int) or d == BATCH for s in self.states for d in s.shape)
-        self._bound: _BoundStates | None = None
+        self._bound: BoundStates | None = None
         self._state: dict[str, np.ndarray] = {}  # the plain path's state
         self.batch_size: int | None = None
-        self._stored_init = _stored_inits(model, self.states, source)
+        self._stored_init = self.file.start_values()
         _check_timing(self.contract, source)
         # inputs whose frames per call must be a multiple of their frame_multiple (checked per new shape)
         self._multiples = {t.name: t.frame_multiple for t in self.inputs
@@ -259,17 +120,6 @@ class StreamingSession:
         self._fresh = True  # no call since the streams started (stream(align=True) needs it)
         #: zero frames the last ``stream(align=True)`` fed at its end to flush the outputs' delay
         self.flushed_frames = 0
-
-    def _check_io(self, source: str) -> None:
-        """A contract not read from the file's metadata must name the file's graph I/O."""
-        ins = {i.name for i in self.session.get_inputs()}
-        outs = {o.name for o in self.session.get_outputs()}
-        for name in [t.name for t in self.contract.inputs] + [s.input for s in self.contract.states]:
-            if name not in ins:
-                raise ContractError(f"{source} has no graph input {name!r}; its inputs are {', '.join(sorted(ins))}")
-        for name in [t.name for t in self.contract.outputs] + [s.output for s in self.contract.states]:
-            if name not in outs:
-                raise ContractError(f"{source} has no graph output {name!r}; its outputs are {', '.join(sorted(outs))}")
 
     @property
     def mode(self) -> str:
@@ -315,7 +165,7 @@ class StreamingSession:
         elif self._bound is not None and self._bound.fits(values):
             self._bound.write(values)
         else:
-            self._bound = _BoundStates(self.session, self.states, self.inputs, self.outputs, values, self.device)
+            self._bound = BoundStates(self.session, self.states, self.inputs, self.outputs, values, self.device)
 
     def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
         """Each state's ``init`` value for ``batch_size`` streams."""
@@ -326,7 +176,7 @@ class StreamingSession:
                 reps = [batch_size if k == s.batch_axis else 1 for k in range(value.ndim)]
                 out[s.name] = np.tile(value, reps) if s.batch_axis is not None else value.copy()
             else:
-                out[s.name] = np.zeros(s.concrete_shape(batch_size), dtype=_NP[s.dtype])
+                out[s.name] = np.zeros(s.concrete_shape(batch_size), dtype=np.dtype(s.dtype))
         return out
 
     def reset(self, batch_size: int | None = None, state: Mapping[str, np.ndarray] | None = None) -> None:
@@ -365,7 +215,7 @@ class StreamingSession:
 
     def _check(self, what: str, name: str, value: np.ndarray, shape: Sequence, dtype: str,
                batch_axis: int | None) -> int | None:
-        if value.dtype != np.dtype(_NP[dtype]):
+        if value.dtype != np.dtype(dtype):
             raise StreamError(f"{what} {name!r} has dtype {value.dtype}; expected {dtype}")
         if value.ndim != len(shape):
             raise StreamError(f"{what} {name!r} has shape {list(value.shape)}; expected {len(shape)} axes "
@@ -574,63 +424,6 @@ def _check_timing(contract: Contract, source: str) -> None:
 def _streamed(spec: TensorSpec) -> bool:
     """Whether ``stream`` splits this input into calls (it has a batch or a time axis)."""
     return spec.batch_axis is not None or spec.time_axis is not None
-
-
-def _stored_inits(model: str | bytes, states: Sequence[StateSpec], source: str) -> dict[str, np.ndarray]:
-    """Start values of states whose ``init`` names a graph initializer (read once, at open)."""
-    wanted = {s.init["initializer"]: s for s in states if isinstance(s.init, dict) and "initializer" in s.init}
-    bad = [s for s in states if s.init != "zeros" and not (isinstance(s.init, dict) and "initializer" in s.init)]
-    if bad:
-        raise StreamError(f"state {bad[0].name!r} has init {bad[0].init!r}; expected \"zeros\" or "
-                          "{\"initializer\": NAME}")
-    if not wanted:
-        return {}
-    from edgernn.runtimes.pack import STATE_INIT_SUFFIX, is_ort_format, read_stored_inits, sidecar_path
-
-    if is_ort_format(model):  # onnxruntime drops initializers no node reads: `edgernn pack` saved them aside
-        if isinstance(model, bytes):
-            raise StreamError(f"{source} is an ORT-format model whose states start from stored values; open it by "
-                              f"path, so that the <name>{STATE_INIT_SUFFIX} file next to it is read")
-        found = read_stored_inits(model, source)
-        if not found:
-            raise StreamError(f"{source} is an ORT-format model whose states start from stored values, but "
-                              f"{sidecar_path(model, STATE_INIT_SUFFIX).name} is not next to it; copy it from the "
-                              "folder `edgernn pack` wrote")
-    else:
-        from onnx import numpy_helper
-
-        graph = _graph_of(model, source).graph
-        found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
-    missing = [n for n in wanted if n not in found]
-    if missing:
-        raise StreamError(f"{source} names initializer {missing[0]!r} as a state's start value, but has no such "
-                          "initializer")
-    out = {}
-    for name, spec in wanted.items():
-        value = found[name].astype(_NP[spec.dtype])
-        want = spec.concrete_shape(1)
-        if value.shape != want:
-            raise StreamError(f"start value {name!r} of state {spec.name!r} has shape {list(value.shape)}; expected "
-                              f"{list(want)} (the state's shape with size 1 on the batch axis)")
-        out[spec.name] = value
-    return out
-
-
-def _graph_of(model: str | bytes, source: str):
-    """The ONNX graph of a file onnxruntime has already loaded (weights in external files are not read)."""
-    import onnx
-
-    from edgernn.runtimes.pack import is_ort_format
-
-    if is_ort_format(model):
-        raise EdgernnError(f"{source} is an ORT-format model without edgernn metadata, so its contract cannot be "
-                           "read from a graph; pass contract=edgernn.runtimes.pack.load_contract(PATH_TO_ORT)")
-    try:
-        if isinstance(model, bytes):
-            return onnx.load_from_string(model)
-        return onnx.load(model, load_external_data=False)
-    except Exception:
-        raise EdgernnError(f"{source} is not an ONNX model (onnx.load could not parse it)") from None
 
 
 def _stream_shape(spec: TensorSpec) -> list:

@@ -40,25 +40,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from edgernn.contract import BATCH, Contract, StateSpec, TensorSpec, write_metadata
+from edgernn.contract import BATCH, Contract, TensorSpec, write_metadata
 from edgernn.errors import EdgernnError
+from edgernn.modelfile import ModelFile
+from edgernn.runtimes.triton_config import (INSTANCE_KINDS, TRITON_TYPES, config_text, raw_bytes, state_entry,
+                                            tensor_entry, timing_notes)
 
-PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 INITIAL_STATE_DIR = "initial_state"
 STRATEGIES = ("oldest", "direct")
-INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU", "auto": "KIND_AUTO"}
-#: numpy dtype name -> Triton model-config data type (those the ONNX Runtime backend accepts)
-TRITON_TYPES = {
-    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
-}
 #: the control inputs (name, kind, numpy dtype) with ``controls=True``
 CONTROLS = (
     ("START", "CONTROL_SEQUENCE_START", "int32"),
@@ -109,13 +104,16 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
                       max_sequence_idle_microseconds: int = 5_000_000, max_queue_delay_microseconds: int = 0,
                       max_candidate_sequences: int | None = None, instance_count: int = 1,
                       instance_kind: str = "cpu", controls: bool = True, overwrite: bool = False,
+                      state_pairs: Mapping[str, str] | None = None,
                       progress: Callable[[str], None] | None = None) -> TritonReport:
     """Write a Triton model repository entry that streams ``model`` with implicit state.
 
     Args:
-        model: an edgernn ONNX file (path) or ``onnx.ModelProto``. A stateful file from another
-            exporter (no edgernn metadata) is read with the inferred contract and written with its
-            states renamed ``state_in.<name>`` / ``state_out.<name>`` (see docs/state-contract.md).
+        model: an edgernn ONNX file (path), ``onnx.ModelProto`` or :class:`~edgernn.modelfile.ModelFile`.
+            A stateful file from another exporter (no edgernn metadata) is read with the inferred
+            contract (``state_pairs``: graph input -> output names of its states, where the naming
+            rule misses them) and written with its states renamed ``state_in.<name>`` /
+            ``state_out.<name>`` (see docs/state-contract.md).
         repo_dir: the model repository (created if missing); the model goes to ``repo_dir/NAME``.
         name: the model's name (its folder); default: the file's stem.
         version: the version folder (an integer >= 1).
@@ -140,7 +138,8 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
     """
     say = progress or (lambda stage: None)
     say("read")
-    loaded, source, stem = _load(model)
+    mf = _load(model, state_pairs)
+    source, stem = mf.source, mf.path.stem if mf.path is not None else None
     _check_options(version, max_batch_size, strategy, max_sequence_idle_microseconds, max_queue_delay_microseconds,
                    max_candidate_sequences, instance_count, instance_kind)
     model_name = _model_name(name, stem)
@@ -154,15 +153,15 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
 
     say("check")
     notes: list[str] = []
-    proto, contract = _contract(loaded, source, notes)
+    proto, contract = _contract(mf, notes)
     batched = max_batch_size > 0
     _check_contract(contract, source, batched)
     graph_inputs = {v.name: v for v in proto.graph.input}
     graph_outputs = {v.name: v for v in proto.graph.output}
-    inputs = [_tensor_entry(t, graph_inputs.get(t.name), batched, True) for t in contract.inputs]
-    outputs = [_tensor_entry(t, graph_outputs.get(t.name), batched, False) for t in contract.outputs]
-    starts = _stored_starts(proto, contract, source)
-    states = [_state_entry(s, batched, starts.get(s.name)) for s in contract.states]
+    inputs = [tensor_entry(t, graph_inputs.get(t.name), batched, True) for t in contract.inputs]
+    outputs = [tensor_entry(t, graph_outputs.get(t.name), batched, False) for t in contract.outputs]
+    starts = _stored_starts(mf)
+    states = [state_entry(s, batched, starts.get(s.name)) for s in contract.states]
     _check_pairing_order(contract, source)
     control_entries: list[dict[str, Any]] = []
     served = proto
@@ -188,24 +187,24 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
     if batched:
         notes.append("a request carries one stream: batch size 1 on axis 0 of every input and output; Triton "
                      f"batches up to {max_batch_size} sequences per execution")
-    notes.extend(_timing(inputs, outputs))
+    notes.extend(timing_notes(inputs, outputs))
     for s in states:
         if s["initial_state"].get("data_file"):
             notes.append(f"state {s['input_name']!r} starts from its stored start value "
                          f"({INITIAL_STATE_DIR}/{s['initial_state']['data_file']})")
 
-    config = _config_text(model_name, max_batch_size, inputs, outputs, states, control_entries, strategy,
+    config = config_text(model_name, max_batch_size, inputs, outputs, states, control_entries, strategy,
                           max_sequence_idle_microseconds, max_queue_delay_microseconds, max_candidate_sequences,
                           instance_count, instance_kind, source)
     say("write")
     # the file as it is, byte for byte, when nothing in it changed
-    unchanged = served is loaded and isinstance(model, (str, os.PathLike))
-    payload = Path(model).read_bytes() if unchanged else served.SerializeToString()
+    unchanged = served is mf.proto and mf.path is not None and not mf.uses_external_data
+    payload = mf.data if unchanged else served.SerializeToString()
     files = {CONFIG_FILE: config.encode(), f"{version}/{MODEL_FILE}": payload}
     for s in states:
         data_file = s["initial_state"].get("data_file")
         if data_file:
-            files[f"{INITIAL_STATE_DIR}/{data_file}"] = _raw_bytes(starts[s["state"]])
+            files[f"{INITIAL_STATE_DIR}/{data_file}"] = raw_bytes(starts[s["state"]])
     _write_folder(repo, target, files, overwrite)
     return TritonReport(
         name=model_name, version=version, repository=str(repo), model_dir=str(target),
@@ -217,17 +216,11 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
 
 # ---------------------------------------------------------------- reading and checking
 
-def _load(model: Any) -> tuple[Any, str, str | None]:
-    """(ModelProto, how to name it in messages, file stem or None)."""
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model, "the model", None
-    if not isinstance(model, (str, os.PathLike)):
-        raise TritonError(f"expected an ONNX file path or an onnx.ModelProto, got {type(model).__name__}")
-    from edgernn.api import read_onnx
-
-    return read_onnx(model), str(model), Path(model).stem
+def _load(model: Any, state_pairs: Mapping[str, str] | None) -> ModelFile:
+    try:
+        return ModelFile.open(model, state_pairs=state_pairs)
+    except EdgernnError as e:
+        raise TritonError(str(e)) from None
 
 
 def _check_options(version: Any, max_batch_size: Any, strategy: str, idle: Any, delay: Any, candidates: Any,
@@ -263,17 +256,15 @@ def _model_name(name: str | None, stem: str | None) -> str:
     return name
 
 
-def _contract(proto: Any, source: str, notes: list[str]) -> tuple[Any, Contract]:
-    from edgernn.contract import infer_contract, read_metadata, with_contract
+def _contract(mf: ModelFile, notes: list[str]) -> tuple[Any, Contract]:
+    """The graph to serve and its contract: the file's own, or one stamped with the resolved contract."""
+    if mf.contract_from == "metadata":
+        return mf.with_weights(), mf.contract
+    from edgernn.contract import read_metadata
 
-    if any(p.key == "edgernn.format" for p in proto.metadata_props):
-        return proto, read_metadata(proto, source)
-    contract = infer_contract(proto, source=source)
-    stamped = with_contract(proto, contract, source)
-    pairs = ", ".join(f"{s.input} -> {s.output}" for s in contract.states)
-    notes.append(f"{source} has no edgernn metadata: contract inferred from the graph ({pairs}); the repository's "
-                 "model names its states state_in.<name> / state_out.<name>")
-    return stamped, read_metadata(stamped, source)
+    stamped = mf.stamped()
+    notes.append(f"{mf.foreign_note}; the repository's model names its states state_in.<name> / state_out.<name>")
+    return stamped, read_metadata(stamped, mf.source)
 
 
 def _check_contract(contract: Contract, source: str, batched: bool) -> None:
@@ -337,94 +328,14 @@ def _show(shape: Any) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-# ---------------------------------------------------------------- config entries
-
-def _graph_dims(value_info: Any, rank: int) -> list[int] | None:
-    """The graph's declared dims (-1 where not fixed), or None when it declares no shape of ``rank``."""
-    if value_info is None or not value_info.type.HasField("tensor_type"):
-        return None
-    tt = value_info.type.tensor_type
-    if not tt.HasField("shape") or len(tt.shape.dim) != rank:
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim]
 
 
-def _tensor_entry(t: TensorSpec, value_info: Any, batched: bool, is_input: bool) -> dict[str, Any]:
-    """A config ``input`` / ``output`` entry. Dims are the graph's (what the backend compares,
-    exactly for outputs) with ``time`` and other symbols -1; the batch axis is left out when
-    batching, else fixed at 1 for inputs (one sequence per execution) and -1 for outputs."""
-    declared = _graph_dims(value_info, len(t.shape))
-    dims = []
-    for k, d in enumerate(t.shape):
-        if k == t.batch_axis:
-            if batched:
-                continue
-            dims.append(1 if is_input else -1)
-        elif declared is not None:
-            dims.append(declared[k])
-        else:
-            dims.append(int(d) if isinstance(d, (int, np.integer)) else -1)
-    entry = {"name": t.name, "data_type": TRITON_TYPES[t.dtype], "dims": dims,
-             "time_axis": t.time_axis, "batch_axis": t.batch_axis}
-    if is_input and t.frame_multiple != 1:
-        entry["frame_multiple"] = t.frame_multiple
-    if not is_input and t.delay:
-        entry["delay"] = t.delay
-    return entry
-
-
-def _timing(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[str]:
-    """What a client must know about strides and lookahead over time (config comments and notes)."""
-    lines = [f"input {e['name']!r}: each request carries a multiple of {e['frame_multiple']} frames (the model "
-             "strides over time)" for e in inputs if e.get("frame_multiple", 1) != 1]
-    lines += [f"output {e['name']!r}: {e['delay']} frame{'s' if e['delay'] > 1 else ''} of lookahead (delay): frame t "
-              f"of a sequence's output is the model's frame t - {e['delay']}" for e in outputs if e.get("delay")]
-    return lines
-
-
-def _state_entry(s: StateSpec, batched: bool, start: np.ndarray | None) -> dict[str, Any]:
-    dims = [1 if k == s.batch_axis else int(d) for k, d in enumerate(s.shape) if not (batched and k == s.batch_axis)]
-    initial: dict[str, Any] = {"name": s.name, "data_type": TRITON_TYPES[s.dtype], "dims": list(dims)}
-    if start is None:
-        initial["zero_data"] = True
-    else:
-        initial["data_file"] = _file_name(s.name)
-    return {"state": s.name, "input_name": s.input, "output_name": s.output, "data_type": TRITON_TYPES[s.dtype],
-            "dims": dims, "initial_state": initial}
-
-
-def _file_name(state: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", state) + ".bin"
-
-
-def _stored_starts(proto: Any, contract: Contract, source: str) -> dict[str, np.ndarray]:
+def _stored_starts(mf: ModelFile) -> dict[str, np.ndarray]:
     """Start values of states whose init names a graph initializer (size 1 on the batch axis)."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    out: dict[str, np.ndarray] = {}
-    for s in contract.states:
-        if s.init == "zeros":
-            continue
-        ref = s.init.get("initializer") if isinstance(s.init, dict) else None
-        if ref is None:
-            raise TritonError(f"state {s.name!r} of {source} has init {s.init!r}; expected \"zeros\" or "
-                              "{\"initializer\": NAME}")
-        if ref not in inits:
-            raise TritonError(f"{source} names initializer {ref!r} as the start value of state {s.name!r}, but has "
-                              "no such initializer")
-        value = numpy_helper.to_array(inits[ref]).astype(s.dtype)
-        want = s.concrete_shape(1)
-        if value.shape != want:
-            raise TritonError(f"start value {ref!r} of state {s.name!r} has shape {list(value.shape)}; expected "
-                              f"{list(want)} (the state's shape with size 1 on the batch axis)")
-        out[s.name] = value
-    return out
-
-
-def _raw_bytes(value: np.ndarray) -> bytes:
-    """Row-major little-endian bytes, as Triton reads an initial_state data_file."""
-    return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+    try:
+        return mf.start_values()
+    except EdgernnError as e:
+        raise TritonError(str(e)) from None
 
 
 # ---------------------------------------------------------------- the served model
@@ -433,14 +344,13 @@ def _with_controls(proto: Any, contract: Contract, batched: bool, starts: dict[s
     """A copy of ``proto`` with the control inputs (after the data inputs, before the states) and,
     for each state, ``Where(START, init, state_in)`` in front of every reader of the state input."""
     import onnx
-    from onnx import helper, numpy_helper
+    import onnx_ir as ir
 
-    from edgernn.foreign import _all_value_names, _rename_values
+    from edgernn.stamp import value_names
 
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    g = out.graph
-    taken = _all_value_names(g) | {n.name for n in g.node}
+    model = ir.from_proto(proto)
+    g = model.graph
+    taken = value_names(proto) | {n.name for n in ir.traversal.RecursiveGraphIterator(g) if n.name}
 
     def fresh(base: str) -> str:
         name, k = base, 1
@@ -449,48 +359,47 @@ def _with_controls(proto: Any, contract: Contract, batched: bool, starts: dict[s
         taken.add(name)
         return name
 
-    lead: list[Any] = ["batch", 1] if batched else [1]
-    controls = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(d)), lead)
-                for n, _, d in CONTROLS]
-    first_state = min((k for k, v in enumerate(g.input) if v.name in {s.input for s in contract.states}),
-                      default=len(g.input))
-    items = [type(v)() for v in g.input]
-    for c, v in zip(items, g.input):
-        c.CopyFrom(v)
-    del g.input[:]
-    g.input.extend(items[:first_state] + controls + items[first_state:])
+    def constant(value: np.ndarray, base: str) -> ir.Value:
+        v = ir.Value(name=fresh(base), type=ir.TensorType(ir.DataType.from_numpy(value.dtype)),
+                     shape=ir.Shape(value.shape), const_value=ir.tensor(value))
+        g.register_initializer(v)
+        return v
 
-    new_nodes = []
-    flag = fresh("triton.start_flag")
-    new_nodes.append(helper.make_node("Cast", ["START"], [flag], name=fresh("triton.start_cast"),
-                                      to=onnx.TensorProto.BOOL))
-    conds: dict[int, str] = {}
+    lead: list[Any] = ["batch", 1] if batched else [1]
+    controls = {n: ir.Value(name=n, type=ir.TensorType(ir.DataType.from_numpy(np.dtype(d))), shape=ir.Shape(lead))
+                for n, _, d in CONTROLS}
+    state_inputs = {s.input for s in contract.states}
+    first_state = min((k for k, v in enumerate(g.inputs) if v.name in state_inputs), default=len(g.inputs))
+    for k, v in enumerate(controls.values()):
+        g.inputs.insert(first_state + k, v)
+
+    new_nodes = [ir.node("Cast", [controls["START"]], {"to": ir.DataType.BOOL}, name=fresh("triton.start_cast"),
+                         num_outputs=1)]
+    new_nodes[0].outputs[0].name = fresh("triton.start_flag")
+    conds: dict[int, ir.Value] = {}
+    by_name = {v.name: v for v in g.inputs}
     for s in contract.states:
         rank = len(s.shape)
         if rank not in conds:
-            shape_name = fresh(f"triton.start_shape.{rank}")
-            target = [-1] + [1] * (rank - 1) if batched else [1] * rank
-            g.initializer.append(numpy_helper.from_array(np.array(target, np.int64), shape_name))
-            conds[rank] = fresh(f"triton.start_flag.{rank}")
-            new_nodes.append(helper.make_node("Reshape", [flag, shape_name], [conds[rank]],
-                                              name=fresh(f"triton.start_reshape.{rank}")))
+            shape = constant(np.array([-1] + [1] * (rank - 1) if batched else [1] * rank, np.int64),
+                             f"triton.start_shape.{rank}")
+            reshape = ir.node("Reshape", [new_nodes[0].outputs[0], shape], name=fresh(f"triton.start_reshape.{rank}"))
+            reshape.outputs[0].name = fresh(f"triton.start_flag.{rank}")
+            new_nodes.append(reshape)
+            conds[rank] = reshape.outputs[0]
         if s.name in starts:
-            init_name = s.init["initializer"]  # type: ignore[index]
+            init = g.initializers[s.init["initializer"]]  # type: ignore[index]
         else:
-            init_name = fresh(f"triton.zero.{s.name}")
-            g.initializer.append(numpy_helper.from_array(np.zeros((), np.dtype(s.dtype)), init_name))
-        reset = fresh(f"{s.input}.reset")
-        _rename_values(g, {s.input: reset})
-        for v in g.input:  # the graph input keeps its name: Triton feeds it by name
-            if v.name == reset:
-                v.name = s.input
-        new_nodes.append(helper.make_node("Where", [conds[rank], init_name, s.input], [reset],
-                                          name=fresh(f"triton.start_reset.{s.name}")))
-    nodes = [type(n)() for n in g.node]
-    for c, n in zip(nodes, g.node):
-        c.CopyFrom(n)
-    del g.node[:]
-    g.node.extend(new_nodes + nodes)
+            init = constant(np.zeros((), np.dtype(s.dtype)), f"triton.zero.{s.name}")
+        state_in = by_name[s.input]
+        where = ir.node("Where", [conds[rank], init, state_in], name=fresh(f"triton.start_reset.{s.name}"))
+        where.outputs[0].name = fresh(f"{s.input}.reset")
+        # every reader of the state input (subgraphs too) reads the reset value instead
+        state_in.replace_all_uses_with(where.outputs[0])
+        where.replace_input_with(2, state_in)
+        new_nodes.append(where)
+    g.insert_before(g.node(0), new_nodes)
+    out = ir.to_proto(model)
 
     control_specs = tuple(TensorSpec(n, (BATCH, 1) if batched else (1,), d, 0 if batched else None, None)
                           for n, _, d in CONTROLS)
@@ -505,92 +414,6 @@ def _with_controls(proto: Any, contract: Contract, batched: bool, starts: dict[s
     return out
 
 
-# ---------------------------------------------------------------- config.pbtxt
-
-def _q(text: str) -> str:
-    """A protobuf text-format string literal."""
-    out = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return '"' + out.replace("\t", "\\t") + '"'
-
-
-def _dims(dims: list[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]" if dims else "[ ]"
-
-
-def _config_text(name: str, max_batch_size: int, inputs: list[dict], outputs: list[dict], states: list[dict],
-                 controls: list[dict], strategy: str, idle: int, delay: int, candidates: int | None,
-                 instance_count: int, instance_kind: str, source: str) -> str:
-    from edgernn import __version__
-
-    lines = [f"# Triton model configuration written by edgernn {__version__} from {Path(source).name}.",
-             "# Each sequence's recurrent state stays in Triton (sequence_batching.state: implicit state).",
-             *(f"# {line}" for line in _timing(inputs, outputs)),
-             f"name: {_q(name)}", f"platform: {_q(PLATFORM)}", f"max_batch_size: {max_batch_size}"]
-
-    def tensors(key: str, entries: list[dict]) -> None:
-        lines.append(f"{key} [")
-        for k, e in enumerate(entries):
-            lines.append("  {")
-            lines.append(f"    name: {_q(e['name'])}")
-            lines.append(f"    data_type: {e['data_type']}")
-            lines.append(f"    dims: {_dims(e['dims'])}")
-            lines.append("  }" + ("," if k < len(entries) - 1 else ""))
-        lines.append("]")
-
-    tensors("input", inputs)
-    tensors("output", outputs)
-    lines.append("sequence_batching {")
-    lines.append(f"  max_sequence_idle_microseconds: {idle}")
-    if strategy == "oldest":
-        lines.append("  oldest {")
-        lines.append(f"    max_candidate_sequences: {candidates or max(1, max_batch_size)}")
-    else:
-        lines.append("  direct {")
-    lines.append(f"    max_queue_delay_microseconds: {delay}")
-    lines.append("  }")
-    if controls:
-        lines.append("  control_input [")
-        for k, c in enumerate(controls):
-            lines.append("    {")
-            lines.append(f"      name: {_q(c['name'])}")
-            lines.append("      control [")
-            lines.append("        {")
-            lines.append(f"          kind: {c['kind']}")
-            if c["kind"] == "CONTROL_SEQUENCE_CORRID":
-                lines.append(f"          data_type: {c['data_type']}")
-            else:
-                lines.append("          int32_false_true: [ 0, 1 ]")
-            lines.append("        }")
-            lines.append("      ]")
-            lines.append("    }" + ("," if k < len(controls) - 1 else ""))
-        lines.append("  ]")
-    lines.append("  state [")
-    for k, s in enumerate(states):
-        init = s["initial_state"]
-        lines.append("    {")
-        lines.append(f"      input_name: {_q(s['input_name'])}")
-        lines.append(f"      output_name: {_q(s['output_name'])}")
-        lines.append(f"      data_type: {s['data_type']}")
-        lines.append(f"      dims: {_dims(s['dims'])}")
-        lines.append("      initial_state: {")
-        lines.append(f"        data_type: {init['data_type']}")
-        lines.append(f"        dims: {_dims(init['dims'])}")
-        if init.get("zero_data"):
-            lines.append("        zero_data: true")
-        else:
-            lines.append(f"        data_file: {_q(init['data_file'])}")
-        lines.append(f"        name: {_q(init['name'])}")
-        lines.append("      }")
-        lines.append("    }" + ("," if k < len(states) - 1 else ""))
-    lines.append("  ]")
-    lines.append("}")
-    lines.append("instance_group [")
-    lines.append("  {")
-    lines.append(f"    count: {instance_count}")
-    lines.append(f"    kind: {INSTANCE_KINDS[instance_kind]}")
-    lines.append("  }")
-    lines.append("]")
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- writing

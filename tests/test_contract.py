@@ -196,21 +196,6 @@ def test_schema_accepts_a_frame_multiple_and_a_delay(schema):
     assert "frame_multiple" not in json.dumps(_handmade().to_metadata())  # nor written where they are default
 
 
-@pytest.mark.parametrize("where, field, value, message", [
-    ("inputs", "frame_multiple", 0, "frame_multiple 0 of 'x' is not a positive integer"),
-    ("inputs", "frame_multiple", True, "frame_multiple True of 'x' is not a positive integer"),
-    ("outputs", "delay", -1, "delay -1 of 'y' is not a non-negative integer"),
-])
-def test_a_bad_frame_multiple_or_delay_is_refused_with_a_sentence(where, field, value, message):
-    d = _valid_decoded()
-    d[where][0][field] = value
-    props = {"edgernn.format": "1", "edgernn.mode": "chunk", **{f"edgernn.{k}": json.dumps(d[k])
-                                                                 for k in ("inputs", "outputs", "states")}}
-    with pytest.raises(ContractError) as info:
-        Contract.from_metadata(props, "model.onnx")
-    assert f"malformed entry in edgernn.{where} (number 0: {message})" in str(info.value)
-
-
 # ---------------------------------------------------------------- round trip
 
 
@@ -279,18 +264,12 @@ def _states_json(**fields) -> str:
 @pytest.mark.parametrize("props, message", [
     ({}, "has no edgernn metadata (metadata_props 'edgernn.format' is missing)"),
     ({"producer": "someone else"}, "has no edgernn metadata"),
-    (_edited(format="2"), "uses edgernn contract version '2'; this edgernn reads version '1'"),
-    (_edited(states=None), "without 'edgernn.states'"),
     (_edited(mode=None), "without 'edgernn.mode'"),
-    (_edited(inputs="[{'name': 'x'}"), "edgernn.inputs that is not valid JSON"),
-    (_edited(outputs='{"name": "y"}'), "edgernn.outputs of type dict; expected a JSON list of objects"),
-    (_edited(states='["state_in.h"]'), "edgernn.states of type list; expected a JSON list of objects"),
-    (_edited(mode="stream"), "edgernn.mode 'stream'; expected one of chunk, step, sequence"),
     (_edited(states=_states_json(dtype=None)), "entry in edgernn.states (number 0) without the field 'dtype'"),
-    (_edited(inputs='[{"name": "x", "shape": 5, "dtype": "float32"}]'), "malformed entry in edgernn.inputs"),
-    (_edited(states=_states_json(input="h_in")), "the contract expects 'state_in.ntm.read' -> 'state_out.ntm.read'"),
 ])
 def test_missing_or_garbled_metadata_is_refused_with_a_sentence(props, message):
+    """A few here; each kind of malformed metadata, newer format and sidecar is a case of the fixtures that
+    Python and JavaScript share (tests/fixtures/metadata, test_metadata_fixtures.py)."""
     with pytest.raises(ContractError) as info:
         Contract.from_metadata(props, "model.onnx")
     text = str(info.value)

@@ -1,6 +1,6 @@
 """Every supported architecture x mode has a parity test.
 
-The supported kinds come from the converter itself (``converters.recurrent.GATES``, plus LSTM with
+The supported kinds come from the converter itself (``edgernn.recurrent_kinds.KINDS``, plus LSTM with
 ``proj_size`` which ``RecurrentLayerSpec`` carries, plus PyTorch's recurrent cells); the covered
 ones from the case lists that parametrize ``tests/converters/test_parity.py`` (its ``COVERED``,
 computed from the built modules). Adding a kind to the converter without a parity case fails here.
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
-from edgernn.converters.recurrent import GATES, RecurrentLayerSpec
+from edgernn.converters.recurrent import RecurrentLayerSpec
+from edgernn.recurrent_kinds import KINDS
 
 STREAMING_MODES = ("chunk", "step")  # unidirectional layers
 BIDIRECTIONAL_MODES = ("sequence",)  # bidirectional layers need the whole sequence
@@ -35,7 +36,7 @@ def _parity_module():
 
 
 def supported() -> set[tuple[str, str, bool]]:
-    kinds = set(GATES)
+    kinds = set(KINDS)
     if "proj_size" in {f.name for f in dataclasses.fields(RecurrentLayerSpec)}:
         kinds.add("lstm+proj")
     want = {(k, m, False) for k in kinds for m in STREAMING_MODES}

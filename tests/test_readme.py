@@ -21,13 +21,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from edgernn._cli_options import option_choices
 from edgernn.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CI = ROOT / ".ci" / "run"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-MODES = {"chunk", "step", "sequence"}
 
 
 def blocks(kind: str | None = None) -> list[str]:
@@ -93,14 +93,15 @@ def test_readme_edgernn_command_exists(args):
     result = runner.invoke(app, [name, "--help"])
     assert result.exit_code == 0, result.output
     known = _options(COMMANDS[name])
+    choices = option_choices(COMMANDS[name])
     for k, token in enumerate(rest):
         if not token.strip("[").startswith("-"):
             continue
         flag = _clean(token)
         assert flag in known, f"`edgernn {name}` has no option {flag} (it has {sorted(known)})"
         assert flag in result.output, f"`edgernn {name} --help` does not show {flag}"
-        if flag in ("--mode", "-m") and k + 1 < len(rest):
-            assert set(_clean(rest[k + 1]).split("|")) <= MODES, rest[k + 1]
+        if flag in choices and k + 1 < len(rest):  # `--mode step`, `[--method dynamic|static|fp16|mixed]`
+            assert set(_clean(rest[k + 1]).split("|")) <= set(choices[flag]), (flag, rest[k + 1])
 
 
 def test_readme_inline_flags_exist():

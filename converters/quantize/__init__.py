@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import onnx
 
-from edgernn.contract import Contract, ContractError, read_metadata, write_metadata
+from edgernn.contract import Contract, read_metadata, write_metadata
 from edgernn.converters.quantize.graph import work_nodes
 from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport
 from edgernn.errors import EdgernnError
+from edgernn.modelfile import ModelFile, ModelFileError, write_atomic
 
 METHODS = ("dynamic", "static", "fp16", "mixed")
 SUFFIX = {"dynamic": ".int8", "static": ".qdq", "fp16": ".fp16", "mixed": ".mixed"}
@@ -42,37 +43,19 @@ def default_output(path: str | os.PathLike, method: str) -> Path:
     return p.with_name(p.stem + SUFFIX.get(method, "." + method) + ".onnx")
 
 
-def _read(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str, int]:
-    if isinstance(model, onnx.ModelProto):
-        return model, "the model", model.ByteSize()
-    p = Path(model)
-    if not p.is_file():
-        raise QuantizeError(f"{p} does not exist or is not a file")
+def _open(model: str | os.PathLike | onnx.ModelProto | ModelFile,
+          state_pairs: Mapping[str, str] | None) -> ModelFile:
     try:
-        m = onnx.load(str(p))
-    except Exception:
-        raise QuantizeError(f"{p} is not an ONNX model (onnx.load could not parse it)") from None
-    if not m.graph.node:
-        raise QuantizeError(f"{p} is not an ONNX model with a graph")
-    return m, str(p), p.stat().st_size
+        mf = ModelFile.open(model, state_pairs=state_pairs)
+        if not mf.proto.graph.node:
+            raise QuantizeError(f"{mf.source} is not an ONNX model with a graph")
+        mf.with_weights()
+    except ModelFileError as e:
+        raise QuantizeError(str(e)) from None
+    return mf
 
 
-def _contract(model: onnx.ModelProto, source: str, state_pairs: Mapping[str, str] | None) -> tuple[Contract, str | None]:
-    if state_pairs is None:
-        try:
-            return read_metadata(model, source), None
-        except ContractError as e:
-            if "edgernn.format" not in str(e):
-                raise
-    from edgernn.contract import infer_contract
-
-    contract = infer_contract(model, state_pairs, source=source)
-    how = "given by the user" if state_pairs else "found by the naming rule (docs/state-contract.md)"
-    pairs = ", ".join(f"{s.input} -> {s.output}" for s in contract.states)
-    return contract, f"{source} has no edgernn metadata; state pairs {how}: {pairs}"
-
-
-def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
+def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str | os.PathLike | None = None, *,
              method: str = "dynamic", calibration: str | os.PathLike | None = None,
              data: str | os.PathLike | None = None, per_channel: bool = False, exclude: Sequence[str] = (),
              max_error: float | None = None, min_agreement: float | None = None, steps: int = 10_000,
@@ -81,7 +64,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     """Quantize an edgernn (or other stateful) ONNX file and check it against the float model.
 
     Args:
-        model: the float ONNX file (or ModelProto).
+        model: the float ONNX file (a path, ModelProto or :class:`~edgernn.modelfile.ModelFile`).
         output: where to write (default ``IN.int8.onnx`` etc., see :func:`default_output`); the
             file is written only if the accuracy check passes the thresholds given.
         method: one of :data:`METHODS`.
@@ -105,7 +88,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         raise QuantizeError(f"--steps must be at least 1, got {steps}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise QuantizeError(f"--min-agreement must lie in [0, 1], got {min_agreement}")
-    float_model, source, size_before = _read(model)
+    mf = _open(model, state_pairs)
+    float_model, source, size_before = mf.proto, mf.source, mf.size_bytes
     target = None
     if write and (output is not None or source != "the model"):
         target = Path(output) if output is not None else default_output(source, method)
@@ -116,15 +100,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     names = {n.name for n, _ in work_nodes(float_model)}
     if not names:  # before the contract: a file with nothing to quantize is told so, not asked for state pairs
         raise QuantizeError(f"{source} has no recurrent, MatMul, Gemm or Conv node to quantize; nothing was written")
-    contract, foreign_note = _contract(float_model, source, state_pairs)
+    contract, foreign_note = mf.contract, mf.foreign_note
     unknown = [n for n in exclude if n not in names]
     if unknown:
         raise QuantizeError(f"--exclude {unknown[0]!r} is not a quantizable node of {source} "
                             f"(see `edgernn info` or the report's node list)")
-    if foreign_note:  # the output follows the contract: states renamed state_in.<name> / state_out.<name>
-        from edgernn.contract import with_contract
-
-        stamped = with_contract(float_model, contract, source=source)
+    if mf.contract_from != "metadata":  # the output follows the contract: states renamed state_in.<name> / state_out.<name>
+        stamped = mf.stamped()
         contract = read_metadata(stamped, source)
         foreign_note += ("; the quantized file names them " +
                          ", ".join(f"{s.input} -> {s.output}" for s in contract.states))
@@ -207,8 +189,6 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
 def _finish(report: QuantizeReport, target: Path | None, q_bytes: bytes) -> QuantizeReport:
     """Write the file if the accuracy check passed the user's thresholds; else raise, writing nothing."""
-    from edgernn.converters.export import write_atomic
-
     if not report.passed:
         err = QuantizeError("the quantized model fails the accuracy check: " + "; ".join(report.failures)
                             + "; nothing was written")

@@ -24,8 +24,6 @@ from edgernn.errors import EdgernnError
 
 Streams = list[dict[str, np.ndarray]]
 
-_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-           "int32": np.int32, "bool": np.bool_}
 # ops that pass integer ids through unchanged on their way to an embedding's Gather
 _ID_PASSTHROUGH = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose"}
 _AR_COEFFICIENT = 0.9  # correlation of neighbouring frames in synthetic float data
@@ -78,7 +76,7 @@ def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: in
         shape = stream_shape(spec)
         concrete = [steps if d == TIME else streams if d == BATCH else d if isinstance(d, int) else 1
                     for d in shape]
-        dtype = np.dtype(_DTYPES.get(spec.dtype, np.float32))
+        dtype = _numpy_dtype(spec)
         if dtype.kind == "f":
             out[spec.name] = _ar1(rng, concrete, _stream_time_axis(spec)).astype(dtype)
         elif dtype.kind == "b":
@@ -184,10 +182,19 @@ def load_streams(path: str | os.PathLike, contract: Contract, what: str = "calib
     return [arrays]
 
 
+def _numpy_dtype(spec: TensorSpec) -> np.dtype:
+    """The numpy dtype of a tensor of the contract (which names dtypes as numpy does); float32 for
+    one numpy does not know (bfloat16)."""
+    try:
+        return np.dtype(spec.dtype)
+    except TypeError:
+        return np.dtype(np.float32)
+
+
 def _check_stream(what: str, spec: TensorSpec, arr: np.ndarray) -> None:
     want = stream_shape(spec)
     shown = "[" + ", ".join(str(d) for d in want) + "]"
-    if arr.dtype != np.dtype(_DTYPES.get(spec.dtype, np.float32)):
+    if arr.dtype != _numpy_dtype(spec):
         raise EdgernnError(f"{what} array {spec.name!r} has dtype {arr.dtype}; expected {spec.dtype}")
     if arr.ndim != len(want):
         raise EdgernnError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; expected {shown} "

@@ -18,34 +18,38 @@ from typing import Sequence
 
 import onnx
 
-from edgernn.converters.quantize.graph import decisions, node_keys, work_nodes
-from edgernn.converters.quantize.lowering import lower_recurrent_ops
+from edgernn.converters.quantize.decisions import decide
+from edgernn.converters.quantize.graph import node_keys, work_nodes
+from edgernn.converters.quantize.lowering import KEPT, RECURRENT_OPS, lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
 from edgernn.converters.quantize.stepcells import compact_zero_blocks, fuse_step_cells
+from edgernn.recurrent_kinds import KINDS
+
+# onnxruntime's int8 kernel per ONNX op (DynamicQuantizeLSTM); GRU and RNN have none and are lowered
+INT8_OPS = {k.onnx_op: k.int8_op for k in KINDS.values() if k.int8_op}
 
 
 def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, exclude: Sequence[str] = (),
                           lower_lstm: bool = False, step: bool = False
                           ) -> tuple[onnx.ModelProto, list[NodeDecision], list[NodeDecision]]:
     """Return (int8 model, nodes made int8, nodes left in float with the reason). ``step``: the
-    model runs one frame per call (its recurrent layers are rewritten for that first)."""
+    model runs one frame per call (its recurrent layers are rewritten for that first). Each node is
+    decided by :func:`~edgernn.converters.quantize.decisions.decide`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fused = []
     if step:
         model, fused = fuse_step_cells(model, exclude=exclude)
-    ops = ("GRU", "RNN", "LSTM") if lower_lstm else ("GRU", "RNN")
+    ops = tuple(op for op in RECURRENT_OPS if lower_lstm or op not in INT8_OPS)
     lowered, record = lower_recurrent_ops(model, op_types=ops, exclude=exclude)
-    # an LSTM op kept as the ONNX op is quantized by onnxruntime below (DynamicQuantizeLSTM)
-    kept = [NodeDecision(r.name, r.op_type, "float32", r.why) for r in record
-            if not r.done and not (r.op_type == "LSTM" and r.why == "kept as the ONNX op")]
+    not_lowered = {r.name: r.why for r in record if not r.done and r.why != KEPT}
     made = {f.node for f in fused}  # reported as the input file's nodes they replaced
     candidates = [(n, c) for n, c in work_nodes(lowered) if (n.name, n.op_type) not in made]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "float.onnx"), Path(tmp, "int8.onnx")
         onnx.save(lowered, src)
         logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing": not for RNN graphs
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm", "LSTM"], per_channel=per_channel,
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm", *INT8_OPS], per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
         quantized = onnx.load(dst)
@@ -61,12 +65,12 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
             compact_zero_blocks(quantized, f)
         fused_done += [NodeDecision(n, t, "int8", f.why(n)) for n, t in f.replaced]
 
-    def how(node: onnx.NodeProto) -> str | None:
+    def int8(node) -> tuple[str, str] | None:
         if (node.name, node.op_type) in remaining:
             return None
-        kind = "DynamicQuantizeLSTM" if node.op_type == "LSTM" else "dynamic int8 MatMul"
-        return f"{kind} (int8 weights, activations quantized at run time)"
+        kind = INT8_OPS.get(node.op_type, "dynamic int8 MatMul")
+        return "int8", f"{kind} (int8 weights, activations quantized at run time)"
 
-    done, more = decisions(candidates, exclude, how, "onnxruntime's quantizer left it in float",
-                           skip=("GRU", "RNN"))  # GRU/RNN: recorded by the lowering
-    return quantized, fused_done + done, kept + fused_kept + more
+    done, kept = decide(candidates, int8, lambda n: not_lowered.get(n.name, "onnxruntime's quantizer left it in float"),
+                        exclude)
+    return quantized, fused_done + done, fused_kept + kept

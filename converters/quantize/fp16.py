@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import heapq
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -31,10 +30,13 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from edgernn.contract import Contract, read_metadata
+from edgernn.converters.quantize.decisions import decide
+from edgernn.converters.quantize.graph import sorted_model
 from edgernn.converters.quantize.report import NodeDecision
 from edgernn.errors import EdgernnError
+from edgernn.recurrent_kinds import ONNX_OPS
 
-RECURRENT_OPS = frozenset({"GRU", "LSTM", "RNN", "Scan", "Loop"})
+RECURRENT_OPS = frozenset({*ONNX_OPS, "Scan", "Loop"})
 CONTROL_FLOW_OPS = frozenset({"Scan", "Loop", "If"})
 # ops that only move or reshape data (or make constants): they gain nothing from float16 alone
 DATA_OPS = frozenset({
@@ -143,7 +145,7 @@ def _fp32_reasons(model: onnx.ModelProto, float_nodes: list[onnx.NodeProto], mix
 def state_path_nodes(model: onnx.ModelProto, contract: Contract) -> dict[str, str]:
     """Nodes on a path from a state input to a state output (the recurrent feedback loop), by
     name, each with the state pairs it lies between (``"state_in.gru.h -> state_out.gru.h"``)."""
-    nodes = topological_order(model.graph.node)
+    nodes = list(sorted_model(model).graph.node)
     producers_done: dict[str, set[str]] = {s.input: {s.input} for s in contract.states}
     reached: dict[str, set[str]] = {}  # node -> state inputs it depends on
     for n in nodes:
@@ -249,10 +251,7 @@ def _convert(model: onnx.ModelProto, reasons: dict[str, str]) -> tuple[onnx.Mode
     _remove_round_trips(result)
     stored = _store_weights_as_float16(result, users, keep_weights)
     del result.graph.value_info[:]  # types changed; onnxruntime infers them
-    ordered = topological_order(result.graph.node)  # the converter appends its casts at the end
-    del result.graph.node[:]
-    result.graph.node.extend(ordered)
-    return result, stored
+    return sorted_model(result), stored  # the converter appends its casts at the end
 
 
 def _weight_users(model: onnx.ModelProto) -> dict[str, set[str]]:
@@ -396,46 +395,22 @@ def _load_error(model: onnx.ModelProto) -> tuple[str, str] | None:
 
 def _decisions(float_nodes: list[onnx.NodeProto], reasons: dict[str, str],
                stored: set[str]) -> tuple[list[NodeDecision], list[NodeDecision]]:
-    converted, kept = [], []
-    for n in float_nodes:
+    """Each float node's decision (:func:`~edgernn.converters.quantize.decisions.decide`): float16
+    unless ``reasons`` keeps it float32, whose weights may still be stored as float16."""
+    def float16(n: onnx.NodeProto) -> tuple[str, str] | None:
         why = reasons.get(n.name)
         if why is None:
-            converted.append(NodeDecision(n.name, n.op_type, "float16", "runs in float16"))
-        elif any(t in stored for t in _referenced(n)):
-            converted.append(NodeDecision(n.name, n.op_type, "float16",
-                                          f"weights stored as float16, computed in float32: {why}"))
-        else:
-            kept.append(NodeDecision(n.name, n.op_type, "float32", why))
-    return converted, kept
+            return "float16", "runs in float16"
+        if any(t in stored for t in _referenced(n)):
+            return "float16", f"weights stored as float16, computed in float32: {why}"
+        return None
 
-
-def topological_order(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` with every producer before its consumers (stable: otherwise in the given order).
-    Names no node produces (graph inputs, initializers, outer scope) count as available."""
-    nodes = list(nodes)
-    produced = {t: i for i, n in enumerate(nodes) for t in n.output if t}
-    waiting = [{produced[t] for t in _referenced(n) if t in produced} - {i} for i, n in enumerate(nodes)]
-    users: dict[int, list[int]] = {}
-    for i, deps in enumerate(waiting):
-        for d in deps:
-            users.setdefault(d, []).append(i)
-    ready = [i for i, deps in enumerate(waiting) if not deps]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for u in users.get(i, []):
-            waiting[u].discard(i)
-            if not waiting[u]:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):  # a cycle: not a valid ONNX graph; leave the order alone
-        return nodes
-    return order
+    return decide(((n, True) for n in float_nodes), float16, lambda n: reasons[n.name])
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every node a unique name (the converter blocks nodes by name)."""
+    """Give every node a unique name (the converter blocks nodes by name). By hand, not onnx-ir's
+    NameFixPass: names already given stay as they are, for the report and ``--exclude``."""
     seen: set[str] = set()
     for i, n in enumerate(model.graph.node):
         if not n.name or n.name in seen:
@@ -500,14 +475,10 @@ def _outer_reads_explicit(model: onnx.ModelProto, floats: set[str]) -> dict[str,
     return added
 
 
+# By hand, on protos: onnxruntime's float16 converter takes and returns ModelProtos and blocks nodes by
+# name, and these follow names read across subgraph boundaries through its renames.
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out = []
-    for a in node.attribute:
-        if a.type == AttributeProto.GRAPH:
-            out.append(a.g)
-        elif a.type == AttributeProto.GRAPHS:
-            out.extend(a.graphs)
-    return out
+    return [g for a in node.attribute for g in ([a.g] if a.type == AttributeProto.GRAPH else a.graphs)]
 
 
 def _referenced(node: onnx.NodeProto) -> list[str]:

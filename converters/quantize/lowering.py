@@ -4,7 +4,9 @@ onnxruntime quantizes the ``LSTM`` op (DynamicQuantizeLSTM) but has no int8 kern
 or ``RNN`` (onnxruntime#9796), and its static QDQ path skips all three. This pass rewrites each
 such node as the input projection of all frames (one MatMul, outside any loop) plus a ``Scan``
 whose body does the recurrence with one MatMul per step (``converters.recurrent.scan_layer``).
-Weights are read back from the op's W/R/B initializers (ONNX gate order) into PyTorch's layout.
+Weights are read back from the op's W/R/B initializers (ONNX gate order) into PyTorch's layout
+with the table of ``edgernn/recurrent_kinds.py``; the new nodes carry the layer's mark
+(``edgernn.layer``, the op's name as the layer), as the export's do.
 
 A node is left alone, with the reason recorded, when its weights are not initializers, it
 takes ``sequence_lens``, or it uses attributes the cells do not implement (clip, custom
@@ -17,13 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from edgernn.converters.quantize.graph import remove_dead_code, unread_initializers
 from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, scan_layer
+from edgernn.recurrent_kinds import ONNX_OPS, kind_of_onnx
 
-RECURRENT_OPS = ("GRU", "LSTM", "RNN")
-# PyTorch gate k sits at ONNX gate ONNX_OF_TORCH[kind][k]
-_ONNX_OF_TORCH = {"gru": [1, 0, 2], "lstm": [0, 2, 3, 1], "rnn_tanh": [0], "rnn_relu": [0]}
+RECURRENT_OPS = ONNX_OPS
+KEPT = "kept as the ONNX op"
 
 
 @dataclass
@@ -55,33 +59,22 @@ def spec_from_node(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> Recurr
     if a.get("layout", 0) != 0:
         raise ValueError("it uses layout=1")
     acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
-    if node.op_type == "GRU":
-        kind = "gru"
-        if a.get("linear_before_reset", 0) != 1:
-            raise ValueError("it is a GRU with linear_before_reset=0 (PyTorch-style cells reset after the matmul)")
-        if acts and any(x != d for x, d in zip(acts, ["Sigmoid", "Tanh"] * 2)):
-            raise ValueError(f"it uses activations {acts}")
-    elif node.op_type == "LSTM":
-        kind = "lstm"
-        if ins[7]:
-            raise ValueError("it has peephole weights")
-        if a.get("input_forget", 0):
-            raise ValueError("it uses input_forget")
-        if acts and any(x != d for x, d in zip(acts, ["Sigmoid", "Tanh", "Tanh"] * 2)):
-            raise ValueError(f"it uses activations {acts}")
-    else:
-        acts = acts or ["Tanh"]
-        if len(set(acts)) != 1 or acts[0] not in ("Tanh", "Relu"):
-            raise ValueError(f"it uses activations {acts}")
-        kind = "rnn_tanh" if acts[0] == "Tanh" else "rnn_relu"
+    kind = kind_of_onnx(node.op_type, acts)
+    for attr, want in kind.onnx_attributes:
+        if a.get(attr, 0) != want:
+            raise ValueError(f"it is a {node.op_type} with {attr}={a.get(attr, 0)} (PyTorch-style cells need "
+                             f"{attr}={want})")
+    if ins[7]:
+        raise ValueError("it has peephole weights")
+    if a.get("input_forget", 0):
+        raise ValueError("it uses input_forget")
     W, R = inits[ins[1]], inits[ins[2]]
     B = inits.get(ins[3]) if ins[3] else None
     D, GH, I = W.shape
     H = int(a["hidden_size"])
-    order = _ONNX_OF_TORCH[kind]
 
     def to_torch(m: np.ndarray) -> np.ndarray:
-        return np.concatenate([m[k * H:(k + 1) * H] for k in order], axis=0).astype(np.float32)
+        return kind.to_torch_gates(m, H).astype(np.float32)
 
     weights = {}
     for d in range(D):
@@ -91,13 +84,13 @@ def spec_from_node(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> Recurr
         if B is not None:
             weights[f"bias_ih_l0{sfx}"] = to_torch(B[d, :GH])
             weights[f"bias_hh_l0{sfx}"] = to_torch(B[d, GH:])
-    if B is None and kind == "gru":  # the recurrence adds b_hh; zeros keep the code path uniform
+    if B is None and kind.name == "gru":  # the recurrence adds b_hh; zeros keep the code path uniform
         for d in range(D):
             sfx = "_reverse" if d else ""
             weights[f"bias_ih_l0{sfx}"] = np.zeros(GH, np.float32)
             weights[f"bias_hh_l0{sfx}"] = np.zeros(GH, np.float32)
-    return RecurrentLayerSpec(path=node.name or node.output[0], kind=kind, input_size=I, hidden_size=H,
-                              num_layers=1, bias=B is not None or kind == "gru", batch_first=False,
+    return RecurrentLayerSpec(path=node.name or node.output[0], kind=kind.name, input_size=I, hidden_size=H,
+                              num_layers=1, bias=B is not None or kind.name == "gru", batch_first=False,
                               bidirectional=D == 2, proj_size=0, weights=weights)
 
 
@@ -115,9 +108,7 @@ def lower_node(node: onnx.NodeProto, spec: RecurrentLayerSpec) -> GraphBuilder:
     x = ins[0]
     D, H = spec.directions, spec.hidden_size
     h0 = ins[5] or _zeros_state(g, x, D, H)
-    c0 = None
-    if spec.kind == "lstm":
-        c0 = ins[6] or _zeros_state(g, x, D, H)
+    c0 = (ins[6] or _zeros_state(g, x, D, H)) if "c" in spec.state_parts else None
     Y, Yh, Yc = scan_layer(g, spec, 0, x, h0, c0)
     outs = list(node.output) + [""] * (3 - len(node.output))
     for produced, wanted in ((Y, outs[0]), (Yh, outs[1]), (Yc, outs[2])):
@@ -130,18 +121,24 @@ def lower_recurrent_ops(model: onnx.ModelProto, op_types=RECURRENT_OPS, exclude=
     """Rewrite the ``op_types`` nodes (except names in ``exclude``) as MatMul cells, in the main
     graph and in ``If`` branches (a recurrent layer after a lookahead runs its fused op in one;
     see ``converters/context.py``). Returns a new model and, per recurrent node, whether it was
-    lowered and why (not)."""
+    lowered and why (not). The new nodes carry the layer's mark (``edgernn.layer``, role ``scan``...)."""
+    keep = unread_initializers(ir.from_proto(model))
     model = onnx.ModelProto.FromString(model.SerializeToString())
     record: list[Lowered] = []
     _lower_graph(model.graph, {}, op_types, exclude, record)
-    return model, record
+    if not any(r.done for r in record):
+        return model, record
+    lowered = ir.from_proto(model)
+    remove_dead_code(lowered, keep)  # the lowered ops' W, R, B
+    return ir.to_proto(lowered), record
 
 
 def _lower_graph(graph: onnx.GraphProto, outer: dict[str, np.ndarray], op_types, exclude, record: list[Lowered]
                  ) -> None:
+    # by hand, on protos: it splices the NodeProtos of converters.recurrent (shared with the export) into
+    # the graph each op lives in
     inits = {**outer, **{t.name: numpy_helper.to_array(t) for t in graph.initializer}}
-    new_nodes, new_inits = [], []
-    used: set[str] = set()
+    new_nodes = []
     for node in graph.node:
         if node.op_type == "If":
             for attr in node.attribute:
@@ -151,7 +148,7 @@ def _lower_graph(graph: onnx.GraphProto, outer: dict[str, np.ndarray], op_types,
             new_nodes.append(node)
             continue
         if node.op_type not in op_types or node.name in exclude:
-            why = "excluded by the user" if node.name in exclude else "kept as the ONNX op"
+            why = "excluded by the user" if node.name in exclude else KEPT
             record.append(Lowered(node.name, node.op_type, False, why))
             new_nodes.append(node)
             continue
@@ -163,22 +160,7 @@ def _lower_graph(graph: onnx.GraphProto, outer: dict[str, np.ndarray], op_types,
             continue
         g = lower_node(node, spec)
         new_nodes += g.nodes
-        new_inits += g.initializers
-        used.update(node.input[1:4])
+        graph.initializer.extend(g.initializers)
         record.append(Lowered(node.name, node.op_type, True, "lowered to MatMul cells (input projection + Scan)"))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    still_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
-    keep = [t for t in graph.initializer if t.name not in used or t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names the nodes of ``graph``'s subgraphs read (an outer initializer may be one)."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
-                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
-    return names

@@ -6,9 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+DECIDED_BY = "edgernn.converters.quantize.decisions.decide"  # where the rules of every NodeDecision are
+
+
 @dataclass
 class NodeDecision:
-    """What a quantizer did with one node: ``dtype`` is ``int8``, ``float16`` or ``float32``."""
+    """What a quantizer did with one node: ``dtype`` is ``int8``, ``float16`` or ``float32``, and
+    ``why`` the rule that decided it (all rules: :data:`DECIDED_BY`)."""
 
     name: str
     op_type: str
@@ -109,11 +113,16 @@ class QuantizeReport:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def decided_by(self) -> str:
+        """The function whose docstring states how each node was decided."""
+        return DECIDED_BY
+
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "source": self.source, "path": self.path, "size_before": self.size_before,
                 "size_after": self.size_after, "size_ratio": self.size_ratio,
                 "quantized": [d.to_json() for d in self.quantized],
-                "kept_float": [d.to_json() for d in self.kept_float],
+                "kept_float": [d.to_json() for d in self.kept_float], "decided_by": self.decided_by,
                 "accuracy": self.accuracy.to_json() if self.accuracy else None,
                 "thresholds": {"max_error": self.max_error, "min_agreement": self.min_agreement},
                 "passed": self.passed, "failures": self.failures, "notes": self.notes}

@@ -26,7 +26,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgernn.converters.quantize.accuracy import whole_calls
-from edgernn.converters.quantize.graph import decisions, work_nodes
+from edgernn.converters.quantize.decisions import decide
+from edgernn.converters.quantize.graph import work_nodes
 from edgernn.converters.quantize.lowering import lower_recurrent_ops
 from edgernn.converters.quantize.report import NodeDecision
 
@@ -78,12 +79,13 @@ class _Reader:
 
 def quantize_static_int8(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *, per_channel: bool = False,
                          exclude: Sequence[str] = ()) -> tuple[onnx.ModelProto, list[NodeDecision], list[NodeDecision]]:
-    """Return (QDQ model, nodes made int8, nodes left in float with the reason)."""
+    """Return (QDQ model, nodes made int8, nodes left in float with the reason), each node decided
+    by :func:`~edgernn.converters.quantize.decisions.decide`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     lowered, record = lower_recurrent_ops(model, exclude=exclude)
     _dedicate_matmul_inputs(lowered.graph)
-    kept = [NodeDecision(r.name, r.op_type, "float32", r.why) for r in record if not r.done]
+    not_lowered = {r.name: r.why for r in record if not r.done}
     ranges = _scan_state_ranges(lowered, feeds)
     candidates = work_nodes(lowered)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,16 +106,17 @@ def quantize_static_int8(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
     main_graph = {(n.name, n.op_type) for n in quantized.graph.node}
     qdq_inputs = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
 
-    def how(node: onnx.NodeProto) -> str | None:
+    def int8(node) -> tuple[str, str] | None:
         key = (node.name, node.op_type)
         fed = key in main_graph and _fed_by_dq(quantized.graph, node.name, qdq_inputs)
-        return "static int8 QDQ (calibrated on streams)" if key in body_done or fed else None
+        return ("int8", "static int8 QDQ (calibrated on streams)") if key in body_done or fed else None
 
-    done, more = decisions(candidates, exclude, how, "the quantizer left it in float", skip=("GRU", "RNN", "LSTM"))
-    kept += more
+    done, kept = decide(candidates, int8, lambda n: not_lowered.get(n.name, "the quantizer left it in float"), exclude)
     return quantized, done, kept
 
 
+# The helpers below stay on protos, by hand: onnxruntime's quantize_static reads and writes files
+# (protos), and they touch only the main graph and the Scan bodies right under it.
 def _dedicate_matmul_inputs(graph: onnx.GraphProto) -> None:
     """Give each MatMul/Gemm/Conv activation input that other nodes also read its own Identity
     copy. onnxruntime's QDQ quantizer rewires *every* reader of a quantized tensor to the

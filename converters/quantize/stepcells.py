@@ -18,8 +18,9 @@ onnxruntime fuses the per-layer state Slices into one Split):
   folds into a constant at load, so the file holds no zeros. x and h then share one activation
   scale: measured output error x1.2-1.5 of separate scales for inputs of unit scale, up to x2-3
   for inputs of scale 30-100 (above the first layer both are hidden states in (-1, 1)).
-* LSTM: a one-frame ONNX ``LSTM`` op, which the quantizer turns into onnxruntime's fused int8 kernel
-  DynamicQuantizeLSTM (as fast as the MatMul cell, x and h quantized apart).
+* LSTM (the kinds with an onnxruntime int8 op, ``RecurrentKind.int8_op``): a one-frame ONNX ``LSTM``
+  op, which the quantizer turns into onnxruntime's fused int8 kernel DynamicQuantizeLSTM (as fast as
+  the MatMul cell, x and h quantized apart).
 
 Measured (2-layer GRU-256 and LSTM-256, 3-layer Elman RNN-256, 64 inputs; bare ``session.run``,
 median us per step; PyTorch eager fp32 in the same process 157 / 605 (mkldnn LSTM) / 94 us):
@@ -28,35 +29,41 @@ Slower shapes tried: MatMul and DynamicQuantizeMatMul per x and h (GRU 33.5, RNN
 MatMulNBits with bits=8 and accuracy_level=4 (GRU 37.5-40.6, RNN 22.3-25.4; accuracy_level 0
 dequantizes each call: 50-700 us per MatMul), per-channel weights (GRU 39.3, RNN 22.7).
 
-Two forms are recognized in the main graph:
+Two forms are found in the main graph:
 
 * ONNX ``GRU`` / ``RNN`` ops whose input has a static time axis of 1 (edgernn's ``cells="auto"``
   step export, foreign step files). ``LSTM`` ops are already in the fast form and stay; a Squeeze
   of their ``Y`` on the time axis reads ``Y_h`` instead (one node fewer per layer).
-* the MatMul cells of edgernn's step export (``converters.recurrent``): a layer is recognized by
-  rebuilding the cell from the weights its two MatMuls hold and comparing the two computations
-  node by node (op, attributes, constants by value, wiring); anything else is left as it is.
+* the MatMul cells of edgernn's step export (``converters.recurrent``), by the marks the export puts
+  on their nodes (``edgernn.layer``: layer, role; see ``edgernn/recurrent_kinds.py``). Files written
+  before edgernn marked its layers get the marks from ``recognize.py`` first.
 
 The rewritten float model is then run against the input on random frames and states (batch 1 and
-2); if an output differs by more than :data:`TOLERANCE`, the rewrite is dropped and the file
-quantizes as before.
+2); if an output differs by more than ``graph.TOLERANCE``, the rewrite is dropped and the file
+quantizes as before. The graph surgery is onnx-ir's (values rewired with ``replace_all_uses_with``,
+new nodes from ``onnx_ir.tape.Tape``, ``graph.remove_dead_code``, ``TopologicalSortPass``).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
+from onnx_ir.convenience import get_const_tensor
+from onnx_ir.passes.common import TopologicalSortPass
+from onnx_ir.tape import Tape
 
+from edgernn.converters.quantize.graph import remove_dead_code, same_outputs, unread_initializers
 from edgernn.converters.quantize.lowering import spec_from_node
-from edgernn.converters.recurrent import GraphBuilder, RecurrentLayerSpec, input_projection, recurrence
+from edgernn.converters.quantize.recognize import mark_recognized_cells
+from edgernn.converters.recurrent import RecurrentLayerSpec
+from edgernn.recurrent_kinds import KINDS, ONNX_OPS, LayerMark, RecurrentKind, kind_of_onnx
 
-TOLERANCE = 1e-4  # float32 rewrite vs input: sums are only regrouped (measured: at most ~1e-6)
-_GATES = {1: ("rnn_tanh", "rnn_relu"), 3: ("gru",), 4: ("lstm",)}
-_LSTM_ONNX_OF_TORCH = [0, 3, 1, 2]  # ONNX gate k (i, o, f, c) is PyTorch gate [k] (i, f, g, o)
+CELL_ROLES = frozenset({"input_projection", "recurrence", "cell", "h_out", "c_out"})  # what a cell computes
 
 
 @dataclass
@@ -72,11 +79,12 @@ class FusedLayer:
 
     def why(self, name: str) -> str:
         """The report's sentence for ``name``, one of the input file's nodes this layer replaced."""
-        cell = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "Elman RNN", "rnn_relu": "Elman RNN"}[self.kind]
+        kind = KINDS[self.kind]
+        cell = "Elman RNN" if kind.nonlinearity else kind.torch_module
         others = [n for n, _ in self.replaced if n != name]
         merged = f", merged with {', '.join(others)}" if others else ""
-        if self.kind == "lstm":
-            return (f"one-frame {cell} op{merged}, quantized to DynamicQuantizeLSTM (int8 weights, activations "
+        if kind.int8_op:
+            return (f"one-frame {cell} op{merged}, quantized to {kind.int8_op} (int8 weights, activations "
                     "quantized at run time)")
         return (f"one-frame {cell} cell{merged}: x and h concatenated into one dynamic int8 MatMul (int8 weights, "
                 "activations quantized at run time; DynamicQuantizeMatMul with its bias once onnxruntime loads it), "
@@ -86,32 +94,39 @@ class FusedLayer:
 def fuse_step_cells(model: onnx.ModelProto, exclude=()) -> tuple[onnx.ModelProto, list[FusedLayer]]:
     """Rewrite the recurrent layers of a step-mode model (see the module docstring). Returns a new
     model and one :class:`FusedLayer` per layer rewritten (none: the model is returned unchanged)."""
-    original = model
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:  # Split/Squeeze/Unsqueeze take their sizes and axes as inputs from opset 13
-        return original, []
-    rewriter = _Rewriter(model, opset, set(exclude))
-    fused = rewriter.op_layers() + rewriter.cell_layers()
+        return model, []
+    marked = mark_recognized_cells(model)  # files without marks (the fallback; a copy, or model itself)
+    try:  # the time axis of each op's input: only a static 1 is known to be one frame
+        work, shapes_known = ir.from_proto(onnx.shape_inference.infer_shapes(marked)), True
+    except Exception:  # a model shape inference cannot read: no op is known to run one frame
+        work, shapes_known = ir.from_proto(marked), False
+    keep = unread_initializers(work)
+    rewriter = _Rewriter(work.graph, opset, set(exclude))
+    fused = (rewriter.op_layers() if shapes_known else []) + rewriter.cell_layers()
     if not fused and not rewriter.changed:
-        return original, []
-    rewriter.finish()
-    if not same_outputs(original, model):
-        return original, []
-    return model, fused
+        return model, []
+    remove_dead_code(work, keep)
+    TopologicalSortPass()(work)
+    rewritten = ir.to_proto(work)
+    if not same_outputs(model, rewritten):
+        return model, []
+    return rewritten, fused
 
 
 # ---------------------------------------------------------------------------------------------
 # emitting the cells
 # ---------------------------------------------------------------------------------------------
 
-class _Emitter:
-    """New nodes and initializers with names not yet taken in the graph."""
+class _Builder:
+    """New nodes (on an onnx-ir Tape) and initializers, named uniquely in the graph."""
 
-    def __init__(self, taken: set[str], opset: int) -> None:
-        self.taken, self.opset = taken, opset
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+    def __init__(self, graph: ir.Graph, opset: int) -> None:
+        self.graph, self.opset, self.tape = graph, opset, Tape()
+        self.taken = {n.name for n in graph} | {v.name for n in graph for v in n.outputs} | set(graph.initializers)
+        self.taken |= {v.name for v in (*graph.inputs, *graph.outputs)}
+        self._placed = 0
 
     def name(self, hint: str) -> str:
         name, k = hint, 0
@@ -121,22 +136,36 @@ class _Emitter:
         self.taken.add(name)
         return name
 
-    def const(self, hint: str, value: np.ndarray) -> str:
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
+    def const(self, hint: str, value: np.ndarray) -> ir.Value:
+        v = self.tape.initializer(ir.tensor(np.ascontiguousarray(value)), name=self.name(hint))
+        self.graph.register_initializer(v)
+        return v
 
-    def ints(self, hint: str, values: list[int]) -> str:
+    def ints(self, hint: str, values: list[int]) -> ir.Value:
         return self.const(hint, np.asarray(values, dtype=np.int64))
 
-    def op(self, op_type: str, inputs: list[str], prefix: str, n_out: int = 1, outputs: list[str] | None = None,
-           **attrs) -> list[str]:
-        outs = outputs or [self.name(f"{prefix}/{op_type.lower()}") for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(f"{prefix}/{op_type}"), **attrs))
-        return outs
+    def op(self, op_type: str, inputs: list[ir.Value | None], prefix: str, n_out: int = 1, **attrs) -> list[ir.Value]:
+        outs = self.tape.op_multi_out(op_type, inputs, attrs, num_outputs=n_out, name=self.name(f"{prefix}/{op_type}"))
+        for o in outs:
+            o.name = self.name(f"{prefix}/{op_type.lower()}")
+        return list(outs)
 
-    def op1(self, op_type: str, inputs: list[str], prefix: str, output: str | None = None, **attrs) -> str:
-        return self.op(op_type, inputs, prefix, outputs=[output] if output else None, **attrs)[0]
+    def op1(self, op_type: str, inputs: list[ir.Value | None], prefix: str, **attrs) -> ir.Value:
+        return self.op(op_type, inputs, prefix, **attrs)[0]
+
+    def place(self, anchor: ir.Node) -> None:
+        """Put the nodes made since the last call before ``anchor``."""
+        nodes = self.tape.nodes[self._placed:]
+        self._placed = len(self.tape.nodes)
+        self.graph.insert_before(anchor, nodes)
+
+
+@dataclass
+class _Cell:
+    h: ir.Value  # h' [1, B, H]
+    c: ir.Value | None
+    node: ir.Node  # the MatMul or LSTM op carrying the weights
+    weight: str | None  # GRU: the name of its [x; h] weight
 
 
 def _weights(spec: RecurrentLayerSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -148,27 +177,21 @@ def _weights(spec: RecurrentLayerSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
             zeros if b_ih is None else b_ih.astype(np.float32), zeros if b_hh is None else b_hh.astype(np.float32))
 
 
-def emit_cell(e: _Emitter, prefix: str, spec: RecurrentLayerSpec, x: str, h: str, c: str | None,
-              h_out: str, c_out: str | None) -> tuple[tuple[str, str], str | None]:
-    """One frame of a single-layer ``spec`` on x [1, B, I], h (and c) [1, B, H], writing h_out
-    (and c_out) [1, B, H]. Returns the (name, op type) of the node that carries the weights and, for
-    GRU, the name of its [x; h] weight."""
-    H, I = spec.hidden_size, spec.input_size
+def emit_cell(b: _Builder, prefix: str, spec: RecurrentLayerSpec, x: ir.Value, h: ir.Value,
+              c: ir.Value | None) -> _Cell:
+    """One frame of a single-layer ``spec`` on x [1, B, I], h (and c) [1, B, H]: h' (and c')
+    [1, B, H] and the node that carries the weights."""
+    H, I, kind = spec.hidden_size, spec.input_size, spec.kind_spec
     w_ih, w_hh, b_ih, b_hh = _weights(spec)
-    if spec.kind == "lstm":
-        def onnx_order(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([a[k * H:(k + 1) * H] for k in _LSTM_ONNX_OF_TORCH], axis=0)
-
-        bias = ""
+    if kind.int8_op:  # onnxruntime has a fused int8 kernel for the op itself (LSTM)
+        bias = None
         if b_ih.any() or b_hh.any():
-            bias = e.const(f"{prefix}/B", np.concatenate([onnx_order(b_ih), onnx_order(b_hh)])[None])
-        name = e.name(f"{prefix}/LSTM")
-        e.nodes.append(helper.make_node(
-            "LSTM", [x, e.const(f"{prefix}/W", onnx_order(w_ih)[None]), e.const(f"{prefix}/R", onnx_order(w_hh)[None]),
-                     bias, "", h, c], ["", h_out, c_out], name=name, hidden_size=H))
-        return (name, "LSTM"), None
-    xh = e.op1("Concat", [x, h], prefix, axis=-1)
-    if spec.kind == "gru":  # [x; h] -> [r, z, n_x, n_h]
+            bias = b.const(f"{prefix}/B", np.concatenate([kind.to_onnx_gates(v, H) for v in (b_ih, b_hh)])[None])
+        W, R = (b.const(f"{prefix}/{k}", kind.to_onnx_gates(w, H)[None]) for k, w in (("W", w_ih), ("R", w_hh)))
+        _, h_new, c_new = b.op(kind.onnx_op, [x, W, R, bias, None, h, c], prefix, n_out=3, hidden_size=H)
+        return _Cell(h_new, c_new, h_new.producer(), None)
+    xh = b.op1("Concat", [x, h], prefix, axis=-1)
+    if kind.name == "gru":  # [x; h] -> [r, z, n_x, n_h]
         weight = np.zeros((I + H, 4 * H), np.float32)
         weight[:I, :3 * H] = w_ih.T
         weight[I:, :2 * H] = w_hh[:2 * H].T
@@ -177,121 +200,56 @@ def emit_cell(e: _Emitter, prefix: str, spec: RecurrentLayerSpec, x: str, h: str
     else:
         weight = np.concatenate([w_ih.T, w_hh.T], axis=0)
         bias = b_ih + b_hh
-    w_name = e.const(f"{prefix}/W_xh", weight)
-    mm_name = e.name(f"{prefix}/MatMul")
-    pre = e.name(f"{prefix}/gates")
-    e.nodes.append(helper.make_node("MatMul", [xh, w_name], [pre], name=mm_name))
+    w = b.const(f"{prefix}/W_xh", weight)
+    pre = b.op1("MatMul", [xh, w], prefix)
+    matmul = pre.producer()
     if bias.any():
-        pre = e.op1("Add", [pre, e.const(f"{prefix}/bias", bias)], prefix)
-    if spec.kind != "gru":
-        e.op1("Tanh" if spec.kind == "rnn_tanh" else "Relu", [pre], prefix, output=h_out)
-        return (mm_name, "MatMul"), None
-    if e.opset >= 18:
-        r, z, nx, nh = e.op("Split", [pre], prefix, n_out=4, axis=-1, num_outputs=4)
+        pre = b.op1("Add", [pre, b.const(f"{prefix}/bias", bias)], prefix)
+    if kind.name != "gru":
+        return _Cell(b.op1(kind.activations[0], [pre], prefix), None, matmul, None)
+    if b.opset >= 18:
+        r, z, nx, nh = b.op("Split", [pre], prefix, n_out=4, axis=-1, num_outputs=4)
     else:
-        r, z, nx, nh = e.op("Split", [pre, e.ints(f"{prefix}/split", [H] * 4)], prefix, n_out=4, axis=-1)
-    r = e.op1("Sigmoid", [r], prefix)
-    n = e.op1("Tanh", [e.op1("Add", [nx, e.op1("Mul", [r, nh], prefix)], prefix)], prefix)
-    d = e.op1("Sub", [h, n], prefix)
-    z = e.op1("Sigmoid", [z], prefix)
-    e.op1("Add", [n, e.op1("Mul", [z, d], prefix)], prefix, output=h_out)
-    return (mm_name, "MatMul"), w_name
+        r, z, nx, nh = b.op("Split", [pre, b.ints(f"{prefix}/split", [H] * 4)], prefix, n_out=4, axis=-1)
+    r = b.op1("Sigmoid", [r], prefix)
+    n = b.op1("Tanh", [b.op1("Add", [nx, b.op1("Mul", [r, nh], prefix)], prefix)], prefix)
+    d = b.op1("Sub", [h, n], prefix)
+    z = b.op1("Sigmoid", [z], prefix)
+    return _Cell(b.op1("Add", [n, b.op1("Mul", [z, d], prefix)], prefix), None, matmul, w.name)
 
 
 # ---------------------------------------------------------------------------------------------
-# finding the layers
+# finding the layers and rewriting them
 # ---------------------------------------------------------------------------------------------
 
-def _const_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            value = next((a.t for a in n.attribute if a.name == "value"), None)
-            if value is not None:
-                out[n.output[0]] = numpy_helper.to_array(value)
-    return out
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    tensor = get_const_tensor(value) if value is not None else None
+    return None if tensor is None else tensor.numpy()
 
 
-def _digest(a: np.ndarray) -> tuple:
-    return ("C", str(a.dtype), a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest())
+def _axes(node: ir.Node) -> list[int] | None:
+    """Axes of a Squeeze/Unsqueeze (attribute before opset 13, input after)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        value = _const(node.inputs[1])
+        return None if value is None else [int(v) for v in np.ravel(value)]
+    attr = node.attributes.get("axes")
+    return None if attr is None else list(attr.as_ints())
 
 
-class _Canon:
-    """Canonical hashes of the tensors of a graph: by value for constants, by label for the tensors
-    named in ``labels``, else by producer (op, domain, attributes, hashes of its inputs). Two tensors
-    with equal hashes are computed the same way from the labelled tensors and constants."""
-
-    def __init__(self, nodes, consts: dict[str, np.ndarray]) -> None:
-        self.producer = {o: (n, i) for n in nodes for i, o in enumerate(n.output) if o}
-        self.const_hash = {k: _digest(v) for k, v in consts.items()}
-        self.labels: dict[str, str] = {}
-        self.memo: dict[str, int] = {}
-        self.cone: dict[str, frozenset[int]] = {}  # tensor -> ids of the nodes it is computed by
-
-    def relabel(self, labels: dict[str, str]) -> None:
-        self.labels, self.memo, self.cone = labels, {}, {}
-
-    def _leaf(self, t: str):
-        if t in self.labels:
-            return ("L", self.labels[t])
-        if t in self.const_hash:
-            return self.const_hash[t]
-        if t not in self.producer:
-            return ("X", t)  # graph input or missing: only equal to itself
-        return None
-
-    def hash(self, tensor: str) -> int:
-        stack = [tensor]
-        while stack:
-            t = stack[-1]
-            if t in self.memo:
-                stack.pop()
-                continue
-            leaf = self._leaf(t)
-            if leaf is not None:
-                self.memo[t], self.cone[t] = hash(leaf), frozenset()
-                stack.pop()
-                continue
-            node, index = self.producer[t]
-            pending = [i for i in node.input if i and i not in self.memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
-            key = (node.domain or "", node.op_type, attrs, tuple(self.memo[i] if i else 0 for i in node.input), index)
-            self.memo[t] = hash(key)
-            cone = {id(node)}
-            for i in node.input:
-                if i:
-                    cone |= self.cone[i]
-            self.cone[t] = frozenset(cone)
-            stack.pop()
-        return self.memo[tensor]
-
-
-def _reference(spec: RecurrentLayerSpec) -> tuple[int, int | None]:
-    """Hashes of h' (and c') of edgernn's step cell for ``spec`` (converters.recurrent), from the
-    labelled inputs x, h, c."""
-    g = GraphBuilder("ref")
-    h_new, c_new = recurrence(g, spec, 0, input_projection(g, spec, 0, "REF_X"), "REF_H",
-                              "REF_C" if spec.kind == "lstm" else None)
-    canon = _Canon(g.nodes, {t.name: numpy_helper.to_array(t) for t in g.initializers})
-    canon.relabel({"REF_X": "x", "REF_H": "h", "REF_C": "c"})
-    return canon.hash(h_new), canon.hash(c_new) if c_new else None
+def _is(node: ir.Node | None, op_type: str, axes: list[int]) -> bool:
+    return node is not None and node.op_type == op_type and _axes(node) == axes
 
 
 @dataclass
 class _CellLayer:
-    spec: RecurrentLayerSpec
-    x: str  # the layer input [B, I]
-    h: str  # Gather(state, idx) [B, H]
-    c: str | None
-    h_new: str  # h' [B, H]
-    c_new: str | None
-    state_h: tuple[str, int]  # (state tensor [L, B, H], layer index)
-    state_c: tuple[str, int] | None
-    cone: frozenset[int]  # ids of the file's nodes computing h', c' from x, h, c
-    matmuls: tuple[onnx.NodeProto, onnx.NodeProto]  # input projection, recurrence
+    spec: RecurrentLayerSpec  # one layer; its path names the new nodes
+    matmuls: tuple[ir.Node, ir.Node]  # input projection, recurrence
+    x: ir.Value  # the layer input [B, I]
+    state_h: tuple[ir.Value, int]  # (state tensor [L, B, H], layer index) that h = Gather(state, index) reads
+    state_c: tuple[ir.Value, int] | None
+    h_new: ir.Value  # h' [B, H]
+    c_new: ir.Value | None
+    cone: set[ir.Node]  # the nodes computing h', c' from x, h, c
 
     @property
     def replaced(self) -> list[tuple[str, str]]:
@@ -299,364 +257,204 @@ class _CellLayer:
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto, opset: int, exclude: set[str]) -> None:
-        self.model, self.graph, self.opset, self.exclude = model, model.graph, opset, exclude
-        g = self.graph
-        self.nodes = list(g.node)  # held, so that id() of each node stays the same
-        taken = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
-        taken |= {v.name for v in (*g.input, *g.output, *g.value_info)}
-        self.e = _Emitter(taken, opset)
-        self.consts = _const_values(g)
-        self.inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-        self.graph_outputs = {o.name for o in g.output}
-        self.before: dict[int, list[onnx.NodeProto]] = {}  # id(anchor) -> new nodes to put before it
-        self.substitute: dict[int, list[onnx.NodeProto]] = {}  # id(old node) -> nodes taking its place
-        self.removable: set[int] = set()  # ids of old nodes to drop once nothing reads them
-        self.slices: dict[tuple[str, int], str] = {}
+    def __init__(self, graph: ir.Graph, opset: int, exclude: set[str]) -> None:
+        self.graph, self.exclude = graph, exclude
+        self.b = _Builder(graph, opset)
+        self.slices: dict[tuple[ir.Value, int], ir.Value] = {}
         self.changed = False  # set by rewrites that replace no layer
 
-    # -- helpers ------------------------------------------------------------------------------
+    def _take_over(self, old: ir.Value, new: ir.Value, prefix: str) -> None:
+        """Every reader of ``old`` reads ``new``; a graph output keeps its name (through an
+        Identity of ``new`` when ``new`` cannot take it)."""
+        if not old.is_graph_output():
+            old.replace_all_uses_with(new)
+            return
+        if new.is_graph_output() or new.is_graph_input() or new.is_initializer():
+            new = self.b.op1("Identity", [new], prefix)
+        name, shape, type_ = old.name, old.shape, old.type
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        old.name = self.b.name(f"{name}@replaced")
+        new.name, new.shape, new.type = name, shape, type_
 
-    def _consumers(self) -> dict[str, list[onnx.NodeProto]]:
-        out: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.nodes:
-            for i in n.input:
-                out.setdefault(i, []).append(n)
-        return out
-
-    def _axes(self, node: onnx.NodeProto) -> list[int] | None:
-        """Axes of a Squeeze/Unsqueeze (attribute before opset 13, input after)."""
-        if len(node.input) > 1 and node.input[1]:
-            value = self.consts.get(node.input[1])
-            return None if value is None else [int(v) for v in np.ravel(value)]
-        attr = next((a for a in node.attribute if a.name == "axes"), None)
-        return None if attr is None else list(attr.ints)
-
-    def _slice(self, state: str, index: int, prefix: str) -> str:
+    def _slice(self, state: tuple[ir.Value, int], prefix: str) -> ir.Value:
         """state[index:index+1] along axis 0 (onnxruntime fuses the Slices of one state into a Split)."""
-        key = (state, index)
-        if key not in self.slices:
-            e = self.e
-            self.slices[key] = e.op1("Slice", [state, e.ints(f"{prefix}/start", [index]),
-                                               e.ints(f"{prefix}/end", [index + 1]), e.ints(f"{prefix}/axis", [0])],
-                                     prefix)
-        return self.slices[key]
-
-    def _emit_into(self, anchor: onnx.NodeProto, build) -> None:
-        """Run ``build()`` (which emits through self.e) and place its nodes before ``anchor``."""
-        start = len(self.e.nodes)
-        result = build()
-        made = self.e.nodes[start:]
-        del self.e.nodes[start:]
-        self.before.setdefault(id(anchor), []).extend(made)
-        return result
+        if state not in self.slices:
+            b, (value, index) = self.b, state
+            self.slices[state] = b.op1("Slice", [value, b.ints(f"{prefix}/start", [index]),
+                                                 b.ints(f"{prefix}/end", [index + 1]), b.ints(f"{prefix}/axis", [0])],
+                                       prefix)
+        return self.slices[state]
 
     # -- ONNX GRU / RNN ops -------------------------------------------------------------------
 
     def op_layers(self) -> list[FusedLayer]:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.model)
-            shapes = {v.name: v.type.tensor_type.shape for v in (*inferred.graph.value_info, *inferred.graph.input)}
-        except Exception:  # a model shape inference cannot read: no op is known to run one frame
-            return []
-        consumers = self._consumers()
         fused = []
-        for node in self.nodes:
-            if (node.op_type not in ("GRU", "RNN", "LSTM") or node.domain not in ("", "ai.onnx")
-                    or node.name in self.exclude):
+        for node in [n for n in self.graph if self._one_frame_op(n)]:  # (shapes read before any rewrite)
+            if kind_of_onnx(node.op_type).int8_op:
+                self._read_y_h(node)  # stays (DynamicQuantizeLSTM); its Y needs no Squeeze to chain
                 continue
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            direction = attrs.get("direction", b"forward")
-            if (direction.decode() if isinstance(direction, bytes) else direction) == "bidirectional":
-                continue
-            shape = shapes.get(node.input[0])
-            if shape is None or not shape.dim or shape.dim[0].dim_value != 1:
-                continue  # only a time axis of 1 is known to be one frame
-            if node.op_type == "LSTM":  # stays (DynamicQuantizeLSTM); its Y needs no Squeeze to chain
-                self._read_y_h(node, consumers)
-                continue
+            inits = {v.name: _const(v) for v in node.inputs[1:4] if v is not None and v.is_initializer()}
             try:
-                spec = spec_from_node(node, self.inits)
+                spec = spec_from_node(ir.serde.serialize_node(node), inits)
             except ValueError:
                 continue
-            fused.append(self._rewrite_op(node, spec, consumers))
+            fused.append(self._rewrite_op(node, spec))
         return fused
 
-    def _read_y_h(self, node: onnx.NodeProto, consumers) -> None:
+    def _one_frame_op(self, node: ir.Node) -> bool:
+        """Whether ``node`` is a forward ONNX recurrent op on an input of time axis 1."""
+        if node.op_type not in ONNX_OPS or node.domain not in ("", "ai.onnx") or node.name in self.exclude:
+            return False
+        direction = node.attributes.get("direction")
+        shape = node.inputs[0].shape if node.inputs[0] is not None else None
+        # only a static time axis of 1 is known to be one frame
+        return (direction is None or direction.as_string() != "bidirectional") and bool(shape) and shape[0] == 1
+
+    def _read_y_h(self, node: ir.Node) -> None:
         """A one-frame recurrent op's Y [1, 1, B, H] squeezed on axis 1 is its Y_h [1, B, H]: the
-        Squeeze becomes an Identity of Y_h (which onnxruntime drops)."""
-        outs = list(node.output) + ["", ""]
-        squeezes = [c for c in consumers.get(outs[0], []) if c.op_type == "Squeeze" and self._axes(c) == [1]]
-        if not squeezes or not outs[1]:
+        Squeeze's readers read Y_h (and onnxruntime drops the Identity a graph output gets)."""
+        y, y_h = node.outputs[0], node.outputs[1] if len(node.outputs) > 1 else None
+        if y_h is None or not y_h.name:
             return
-        for c in squeezes:
-            self.substitute[id(c)] = [helper.make_node("Identity", [outs[1]], [c.output[0]], name=c.name)]
-        self.changed = True
+        for use in list(y.uses()):
+            if _is(use.node, "Squeeze", [1]):
+                self._take_over(use.node.outputs[0], y_h, f"{node.name}.cell")
+                self.b.place(use.node)
+                self.changed = True
 
-    def _rewrite_op(self, node: onnx.NodeProto, spec: RecurrentLayerSpec, consumers) -> FusedLayer:
-        e, prefix = self.e, f"{node.name or node.output[0]}.cell"
-        outs = list(node.output) + ["", ""]
+    def _rewrite_op(self, node: ir.Node, spec: RecurrentLayerSpec) -> FusedLayer:
+        b, prefix = self.b, f"{node.name or node.outputs[0].name}.cell"
+        x, h = node.inputs[0], node.inputs[5] if len(node.inputs) > 5 else None
+        cell = emit_cell(b, prefix, spec, x, h if h is not None else self._zeros(x, spec.hidden_size, prefix), None)
+        y, y_h = node.outputs[0], node.outputs[1] if len(node.outputs) > 1 else None
+        for use in list(y.uses()):  # Y [1, 1, B, H]: a Squeeze of axis 1 reads h' itself, anything else gets Y
+            if _is(use.node, "Squeeze", [1]):
+                self._take_over(use.node.outputs[0], cell.h, prefix)
+        if y.uses() or y.is_graph_output():
+            self._take_over(y, b.op1("Unsqueeze", [cell.h, b.ints(f"{prefix}/axis1", [1])], prefix), prefix)
+        if y_h is not None:
+            self._take_over(y_h, cell.h, prefix)
+        b.place(node)
+        return FusedLayer(spec.kind, [(node.name, node.op_type)], (cell.node.name, cell.node.op_type), cell.weight,
+                          spec.input_size, spec.hidden_size)
 
-        def build():
-            x, ins = node.input[0], list(node.input) + [""] * 6
-            h = ins[5] or self._zeros(x, spec.hidden_size, prefix)
-            h_out = outs[1] or e.name(f"{prefix}/h")
-            made = emit_cell(e, prefix, spec, x, h, None, h_out, None)
-            if outs[0]:  # Y [1, 1, B, H]: a Squeeze of axis 1 reads h' itself, anything else gets Y
-                rest = False
-                for c in consumers.get(outs[0], []):
-                    if c.op_type == "Squeeze" and self._axes(c) == [1]:
-                        self.substitute[id(c)] = [helper.make_node("Identity", [h_out], [c.output[0]], name=c.name)]
-                    else:
-                        rest = True
-                if rest or outs[0] in self.graph_outputs:
-                    e.op1("Unsqueeze", [h_out, e.ints(f"{prefix}/axis1", [1])], prefix, output=outs[0])
-            return made
-
-        made, weight = self._emit_into(node, build)
-        self.substitute[id(node)] = []
-        return FusedLayer(spec.kind, [(node.name, node.op_type)], made, weight, spec.input_size, spec.hidden_size)
-
-    def _zeros(self, x: str, H: int, prefix: str) -> str:
+    def _zeros(self, x: ir.Value, H: int, prefix: str) -> ir.Value:
         """[1, B, H] zeros, B read from x [1, B, I]."""
-        e = self.e
-        shape = e.op1("Shape", [x], prefix)
-        batch = e.op1("Slice", [shape, e.ints(f"{prefix}/one", [1]), e.ints(f"{prefix}/two", [2])], prefix)
-        shape = e.op1("Concat", [e.ints(f"{prefix}/D", [1]), batch, e.ints(f"{prefix}/H", [H])], prefix, axis=0)
-        return e.op1("ConstantOfShape", [shape], prefix, value=numpy_helper.from_array(np.zeros(1, np.float32)))
+        b = self.b
+        shape = b.op1("Shape", [x], prefix)
+        batch = b.op1("Slice", [shape, b.ints(f"{prefix}/one", [1]), b.ints(f"{prefix}/two", [2])], prefix)
+        shape = b.op1("Concat", [b.ints(f"{prefix}/D", [1]), batch, b.ints(f"{prefix}/H", [H])], prefix, axis=0)
+        return b.op1("ConstantOfShape", [shape], prefix, value=ir.tensor(np.zeros(1, np.float32)))
 
-    # -- edgernn MatMul cells -----------------------------------------------------------------
+    # -- edgernn MatMul cells, by their marks ---------------------------------------------------
 
     def cell_layers(self) -> list[FusedLayer]:
-        layers = self._find_cells()
-        if not layers:
-            return []
-        consumers = self._consumers()
-        by_h_new = {}
-        fused = []
-        cones = frozenset().union(*(l.cone for l in layers))
-        for layer in layers:  # in graph order: a layer's input is found among the earlier layers' outputs
-            fused.append(self._rewrite_cell(layer, consumers, by_h_new, cones))
-        return fused
+        parts: dict[tuple[str, int], dict[str, list[ir.Node]]] = defaultdict(lambda: defaultdict(list))
+        kinds: dict[tuple[str, int], RecurrentKind] = {}  # (module path, layer of the stack) -> kind
+        for node in self.graph:
+            mark = LayerMark.of(node)
+            if mark is not None and mark.index is not None:
+                role = f"state_in.{mark.part}" if mark.role == "state_in" else mark.role
+                parts[mark.layer, mark.index][role].append(node)
+                kinds[mark.layer, mark.index] = KINDS[mark.kind]
+        layers = [layer for (path, index), roles in parts.items()
+                  if (layer := self._cell(kinds[path, index], f"{path}/l{index}", roles)) is not None]
+        order = {node: k for k, node in enumerate(self.graph)}
+        layers.sort(key=lambda l: max(order[n] for n in l.cone))  # a layer's input is an earlier layer's output
+        cones = set().union(*(l.cone for l in layers)) if layers else set()
+        new_h: dict[ir.Value, ir.Value] = {}
+        return [self._rewrite_cell(layer, cones, new_h) for layer in layers]
 
-    def _find_cells(self) -> list[_CellLayer]:
-        g, consts = self.graph, self.consts
-        gathers = {}  # Gather output -> (source, index)
-        for n in self.nodes:
-            if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in consts:
-                axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-                idx = consts[n.input[1]]
-                if axis == 0 and idx.ndim == 0 and idx.dtype.kind == "i":
-                    gathers[n.output[0]] = (n.input[0], int(idx))
-        matmuls = [n for n in self.nodes if n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and len(n.input) == 2
-                   and n.input[1] in consts and consts[n.input[1]].ndim == 2
-                   and consts[n.input[1]].dtype == np.float32]
-        canon = _Canon(self.nodes, consts)
-        order = {id(n): k for k, n in enumerate(self.nodes)}
-        consumers = self._consumers()
-        used: set[int] = set()
-        layers = []
-        for mm_h in matmuls:
-            h = mm_h.input[0]
-            if h not in gathers or mm_h.name in self.exclude:
-                continue
-            H, N = consts[mm_h.input[1]].shape
-            if N % H or N // H not in _GATES:
-                continue
-            layer = self._match_cell(mm_h, h, gathers, matmuls, canon, consumers)
-            if layer is not None and not (layer.cone & used):
-                used |= layer.cone
-                layers.append(layer)
-        last = {id(l): max(order[i] for i in l.cone) for l in layers}
-        return sorted(layers, key=lambda l: last[id(l)])
-
-    def _bias(self, mm: onnx.NodeProto, N: int, consumers) -> np.ndarray | None:
-        """The bias of ``mm``: the constant [N] of an Add(mm, bias) that is its only reader."""
-        readers = consumers.get(mm.output[0], [])
-        if len(readers) == 1 and readers[0].op_type == "Add" and readers[0].input[0] == mm.output[0]:
-            b = self.consts.get(readers[0].input[1])
-            if b is not None and b.shape == (N,) and b.dtype == np.float32:
-                return b
-        return None
-
-    def _match_cell(self, mm_h, h, gathers, matmuls, canon: _Canon, consumers) -> _CellLayer | None:
-        """The layer whose recurrence MatMul is ``mm_h`` (reading h = Gather(state, index)), if some
-        MatMul of the graph is its input projection and the two compute edgernn's cell exactly."""
-        consts = self.consts
-        w_hh_t = consts[mm_h.input[1]]
+    def _cell(self, kind: RecurrentKind, label: str, roles: dict[str, list[ir.Node]]) -> _CellLayer | None:
+        """The marked MatMul cell of one layer, or None when its marks describe another form (an
+        op, a Scan, an LSTM projection), are incomplete, or the user excluded one of its MatMuls."""
+        one = {r: ns[0] for r, ns in roles.items() if len(ns) == 1}
+        mm_x, mm_h = (next((n for n in roles.get(r, []) if n.op_type == "MatMul"), None)
+                      for r in ("input_projection", "recurrence"))
+        with_c = len(kind.state_parts) > 1
+        if (mm_x is None or mm_h is None or {"op", "scan", "gated", "projection"} & set(roles) or "h_out" not in one
+                or (with_c and "c_out" not in one) or {mm_x.name, mm_h.name} & self.exclude):
+            return None
+        w_ih_t, w_hh_t = _const(mm_x.inputs[1]), _const(mm_h.inputs[1])  # W_ih.T [I, G*H], W_hh.T [H, G*H]
+        if w_ih_t is None or w_hh_t is None or w_ih_t.ndim != 2 or w_hh_t.ndim != 2:
+            return None
         H, N = w_hh_t.shape
-        source, index = gathers[h]
-        c_candidates = [t for t, (s, i) in gathers.items() if i == index and s != source]
-        for mm_x in matmuls:
-            w_ih_t = consts[mm_x.input[1]]
-            if mm_x is mm_h or w_ih_t.shape[1] != N or mm_x.name in self.exclude:
+        if N != kind.gates * H or w_ih_t.shape[1] != N:
+            return None
+        states = [self._gather(one.get(f"state_in.{p}")) for p in kind.state_parts]
+        if None in states or states[0][2] is not mm_h.inputs[0]:
+            return None
+        cone = {n for r in CELL_ROLES for n in roles.get(r, [])}
+        h_new, c_new = one["h_out"].outputs[0], one["c_out"].outputs[0] if with_c else None
+        if any(v is not None and v not in (h_new, c_new) and (v.is_graph_output() or any(
+                u.node not in cone for u in v.uses())) for n in cone for v in n.outputs):
+            return None  # a tensor inside the cell is read outside it
+        weights = {"weight_ih_l0": w_ih_t.T.copy(), "weight_hh_l0": w_hh_t.T.copy()}
+        b_x, b_h = (self._bias(mm, N) for mm in (mm_x, mm_h))
+        if kind.name == "gru" and (b_x is None) != (b_h is None):
+            return None
+        if b_x is not None:  # RNN and LSTM fold b_ih + b_hh into the input projection
+            weights.update(bias_ih_l0=b_x, bias_hh_l0=b_h if b_h is not None else np.zeros_like(b_x))
+        spec = RecurrentLayerSpec(path=label, kind=kind.name, input_size=w_ih_t.shape[0], hidden_size=H,
+                                  num_layers=1, bias=b_x is not None, batch_first=False, bidirectional=False,
+                                  proj_size=0, weights=weights)
+        return _CellLayer(spec, (mm_x, mm_h), mm_x.inputs[0], states[0][:2], states[1][:2] if with_c else None,
+                          h_new, c_new, cone)
+
+    @staticmethod
+    def _gather(node: ir.Node | None) -> tuple[ir.Value, int, ir.Value] | None:
+        """(state, index, output) of a ``Gather(state, index)`` on axis 0 with a constant scalar index."""
+        if node is None or node.op_type != "Gather" or len(node.inputs) != 2:
+            return None
+        axis = node.attributes.get("axis")
+        index = _const(node.inputs[1])
+        if (axis is not None and axis.as_int() != 0) or index is None or index.ndim or index.dtype.kind != "i":
+            return None
+        return node.inputs[0], int(index), node.outputs[0]
+
+    @staticmethod
+    def _bias(mm: ir.Node, N: int) -> np.ndarray | None:
+        """The bias of ``mm``: the constant [N] of an Add(mm, bias) that is its only reader."""
+        uses = mm.outputs[0].uses()
+        if len(uses) == 1 and uses[0].node.op_type == "Add" and uses[0].idx == 0:
+            bias = _const(uses[0].node.inputs[1])
+            if bias is not None and bias.shape == (N,) and bias.dtype == np.float32:
+                return bias
+        return None
+
+    def _rewrite_cell(self, layer: _CellLayer, cones: set[ir.Node], new_h: dict[ir.Value, ir.Value]) -> FusedLayer:
+        b, spec = self.b, layer.spec
+        prefix = f"{spec.path}.cell"
+        anchor = next(n for n in self.graph if n in layer.cone)
+        x, producer = layer.x, layer.x.producer()
+        if x in new_h:  # the layer below, rewritten: [1, B, H] already
+            x3 = new_h[x]
+        elif _is(producer, "Squeeze", [0]):
+            x3 = producer.inputs[0]
+        else:
+            x3 = b.op1("Unsqueeze", [x, b.ints(f"{prefix}/axis0", [0])], prefix)
+        h3 = self._slice(layer.state_h, prefix)
+        c3 = self._slice(layer.state_c, prefix) if layer.state_c else None
+        cell = emit_cell(b, prefix, spec, x3, h3, c3)
+        new_h[layer.h_new] = cell.h
+        for old, new in ((layer.h_new, cell.h), (layer.c_new, cell.c)):
+            if old is None:
                 continue
-            b_x, b_h = self._bias(mm_x, N, consumers), self._bias(mm_h, N, consumers)
-            for kind in _GATES[N // H]:
-                for c in (c_candidates if kind == "lstm" else [None]):
-                    if kind == "lstm" and c is None:
-                        continue
-                    weights = {"weight_ih_l0": w_ih_t.T.copy(), "weight_hh_l0": w_hh_t.T.copy()}
-                    if kind == "gru":
-                        if (b_x is None) != (b_h is None):
-                            continue
-                        if b_x is not None:
-                            weights.update(bias_ih_l0=b_x, bias_hh_l0=b_h)
-                    elif b_x is not None:  # RNN and LSTM export b_ih + b_hh folded into the input projection;
-                        # -0.0 leaves every value as it is when the reference folds them again (+0.0 would not)
-                        weights.update(bias_ih_l0=b_x, bias_hh_l0=np.full_like(b_x, -0.0))
-                    spec = RecurrentLayerSpec(path="cell", kind=kind, input_size=w_ih_t.shape[0], hidden_size=H,
-                                              num_layers=1, bias="bias_ih_l0" in weights, batch_first=False,
-                                              bidirectional=False, proj_size=0, weights=weights)
-                    ref_h, ref_c = _reference(spec)
-                    labels = {mm_x.input[0]: "x", h: "h"}
-                    if c is not None:
-                        labels[c] = "c"
-                    if len(labels) < (3 if c else 2):
-                        continue
-                    canon.relabel(labels)
-                    h_new = self._find(canon, ref_h, h, consumers)
-                    c_new = self._find(canon, ref_c, c, consumers) if c is not None else None
-                    if h_new is None or (c is not None and c_new is None):
-                        continue
-                    cone = canon.cone[h_new] | (canon.cone[c_new] if c_new else frozenset())
-                    if self._escapes(cone, {h_new, c_new}, consumers):
-                        return None
-                    state_c = gathers[c] if c is not None else None
-                    return _CellLayer(spec, mm_x.input[0], h, c, h_new, c_new, (source, index), state_c, cone,
-                                      (mm_x, mm_h))
-        return None
-
-    def _escapes(self, cone: frozenset[int], outputs: set[str | None], consumers) -> bool:
-        """Whether a tensor inside the cell, other than its outputs, is read outside it (or is a graph output)."""
-        for n in self.nodes:
-            if id(n) in cone:
-                for o in n.output:
-                    if o and o not in outputs and (o in self.graph_outputs or any(
-                            id(c) not in cone for c in consumers.get(o, []))):
-                        return True
-        return False
-
-    def _find(self, canon: _Canon, want: int, start: str, consumers) -> str | None:
-        """A tensor downstream of ``start`` (within a cell's reach) whose hash is ``want``."""
-        seen, frontier = {start}, [start]
-        for _ in range(32):
-            nxt = []
-            for t in frontier:
-                for n in consumers.get(t, []):
-                    for o in n.output:
-                        if o and o not in seen:
-                            seen.add(o)
-                            nxt.append(o)
-                            if canon.hash(o) == want:
-                                return o
-            frontier = nxt
-            if not frontier:
-                break
-        return None
-
-    def _rewrite_cell(self, layer: _CellLayer, consumers, by_h_new: dict[str, str],
-                      cones: frozenset[int]) -> FusedLayer:
-        e = self.e
-        spec = layer.spec
-        prefix = f"{layer.matmuls[1].name or layer.h_new}.cell"
-        producers = {o: n for n in self.nodes for o in n.output}
-        anchor = next(n for n in self.nodes if id(n) in layer.cone)
-
-        def out_name(tensor: str) -> str:
-            """The 3-D name of h'/c': the output of the first Unsqueeze(axis 0) reading it (the others
-            become Identity), else a new one; readers of the 2-D tensor outside the old cells get a Squeeze."""
-            unsqueezes = [c for c in consumers.get(tensor, []) if c.op_type == "Unsqueeze" and self._axes(c) == [0]
-                          and id(c) not in cones]
-            name = unsqueezes[0].output[0] if unsqueezes else e.name(f"{prefix}/{tensor.rsplit('/', 1)[-1]}_3d")
-            for u in unsqueezes:
-                same = u is unsqueezes[0]
-                identity = helper.make_node("Identity", [name], [u.output[0]], name=u.name)
-                self.substitute[id(u)] = [] if same else [identity]
-            return name
-
-        def build():
-            x = layer.x
-            if x in by_h_new:
-                x3 = by_h_new[x]
-            else:
-                p = producers.get(x)
-                if p is not None and p.op_type == "Squeeze" and self._axes(p) == [0]:
-                    x3 = p.input[0]
-                else:
-                    x3 = e.op1("Unsqueeze", [x, e.ints(f"{prefix}/axis0", [0])], prefix)
-            h3 = self._slice(*layer.state_h, prefix)
-            c3 = self._slice(*layer.state_c, prefix) if layer.state_c else None
-            h_out = out_name(layer.h_new)
-            c_out = out_name(layer.c_new) if layer.c_new else None
-            made = emit_cell(e, prefix, spec, x3, h3, c3, h_out, c_out)
-            by_h_new[layer.h_new] = h_out
-            for old, new in ((layer.h_new, h_out), (layer.c_new, c_out)):
-                if not old:
+            squeezed = None  # h' [B, H] for readers outside the old cells, other than Unsqueeze(axis 0)
+            for use in list(old.uses()):
+                if use.node in cones:
                     continue
-                self.substitute[id(producers[old])] = []  # h' (c') is made by the new cell now
-                if old in self.graph_outputs or any(
-                        id(c) not in cones and not (c.op_type == "Unsqueeze" and self._axes(c) == [0])
-                        for c in consumers.get(old, [])):
-                    e.op1("Squeeze", [new, e.ints(f"{prefix}/axis0", [0])], prefix, output=old)
-            return made
-
-        made, weight = self._emit_into(anchor, build)
-        self.removable |= layer.cone
-        for n in self.nodes:  # the Gathers and the Squeeze of the input go once nothing reads them
-            if n.output and n.output[0] in (layer.h, layer.c, layer.x):
-                self.removable.add(id(n))
-        return FusedLayer(spec.kind, layer.replaced, made, weight, spec.input_size, spec.hidden_size)
-
-    # -- putting it together -------------------------------------------------------------------
-
-    def finish(self) -> None:
-        """Splice the new nodes in (before their anchors), drop the replaced nodes and the old ones
-        nothing reads any more, and the initializers no node reads."""
-        g = self.graph
-        nodes = []
-        for n in self.nodes:
-            nodes.extend(self.before.get(id(n), []))
-            if id(n) in self.substitute:
-                nodes.extend(self.substitute[id(n)])
-            else:
-                nodes.append(n)
-        self.removable |= {id(n) for n in self.nodes if n.op_type == "Constant"}  # e.g. a replaced Squeeze's axes
-        while True:
-            read = {i for n in nodes for i in n.input} | self.graph_outputs
-            keep = [n for n in nodes if id(n) not in self.removable or any(o in read for o in n.output if o)]
-            if len(keep) == len(nodes):
-                break
-            nodes = keep
-        read_before = {i for n in self.nodes for i in n.input}
-        del g.node[:]
-        g.node.extend(_toposort(nodes, {i.name for i in g.input} | {t.name for t in g.initializer}
-                                | {t.name for t in self.e.initializers}))
-        read = {i for n in g.node for i in n.input} | self.graph_outputs
-        inits = [t for t in g.initializer if t.name in read or t.name not in read_before]  # (stored start values stay)
-        inits += [t for t in self.e.initializers if t.name in read]
-        del g.initializer[:]
-        g.initializer.extend(inits)
-        made = {o for n in g.node for o in n.output}
-        value_info = [v for v in g.value_info if v.name in made]
-        del g.value_info[:]
-        g.value_info.extend(value_info)
-
-
-def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` in an order where each reads only tensors made before it, keeping their order
-    wherever it already is one (new nodes were put before their anchor, not always late enough)."""
-    made = set(available) | {""}
-    out, pending = [], list(nodes)
-    while pending:
-        k = next((k for k, n in enumerate(pending) if all(i in made for i in n.input)), None)
-        if k is None:  # reads a name no node makes (an outer scope's): keep the rest as it is
-            out.extend(pending)
-            break
-        node = pending.pop(k)
-        out.append(node)
-        made.update(node.output)
-    return out
+                if _is(use.node, "Unsqueeze", [0]):
+                    self._take_over(use.node.outputs[0], new, prefix)
+                else:
+                    squeezed = squeezed or b.op1("Squeeze", [new, b.ints(f"{prefix}/axis0", [0])], prefix)
+                    use.node.replace_input_with(use.idx, squeezed)
+            if old.is_graph_output():
+                self._take_over(old, squeezed or b.op1("Squeeze", [new, b.ints(f"{prefix}/axis0", [0])], prefix),
+                                prefix)
+        b.place(anchor)
+        return FusedLayer(spec.kind, layer.replaced, (cell.node.name, cell.node.op_type), cell.weight,
+                          spec.input_size, spec.hidden_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,7 +465,8 @@ def compact_zero_blocks(model: onnx.ModelProto, layer: FusedLayer) -> bool:
     """Store the int8 [x; h] -> [r, z, n_x, n_h] weight of a fused GRU layer without its two zero
     blocks (x -> n_h, h -> n_x): the nonzero blocks stay initializers and ConstantOfShape + Concat
     rebuild the matrix, which onnxruntime folds into a constant (and prepacks) at load. Returns
-    whether the weight was found (as ``<weight>_quantized``, onnxruntime's name) and compacted."""
+    whether the weight was found (as ``<weight>_quantized``, onnxruntime's name) and compacted.
+    On protos: the model is onnxruntime's quantizer output, written once and not walked."""
     g = model.graph
     name = f"{layer.weight}_quantized"
     init = next((t for t in g.initializer if t.name == name), None)
@@ -696,43 +495,4 @@ def compact_zero_blocks(model: onnx.ModelProto, layer: FusedLayer) -> bool:
     old = list(g.node)
     del g.node[:]
     g.node.extend(nodes + old)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
-# checking the rewrite
-# ---------------------------------------------------------------------------------------------
-
-def random_feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Random data for every graph input: symbolic dimensions ``batch``, float N(0, 0.5^2), integer
-    and bool inputs zero (a valid index into any table)."""
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for v in model.graph.input:
-        if v.name in inits:
-            continue
-        t = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in t.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
-        if dtype.kind == "f":
-            feeds[v.name] = (0.5 * rng.standard_normal(dims)).astype(dtype)
-        else:
-            feeds[v.name] = np.zeros(dims, dtype)
-    return feeds
-
-
-def same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, tolerance: float = TOLERANCE) -> bool:
-    """Whether ``a`` and ``b`` give the same outputs (within ``tolerance``) on random inputs, batch 1 and 2."""
-    import onnxruntime as ort
-
-    try:
-        sa, sb = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (a, b))
-        for batch, seed in ((1, 0), (2, 1)):
-            feeds = random_feeds(a, batch, seed)
-            for x, y in zip(sa.run(None, feeds), sb.run(None, feeds)):
-                if x.shape != y.shape or not np.allclose(x, y, atol=tolerance, rtol=tolerance, equal_nan=True):
-                    return False
-    except Exception:  # the rewrite does not even run: drop it
-        return False
     return True

@@ -14,11 +14,10 @@ from torch import nn
 from edgernn.architectures.ntm import NTM
 from edgernn.architectures.recurrent import FrameClassifier, RecurrentLayer, layer_config
 from edgernn.architectures.tree import ChildSumTreeLSTM, Forest, TreeRNN, validate_forest
+from edgernn.recurrent_kinds import KINDS, kind_of_mode
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "rnn": nn.RNN,
-    "lstm": nn.LSTM,
-    "gru": nn.GRU,
+    **{k.architecture: k.torch_class for k in KINDS.values()},  # rnn, lstm, gru
     "frame_classifier": FrameClassifier,
     "tree_rnn": TreeRNN,
     "child_sum_tree_lstm": ChildSumTreeLSTM,
@@ -40,8 +39,7 @@ def describe(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
     if isinstance(model, RecurrentLayer):
         model = model.layer
     if isinstance(model, nn.RNNBase):
-        name = {"LSTM": "lstm", "GRU": "gru"}.get(model.mode, "rnn")
-        return name, layer_config(model)
+        return kind_of_mode(model.mode).architecture, layer_config(model)
     for name, cls in ARCHITECTURES.items():
         if type(model) is cls and isinstance(getattr(model, "config", None), dict):
             return name, dict(model.config)

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgernn.recurrent_kinds import KINDS, kind_of_mode, kinds_of
+
 
 def layer_config(layer: nn.RNNBase) -> dict[str, Any]:
     """Constructor arguments of an ``nn.RNN``/``nn.LSTM``/``nn.GRU``."""
@@ -14,9 +16,10 @@ def layer_config(layer: nn.RNNBase) -> dict[str, Any]:
         "input_size": layer.input_size, "hidden_size": layer.hidden_size, "num_layers": layer.num_layers,
         "bias": layer.bias, "batch_first": layer.batch_first, "bidirectional": layer.bidirectional,
     }
-    if layer.mode in ("RNN_TANH", "RNN_RELU"):
-        cfg["nonlinearity"] = "tanh" if layer.mode == "RNN_TANH" else "relu"
-    if layer.mode == "LSTM" and layer.proj_size:
+    kind = kind_of_mode(layer.mode)
+    if kind.nonlinearity:
+        cfg["nonlinearity"] = kind.nonlinearity
+    if getattr(layer, "proj_size", 0):
         cfg["proj_size"] = layer.proj_size
     return cfg
 
@@ -30,7 +33,7 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, layer: nn.RNNBase) -> None:
         super().__init__()
-        self.kind = {"LSTM": "lstm", "GRU": "gru"}.get(layer.mode, "rnn")
+        self.kind = kind_of_mode(layer.mode).architecture
         self.add_module(self.kind, layer)
 
     @property
@@ -53,12 +56,13 @@ class FrameClassifier(nn.Module):
         super().__init__()
         self.config = {"n_features": n_features, "hidden_size": hidden_size, "n_classes": n_classes,
                        "num_layers": num_layers, "cell": cell, "frontend_size": frontend_size}
-        cells = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
-        if cell not in cells:
-            raise ValueError(f"cell {cell!r} is unknown; expected one of {', '.join(cells)}")
+        kinds = kinds_of(architecture=cell)
+        if not kinds:
+            raise ValueError(f"cell {cell!r} is unknown; expected one of "
+                             f"{', '.join(dict.fromkeys(k.architecture for k in KINDS.values()))}")
         front = frontend_size or hidden_size
         self.frontend = nn.Sequential(nn.Linear(n_features, front), nn.ReLU())
-        self.core = cells[cell](front, hidden_size, num_layers=num_layers, batch_first=True)
+        self.core = kinds[0].torch_class(front, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,7 @@ def test_lowered_ops(case: LayerCase) -> None:
     if case.mode == "step" and (case.cls == "RNN" or case.proj or case.cells == "matmul"):
         assert not ops & RECURRENT_OPS, f"step mode must be MatMul cells, found {sorted(ops & RECURRENT_OPS)}"
         assert "MatMul" in ops
-    elif case.mode == "step":  # the ONNX GRU/LSTM op, one per layer (FUSED_STEP)
+    elif case.mode == "step":  # the ONNX GRU/LSTM op, one per layer (RecurrentKind.step_op)
         assert sum(n.op_type == case.cls for n in nodes) == case.layers, sorted(ops)
     else:
         want = "Scan" if case.proj else {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[case.cls]

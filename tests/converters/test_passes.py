@@ -90,6 +90,7 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
 
     run_pipeline(ctx, [passes["scan-over-time"]])  # declines: this model takes a time axis itself
     assert ctx.records[-1].detail.startswith("not needed") and ctx.onnx_model is lowered
+    assert not ctx.records[-1].changed
 
     run_pipeline(ctx, [passes["describe-state-io"]])
     props = {p.key: p.value for p in ctx.onnx_model.metadata_props}
@@ -119,6 +120,9 @@ def test_pipeline_pass_by_pass(mode: str) -> None:
 
     assert [r.name for r in ctx.records] == list(passes)
     assert all(r.seconds >= 0 and r.detail for r in ctx.records)
+    # passes that declined (no convolution, no Python loop, no Scan needed) or only checked changed nothing
+    assert {r.name for r in ctx.records if r.changed} == {"resolve-inputs", "lift-state", "capture", "lower-recurrent",
+                                                          "describe-state-io", "optimize"}
     # the user's model is never modified (the passes work on a copy)
     assert all(isinstance(m, (nn.GRU, nn.LSTM)) for m in (model.encoder, model.decoder))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -138,9 +142,11 @@ def test_lift_state_needs_one_call_per_layer() -> None:
         run_pipeline(ctx, PIPELINE[:[p.name for p in PIPELINE].index("lift-state") + 1])
 
 
-def test_resolve_inputs_rejects_unknown_mode_and_argument() -> None:
-    with pytest.raises(ExportError, match="mode 'frames' is unknown"):
-        run_pipeline(ExportContext(EncoderDecoder(), ExportOptions(mode="frames")), PIPELINE[:1])
+def test_unknown_choices_and_arguments_are_refused() -> None:
+    with pytest.raises(ExportError, match="mode 'frames' is unknown"):  # the options check their choices, once
+        ExportOptions(mode="frames")
+    with pytest.raises(ExportError, match="state layout 'sideways' is unknown"):
+        ExportOptions(state_layout="sideways")
     opts = ExportOptions(mode="chunk", inputs=[parse_input("z:float32:B,T,6")])
     with pytest.raises(ExportError, match="'z' is not an argument"):
         run_pipeline(ExportContext(EncoderDecoder(), opts), PIPELINE[:1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ def files(tmp_path_factory):
     return folder
 
 
-FAST = ("--steps", "40", "--warmup", "5", "--rounds", "2")
+FAST = ("--calls", "40", "--warmup", "5", "--rounds", "2")
 
 
 def test_bench_json_against_pytorch_with_a_plot(files):
@@ -81,3 +83,30 @@ def test_bench_bad_input(files, args, message):
     text = " ".join(result.stderr.split())
     assert message in text, text
     assert "Traceback" not in result.stderr and not png.exists()
+
+
+
+def _foreign_memory_file(path):
+    """A stateful ONNX file from another exporter whose state names no rule pairs: mem -> mem_next,
+    one frame per call (mem_next = tanh(x W + mem), y = 2 mem_next)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32), "w")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "mem"], ["pre"]),
+             helper.make_node("Tanh", ["pre"], ["mem_next"]), helper.make_node("Mul", ["mem_next", "two"], ["y"])]
+    vi = helper.make_tensor_value_info
+    inputs = [vi("x", TensorProto.FLOAT, ["batch", 4]), vi("mem", TensorProto.FLOAT, ["batch", 6])]
+    outputs = [vi("y", TensorProto.FLOAT, ["batch", 6]), vi("mem_next", TensorProto.FLOAT, ["batch", 6])]
+    graph = helper.make_graph(nodes, "memory", inputs, outputs, [w, two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_bench_takes_the_state_pairs_of_a_foreign_file(tmp_path):
+    path = _foreign_memory_file(tmp_path / "memory.onnx")
+    result = invoke("bench", path, *FAST)
+    assert result.exit_code == 1 and "--state-pair" in result.stderr
+    result = invoke("bench", path, "--state-pair", "mem=mem_next", "--json", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert [r["calls"] for r in json.loads(result.stdout)["runtimes"]] == [40, 40]

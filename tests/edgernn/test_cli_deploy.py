@@ -4,6 +4,7 @@ answered with one sentence, a non-zero exit and nothing written."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -60,11 +61,11 @@ def test_pack_writes_an_ort_file_that_streams_like_the_onnx(tmp_path):
     assert table.exit_code == 0 and "parity with the .onnx: max abs difference 0" in table.stdout
 
 
-def test_pack_bad_target_is_one_sentence(tmp_path):
+def test_pack_bad_target_is_a_usage_error(tmp_path):
     path = tmp_path / "gru.onnx"
     edgernn.export(nn.GRU(4, 3).eval(), path)
     result = invoke("pack", path, "--target", "tflite", "-o", tmp_path / "out")
-    assert result.exit_code == 1 and "error:" in result.stderr and "ort" in result.stderr
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "'ort'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -72,13 +73,14 @@ def test_serve_writes_a_triton_repository(tmp_path):
     torch.manual_seed(1)
     path = tmp_path / "cell.onnx"
     edgernn.export(CellModel().eval(), path, mode="step")
-    result = invoke("serve", path, "--triton", tmp_path / "repo", "--max-batch-size", "8", "--json")
+    result = invoke("serve", path, "--triton", tmp_path / "repo", "--max-batch-size", "8", "--model-version", "3",
+                    "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["max_batch_size"] == 8
+    assert report["max_batch_size"] == 8 and report["version"] == 3
     assert [(s["input_name"], s["output_name"], s["dims"]) for s in report["states"]] == \
         [("state_in.h", "state_out.h", [5])]
-    model = tmp_path / "repo" / "cell" / "1" / "model.onnx"
+    model = tmp_path / "repo" / "cell" / "3" / "model.onnx"
     config = (tmp_path / "repo" / "cell" / "config.pbtxt").read_text()
     assert "max_batch_size: 8" in config and 'input_name: "state_in.h"' in config
     names = {i.name for i in ort.InferenceSession(str(model)).get_inputs()}
@@ -92,3 +94,20 @@ def test_serve_refuses_a_state_without_a_leading_batch_axis(tmp_path):
     assert result.exit_code == 1
     assert "export it with --state-layout batch-major" in " ".join(result.stderr.split())
     assert not (tmp_path / "repo" / "gru").exists()
+
+
+def test_serve_takes_the_state_pairs_of_a_foreign_file(tmp_path):
+    """A plain torch.onnx export whose state names no rule pairs (h -> h_next): named with --state-pair."""
+    path = tmp_path / "cell.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CellModel().eval(), (torch.randn(2, 6), torch.zeros(2, 5)), str(path),
+                          input_names=["x", "h"], output_names=["y", "h_next"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch"}, "h": {0: "batch"}})
+    result = invoke("serve", path, "--triton", tmp_path / "repo")
+    assert result.exit_code == 1 and "--state-pair" in result.stderr
+    assert not (tmp_path / "repo" / "cell").exists()
+    result = invoke("serve", path, "--triton", tmp_path / "repo", "--state-pair", "h=h_next", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [(s["input_name"], s["output_name"]) for s in json.loads(result.stdout)["states"]] == \
+        [("state_in.h", "state_out.h")]

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from edgernn.cli import _print_export, app
+from edgernn._cli_print import io_table, print_export
+from edgernn.cli import app
 from edgernn.contract import read_metadata
 
 runner = CliRunner()
@@ -39,10 +40,8 @@ def test_info_prints_the_frame_multiple_and_the_delay(timed_files):
     import onnx
     from rich.console import Console
 
-    from edgernn.cli import _io_table
-
     wide = Console(file=io.StringIO(), width=200)  # the table's cells, unwrapped whatever the terminal
-    wide.print(_io_table("t", read_metadata(onnx.load(timed_files["gru_m2_d1"]))))
+    wide.print(io_table("t", read_metadata(onnx.load(timed_files["gru_m2_d1"]))))
     assert "1 (multiple of 2)" in wide.file.getvalue() and "1 (delay 1)" in wide.file.getvalue()
     plain = _flat(invoke("info", timed_files["gru"]).stdout)
     assert "lookahead" not in plain and "multiple of" not in plain
@@ -60,7 +59,7 @@ def test_export_table_prints_them(timed_files, capsys):
     import onnx
 
     contract = read_metadata(onnx.load(timed_files["conv_m2"]))
-    _print_export(SimpleNamespace(contract=contract, parity=None, passes=[], notes=[], path="m.onnx", size_bytes=10))
+    print_export(SimpleNamespace(contract=contract, parity=None, passes=[], notes=[], path="m.onnx", size_bytes=10))
     text = _flat(capsys.readouterr().out)
     assert "x: takes a multiple of 2 frames per call" in text and "y: 1 frame of lookahead (delay)" in text
 
@@ -73,7 +72,7 @@ def test_run_refuses_a_chunk_that_is_not_a_multiple_and_writes_nothing(timed_fil
                            ([], "input 'x' has 7 frames, not a multiple of 2")):
         if not extra:
             np.save("x.npy", np.zeros((1, 7, 8), np.float32))
-        result = invoke("run", timed_files["gru_m2_d1"], "-i", "x.npy", "-o", "y.npy", *extra)
+        result = invoke("run", timed_files["gru_m2_d1"], "-d", "x.npy", "-o", "y.npy", *extra)
         assert result.exit_code == 1, (result.stdout, result.stderr)
         err = result.stderr.strip()
         assert err.startswith("error: ") and message in _flat(err) and "Traceback" not in result.stdout + err
@@ -85,7 +84,7 @@ def test_run_reports_the_delay_and_keeps_the_frames_as_the_file_produces_them(ti
     np.save(tmp_path / "x.npy", x)
     with torch.no_grad():
         want = timed_files["conv_module"](torch.from_numpy(x).transpose(1, 2)).transpose(1, 2).numpy()
-    result = invoke("run", timed_files["conv_m2"], "-i", tmp_path / "x.npy", "-c", "4", "-o", tmp_path / "y.npy",
+    result = invoke("run", timed_files["conv_m2"], "-d", tmp_path / "x.npy", "-c", "4", "-o", tmp_path / "y.npy",
                     "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -93,12 +92,12 @@ def test_run_reports_the_delay_and_keeps_the_frames_as_the_file_produces_them(ti
     assert any("y: 1 frame of lookahead (delay); frame t is the model's frame t - 1" in n for n in report["notes"])
     np.testing.assert_allclose(np.load(tmp_path / "y.npy")[:, 1:], want[:, :-1], atol=1e-5)
 
-    result = invoke("run", timed_files["conv_m2"], "-i", tmp_path / "x.npy", "-c", "4", "-o", tmp_path / "y.npy",
+    result = invoke("run", timed_files["conv_m2"], "-d", tmp_path / "x.npy", "-c", "4", "-o", tmp_path / "y.npy",
                     "--align", "--json")
     report = json.loads(result.stdout)
     assert (report["aligned"], report["flushed_frames"], report["calls"], report["outputs"]) == \
         (True, 2, 4, {"y": [1, 12, 4]})
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=1e-5)
 
-    text = _flat(invoke("run", timed_files["conv_m2"], "-i", tmp_path / "x.npy", "-c", "4").stdout)
+    text = _flat(invoke("run", timed_files["conv_m2"], "-d", tmp_path / "x.npy", "-c", "4").stdout)
     assert "note: input x takes a multiple of 2 frames per call" in text and "--align gives the model's frames" in text

@@ -16,10 +16,10 @@ from torch import nn
 
 import edgernn
 from edgernn.converters.quantize import quantize
-from edgernn.errors import EdgernnError
 from edgernn.runtimes import StreamingSession
 from edgernn.runtimes import pack as pack_module
-from edgernn.runtimes.pack import PackError, load_contract, pack, read_stored_inits
+from edgernn.modelfile import ModelFile
+from edgernn.runtimes.pack import PackError, pack
 
 
 @pytest.fixture(scope="module")
@@ -198,15 +198,10 @@ def test_stored_start_values_go_next_to_the_ort_file(models, tmp_path):
     r = pack(src, tmp_path / "out")
     npz = tmp_path / "out" / "stored.state_init.npz"
     assert npz.is_file() and "stored.state_init.npz" in r.files
-    np.testing.assert_array_equal(read_stored_inits(r.ort_path)["gru.h.init"], start)
+    np.testing.assert_array_equal(ModelFile.open(r.ort_path).stored_initializers()["gru.h.init"], start)
     assert "stored.state_init.npz" in (tmp_path / "out" / "README.md").read_text()
     assert r.parity["passed"]
-    try:
-        session = StreamingSession(r.ort_path)
-    except EdgernnError as e:
-        if "is not an ONNX model" in str(e):
-            pytest.skip("StreamingSession does not read <name>.state_init.npz yet (session.py patch pending)")
-        raise
+    session = StreamingSession(r.ort_path)
     session.reset(3)
     np.testing.assert_array_equal(session.state["gru.h"], np.repeat(start, 3, axis=1))
     ref = StreamingSession(src)
@@ -214,20 +209,27 @@ def test_stored_start_values_go_next_to_the_ort_file(models, tmp_path):
     np.testing.assert_allclose(session.stream(x, chunk=4)["y"], ref.stream(x, chunk=4)["y"], atol=1e-5, rtol=0)
 
 
-def test_file_from_another_exporter_gets_its_contract_beside_the_ort_file(models, tmp_path):
+def test_file_from_another_exporter_is_packed_with_its_contract_stamped_in(models, tmp_path):
     model = onnx.load(str(models["gru"]))
-    del model.metadata_props[:]  # no edgernn metadata: the contract is inferred from the graph
+    del model.metadata_props[:]  # no edgernn metadata, states named as another exporter names them
+    rename = {"state_in.gru.h": "h0", "state_out.gru.h": "hn"}
+    for v in [*model.graph.input, *model.graph.output]:
+        v.name = rename.get(v.name, v.name)
+    for node in model.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
     src = tmp_path / "foreign.onnx"
     onnx.save(model, str(src))
     r = pack(src, tmp_path / "out")
-    assert r.contract_from == "inferred" and not r.metadata_kept
-    sidecar = tmp_path / "out" / "foreign.edgernn.json"
-    assert sidecar.is_file() and "foreign.edgernn.json" in (tmp_path / "out" / "README.md").read_text()
-    contract = load_contract(sidecar)
-    assert load_contract(r.ort_path) == contract
-    assert [s.name for s in contract.states] == ["gru.h"]
-    cand = StreamingSession(r.ort_path, contract=contract)
-    ref = StreamingSession(src)
+    assert r.contract_from == "inferred" and r.metadata_kept
+    assert not (tmp_path / "out" / "foreign.edgernn.json").exists()
+    assert any("names its states state_in.<name> / state_out.<name>" in n for n in r.notes)
+    opened = ModelFile.open(r.ort_path)  # an edgernn file now: the contract is in the .ort file
+    assert opened.contract_from == "metadata"
+    assert [(s.input, s.output) for s in opened.contract.states] == [("state_in.h0", "state_out.h0")]
+    assert ModelFile.open(tmp_path / "out" / "foreign.onnx").contract == opened.contract  # the copy agrees
+    cand = StreamingSession(r.ort_path)
+    ref = StreamingSession(models["gru"])
     x = _x((2, 11, 8), seed=5)
     np.testing.assert_allclose(cand.stream(x, chunk=4)["y"], ref.stream(x, chunk=4)["y"], atol=1e-5, rtol=0)
 

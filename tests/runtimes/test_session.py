@@ -254,7 +254,7 @@ def test_missing_and_non_onnx_files_are_refused(tmp_path):
     with pytest.raises(EdgernnError, match="does not exist or is not a file"):
         StreamingSession(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
-    with pytest.raises(EdgernnError, match="^onnxruntime cannot load .*junk.onnx: "):
+    with pytest.raises(EdgernnError, match="junk.onnx is not an ONNX model"):
         StreamingSession(tmp_path / "junk.onnx")
 
 
@@ -280,9 +280,9 @@ def test_stored_initial_state_that_is_missing_is_refused(gru, tmp_path):
     states[0]["init"] = {"initializer": "gru.h.init"}
     props["edgernn.states"].value = json.dumps(states)
     onnx.save(model, str(tmp_path / "stored_init.onnx"))
-    with pytest.raises(StreamError, match="names initializer 'gru.h.init' as a state's start value, but has no"):
+    with pytest.raises(ContractError, match="names initializer 'gru.h.init' as a state's start value, but has no"):
         StreamingSession(tmp_path / "stored_init.onnx")
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((2, 1, 16), np.float32), "gru.h.init"))
     onnx.save(model, str(tmp_path / "stored_init.onnx"))
-    with pytest.raises(StreamError, match=r"has shape \[2, 1, 16\]; expected \[2, 1, 7\]"):
+    with pytest.raises(ContractError, match=r"has shape \[2, 1, 16\]; expected \[2, 1, 7\]"):
         StreamingSession(tmp_path / "stored_init.onnx")

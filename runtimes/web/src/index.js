@@ -18,49 +18,22 @@
  * contract and the same checks; tests compare the two on the same frames.
  */
 
+import { concrete, isArrayLike, size, tile, typed } from './arrays.js';
 import { EdgernnError } from './errors.js';
-import { TYPED_ARRAYS as TYPED, isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
+import { ModelFile, contractFromPairs } from './model-file.js';
+import { TYPED_ARRAYS as TYPED } from './onnx-file.js';
+import { isNode } from './platform.js';
 
 export { EdgernnError } from './errors.js';
-export { isOrtFormat, readInitializers, readMetadata } from './onnx-file.js';
+export { FORMAT_VERSION, contractFromJson, contractFromMetadata } from './contract.js';
+export { contractFromPairs } from './model-file.js';
+export { readInitializers, readMetadata } from './onnx-file.js';
+export { isOrtFormat, readOrtMetadata } from './ort-file.js';
 
-/** The contract version this runtime reads (edgernn.format in the metadata). */
-export const FORMAT_VERSION = '1';
-
-/**
- * A data input or output of the model.
- * @typedef {object} TensorSpec
- * @property {string} name graph input/output name
- * @property {(number|string)[]} shape sizes; "batch" and "time" mark those axes, other strings are free sizes
- * @property {string} dtype float32, int64, ...
- * @property {number|null} batch_axis
- * @property {number|null} time_axis
- * @property {number} [frame_multiple] inputs: the frames of one call along the time axis must be a
- *   multiple of this (the model strides over time or works in blocks of frames); absent: 1
- * @property {number} [delay] outputs: frames of lookahead; frame t of the streamed output is frame
- *   t - delay of the model's output on the whole sequence; absent: 0
- */
-
-/**
- * A recurrent state carried from one call to the next.
- * @typedef {object} StateSpec
- * @property {string} name the state's name (e.g. "gru.h")
- * @property {string} input graph input that takes it (e.g. "state_in.gru.h")
- * @property {string} output graph output that gives its next value (e.g. "state_out.gru.h")
- * @property {(number|string)[]} shape
- * @property {string} dtype
- * @property {number|null} batch_axis
- * @property {"zeros" | {initializer: string}} init how each stream starts
- */
-
-/**
- * What a runtime needs to stream a file.
- * @typedef {object} Contract
- * @property {"step"|"chunk"|"sequence"} mode step: one frame per call; chunk: any number of frames per call
- * @property {TensorSpec[]} inputs
- * @property {TensorSpec[]} outputs
- * @property {StateSpec[]} states
- */
+/** @typedef {import('./contract.js').TensorSpec} TensorSpec */
+/** @typedef {import('./contract.js').StateSpec} StateSpec */
+/** @typedef {import('./contract.js').Contract} Contract */
+/** @typedef {import('./model-file.js').ContractFrom} ContractFrom */
 
 /**
  * A value as this package hands it out: an onnxruntime Tensor (`.data`, `.dims`, `.type`).
@@ -83,45 +56,9 @@ export const FORMAT_VERSION = '1';
  *   (e.g. `{executionProviders: ['webgpu', 'wasm']}`)
  * @property {Record<string, string>} [states] state pairs, graph input name -> graph output name, for a
  *   file without edgernn metadata (or to override it)
- * @property {Contract} [contract] the whole contract, given yourself (e.g. for an ORT-format file)
+ * @property {Contract} [contract] the whole contract, given yourself (checked as the metadata is)
  * @property {string} [name] how errors name the model (default: its path or URL)
  */
-
-
-const isNode = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
-
-/** @param {readonly number[]} dims */
-const size = (dims) => dims.reduce((a, b) => a * b, 1);
-
-/** @param {unknown} x @returns {x is ArrayLike<any>} */
-const isArrayLike = (x) => x != null && typeof x === 'object' && typeof (/** @type {any} */ (x)).length === 'number';
-
-/**
- * Reads the model's bytes: a Uint8Array/ArrayBuffer as is, a path (Node) or a URL (fetch).
- * @param {string | URL | ArrayBuffer | Uint8Array} model
- * @returns {Promise<Uint8Array>}
- */
-async function modelBytes(model) {
-  if (model instanceof Uint8Array) return model;
-  if (model instanceof ArrayBuffer) return new Uint8Array(model);
-  const where = String(model);
-  if (isNode && !/^(https?|data|blob):/.test(where)) {
-    const fs = await import('node:fs/promises');
-    try {
-      return new Uint8Array(await fs.readFile(model instanceof URL ? model : where));
-    } catch (e) {
-      throw new EdgernnError(`cannot read ${where}: ${/** @type {Error} */ (e).message}`);
-    }
-  }
-  let response;
-  try {
-    response = await fetch(model);
-  } catch (e) {
-    throw new EdgernnError(`cannot fetch ${where}: ${/** @type {Error} */ (e).message}`);
-  }
-  if (!response.ok) throw new EdgernnError(`cannot fetch ${where}: HTTP ${response.status} ${response.statusText}`);
-  return new Uint8Array(await response.arrayBuffer());
-}
 
 /** The onnxruntime module to use when none is given. */
 async function defaultOrt() {
@@ -137,75 +74,10 @@ async function defaultOrt() {
 }
 
 /**
- * The contract in a file's metadata, or null when the file has none.
- * @param {Record<string, string>} meta @param {string} source
- * @returns {Contract | null}
- */
-export function contractFromMetadata(meta, source) {
-  if (!('edgernn.format' in meta)) return null;
-  if (meta['edgernn.format'] !== FORMAT_VERSION) {
-    throw new EdgernnError(`${source} uses edgernn contract version ${meta['edgernn.format']}; this runtime ` +
-      `reads version ${FORMAT_VERSION} (update edgernn-web)`);
-  }
-  /** @param {string} key */
-  const json = (key) => {
-    if (!(key in meta)) throw new EdgernnError(`${source} has edgernn metadata without '${key}'; re-export it with edgernn export`);
-    try {
-      return JSON.parse(meta[key]);
-    } catch {
-      throw new EdgernnError(`${source} has metadata '${key}' that is not JSON; re-export it with edgernn export`);
-    }
-  };
-  const mode = meta['edgernn.mode'];
-  if (!['step', 'chunk', 'sequence'].includes(mode)) {
-    throw new EdgernnError(`${source} has edgernn.mode '${mode}'; expected step, chunk or sequence`);
-  }
-  const contract = {
-    mode: /** @type {Contract["mode"]} */ (mode),
-    inputs: json('edgernn.inputs'),
-    outputs: json('edgernn.outputs'),
-    states: json('edgernn.states'),
-  };
-  for (const key of /** @type {const} */ (['inputs', 'outputs', 'states'])) {
-    const list = contract[key];
-    const bad = !Array.isArray(list) ? list : list.find((t) => !t || typeof t.name !== 'string' || !Array.isArray(t.shape) ||
-      typeof t.dtype !== 'string' || (key === 'states' && (typeof t.input !== 'string' || typeof t.output !== 'string')));
-    if (bad !== undefined) {
-      throw new EdgernnError(`${source} has edgernn.${key} entries without name, shape and dtype` +
-        `${key === 'states' ? ', input and output' : ''} (${JSON.stringify(bad).slice(0, 80)}); re-export it with edgernn export`);
-    }
-  }
-  checkTimingFields(contract, source);
-  return contract;
-}
-
-/**
- * Checks `frame_multiple` (a positive integer) and `delay` (a non-negative integer) where given.
- * @param {Contract} contract @param {string} source
- */
-function checkTimingFields(contract, source) {
-  for (const key of /** @type {const} */ (['inputs', 'outputs'])) {
-    for (const t of contract[key]) {
-      const m = t.frame_multiple ?? 1;
-      const d = t.delay ?? 0;
-      if (!Number.isInteger(m) || m < 1) {
-        throw new EdgernnError(`${source} has frame_multiple ${JSON.stringify(t.frame_multiple)} for '${t.name}' in ` +
-          `edgernn.${key}; expected a positive integer (re-export it with edgernn export)`);
-      }
-      if (!Number.isInteger(d) || d < 0) {
-        throw new EdgernnError(`${source} has delay ${JSON.stringify(t.delay)} for '${t.name}' in edgernn.${key}; ` +
-          'expected a non-negative integer (re-export it with edgernn export)');
-      }
-    }
-  }
-}
-
-/**
  * A file whose input strides over time needs calls of several frames along a time axis.
  * @param {Contract} contract @param {string} source
  */
 function checkTiming(contract, source) {
-  checkTimingFields(contract, source);
   for (const t of contract.inputs) {
     const m = t.frame_multiple ?? 1;
     if (m === 1) continue;
@@ -223,59 +95,6 @@ function checkTiming(contract, source) {
 const gcd = (a, b) => (b ? gcd(b, a % b) : a);
 
 /**
- * A contract for a file without edgernn metadata, from the state pairs the user names and the
- * shapes onnxruntime reports. The batch axis is where the first symbolic size that a data input
- * shares with a state input sits (else the first symbolic size of the first data input); every
- * call feeds one frame (or window) as given, with no time axis. This is a simpler rule than the
- * Python package's `infer_contract`, which also guesses the pairs: here they must be named.
- * @param {any} session an onnxruntime InferenceSession
- * @param {Record<string, string>} pairs graph input -> graph output
- * @param {string} source
- * @returns {Contract}
- */
-export function contractFromPairs(session, pairs, source) {
-  const ins = session.inputNames;
-  const outs = session.outputNames;
-  const meta = /** @type {Record<string, any>} */ ({});
-  for (const m of [...(session.inputMetadata || []), ...(session.outputMetadata || [])]) meta[m.name] = m;
-  for (const [i, o] of Object.entries(pairs)) {
-    if (!ins.includes(i)) throw new EdgernnError(`${source} has no graph input '${i}'; its inputs are ${ins.join(', ')}`);
-    if (!outs.includes(o)) throw new EdgernnError(`${source} has no graph output '${o}'; its outputs are ${outs.join(', ')}`);
-  }
-  const stateIns = new Set(Object.keys(pairs));
-  const stateOuts = new Set(Object.values(pairs));
-  /** @param {string} name */
-  const shapeOf = (name) => {
-    const m = meta[name];
-    if (!m || !m.isTensor || !Array.isArray(m.shape)) {
-      throw new EdgernnError(`onnxruntime reports no tensor shape for '${name}' of ${source}; pass {contract} instead`);
-    }
-    return /** @type {(number|string)[]} */ ([...m.shape]);
-  };
-  const dataIns = ins.filter((/** @type {string} */ n) => !stateIns.has(n));
-  /** @param {string} n @returns {(number|string)[]} */
-  const symbolsOf = (n) => shapeOf(n).filter((d) => typeof d === 'string' || d < 0);
-  const stateSymbols = new Set([...stateIns].flatMap(symbolsOf));
-  let batch = dataIns.flatMap(symbolsOf).find((/** @type {number|string} */ d) => stateSymbols.has(d));
-  if (batch === undefined && dataIns.length) batch = symbolsOf(dataIns[0])[0];
-  /** @param {string} name @returns {TensorSpec} */
-  const spec = (name) => {
-    const shape = shapeOf(name).map((d) => (batch !== undefined && d === batch ? 'batch' : typeof d === 'number' && d < 0 ? '?' : d));
-    const axis = shape.indexOf('batch');
-    return { name, shape, dtype: meta[name].type, batch_axis: axis < 0 ? null : axis, time_axis: null };
-  };
-  return {
-    mode: 'step',
-    inputs: dataIns.map(spec),
-    outputs: outs.filter((/** @type {string} */ n) => !stateOuts.has(n)).map(spec),
-    states: Object.entries(pairs).map(([i, o]) => {
-      const s = spec(i);
-      return { name: i, input: i, output: o, shape: s.shape, dtype: s.dtype, batch_axis: s.batch_axis, init: 'zeros' };
-    }),
-  };
-}
-
-/**
  * One onnxruntime session over an edgernn file, carrying the recurrent state between calls, for
  * one stream or a batch of streams. Create it with `await StreamingSession.create(model, options)`.
  *
@@ -284,17 +103,23 @@ export function contractFromPairs(session, pairs, source) {
  */
 export class StreamingSession {
   /**
-   * @param {any} ort @param {any} session @param {Contract} contract @param {Record<string, any>} stored
-   * @param {number} batch @param {string} source
+   * @param {any} ort @param {any} session @param {Contract} contract @param {ContractFrom} contractFrom
+   * @param {Record<string, any>} stored @param {number} batch @param {string} source
    * @private
    */
-  constructor(ort, session, contract, stored, batch, source) {
+  constructor(ort, session, contract, contractFrom, stored, batch, source) {
     /** the onnxruntime module in use */
     this.ort = ort;
     /** the underlying onnxruntime InferenceSession */
     this.session = session;
     /** @type {Contract} */
     this.contract = contract;
+    /**
+     * where the contract came from: "metadata" (the file's), "sidecar" (the `<name>.edgernn.json`
+     * beside an `.ort` file), "given" ({contract}) or "inferred" (from the {states} pairs)
+     * @type {ContractFrom}
+     */
+    this.contractFrom = contractFrom;
     /** how errors name the model */
     this.source = source;
     /** @private */
@@ -309,7 +134,10 @@ export class StreamingSession {
   }
 
   /**
-   * Opens `model` (a path under Node, a URL, or the file's bytes) and reads its state contract.
+   * Opens `model` (a path under Node, a URL, or the file's bytes; `.onnx` or `.ort`) and reads its
+   * state contract: from {contract}, else from the {states} pairs, else from the file's metadata,
+   * else, for an `.ort` file, from the `<name>.edgernn.json` beside it. Stored start values of an
+   * `.ort` file come from the `<name>.state_init.npz` beside it.
    * @param {string | URL | ArrayBuffer | Uint8Array} model
    * @param {OpenOptions} [options]
    * @returns {Promise<StreamingSession>}
@@ -319,36 +147,19 @@ export class StreamingSession {
     const batch = options.batch ?? 1;
     if (!Number.isInteger(batch) || batch < 1) throw new EdgernnError(`batch must be a whole number of streams, at least 1; got ${batch}`);
     const ort = options.ort ?? (await defaultOrt());
-    const bytes = await modelBytes(model);
-    const ortFormat = isOrtFormat(bytes);
-    let contract = options.contract ?? null;
-    /** @type {Record<string, string>} */
-    let meta = {};
-    if (!ortFormat) {
-      try {
-        meta = readMetadata(bytes);
-      } catch (e) {
-        throw new EdgernnError(`${source} is not an ONNX model (${/** @type {Error} */ (e).message}); expected a .onnx file ` +
-          'such as edgernn export writes');
-      }
-    }
-    if (!contract && !options.states) {
-      contract = contractFromMetadata(meta, source);
-      if (!contract && ortFormat) {
-        throw new EdgernnError(`${source} is an ORT-format model, whose metadata this runtime cannot read; pass ` +
-          `{contract} (the edgernn.* entries of \`edgernn info MODEL.onnx --json\`) or open the .onnx file`);
-      }
-    }
+    const file = await ModelFile.open(model, source);
+    const found = await file.contract({ contract: options.contract, states: options.states });
     let session;
     try {
-      session = await ort.InferenceSession.create(bytes, options.sessionOptions ?? {});
+      session = await ort.InferenceSession.create(file.bytes, options.sessionOptions ?? {});
     } catch (e) {
       throw new EdgernnError(`onnxruntime cannot load ${source}: ${String(/** @type {Error} */ (e).message ?? e).split('\n')[0]}`);
     }
     try {
+      let contract = found?.contract;
       if (!contract) {
         if (!options.states) {
-          throw new EdgernnError(`${source} has no edgernn metadata (no edgernn.states in its metadata_props), so ` +
+          throw new EdgernnError(`${source} has no edgernn metadata (metadata_props 'edgernn.format' is missing), so ` +
             `which inputs carry state is unknown; pass {states: {'<state input>': '<state output>', ...}} naming ` +
             `each pair (its inputs: ${session.inputNames.join(', ')}; outputs: ${session.outputNames.join(', ')}), ` +
             'or export it with edgernn export');
@@ -357,8 +168,8 @@ export class StreamingSession {
       }
       checkIO(session, contract, source);
       checkTiming(contract, source);
-      const stored = storedStarts(bytes, contract, source, ortFormat);
-      return new StreamingSession(ort, session, contract, stored, batch, source);
+      const stored = await file.startValues(contract);
+      return new StreamingSession(ort, session, contract, found?.from ?? 'inferred', stored, batch, source);
     } catch (e) {
       await session.release().catch(() => {});  // nothing is left open when create() throws
       throw e;
@@ -766,45 +577,6 @@ export class StreamingSession {
 }
 
 /**
- * Sizes of `shape` with the batch and time filled in; other free sizes are -1.
- * @param {(number|string)[]} shape @param {number} batch @param {number} time
- */
-function concrete(shape, batch, time) {
-  return shape.map((d) => (d === 'batch' ? batch : d === 'time' ? time : typeof d === 'number' && d >= 0 ? d : -1));
-}
-
-/**
- * `value` as the typed array onnxruntime wants for `dtype` (the same array when it already is one).
- * @param {string} dtype @param {ArrayLike<any>} value @param {string} name
- */
-function typed(dtype, value, name) {
-  const T = TYPED[dtype];
-  if (!T) throw new EdgernnError(`'${name}' has dtype ${dtype}, which edgernn-web does not feed`);
-  if (value instanceof T) return value;
-  if (dtype === 'int64') return BigInt64Array.from(/** @type {ArrayLike<any>} */ (value), (v) => BigInt(v));
-  if (value instanceof BigInt64Array) return T.from(value, Number);
-  return T.from(value);
-}
-
-/**
- * `data` (size 1 on the batch axis) repeated for `batch` streams.
- * @param {ArrayLike<any>} data @param {number[]} dims @param {number|null} axis @param {number} batch
- */
-function tile(data, dims, axis, batch) {
-  const T = /** @type {any} */ (data).constructor;
-  if (axis === null || batch === 1) return T.from(data);
-  const outer = size(dims.slice(0, axis));
-  const inner = size(dims.slice(axis + 1));
-  const out = new T(outer * batch * inner);
-  for (let o = 0; o < outer; o++) {
-    for (let b = 0; b < batch; b++) {
-      for (let i = 0; i < inner; i++) out[(o * batch + b) * inner + i] = data[o * inner + i];
-    }
-  }
-  return out;
-}
-
-/**
  * Checks that the contract names the session's graph inputs and outputs.
  * @param {any} session @param {Contract} contract @param {string} source
  */
@@ -819,40 +591,4 @@ function checkIO(session, contract, source) {
       throw new EdgernnError(`${source} has no graph output '${name}'; its outputs are ${session.outputNames.join(', ')}`);
     }
   }
-}
-
-/**
- * Start values of states whose init names a graph initializer, read from the file once.
- * @param {Uint8Array} bytes @param {Contract} contract @param {string} source @param {boolean} ortFormat
- * @returns {Record<string, {data: any, dims: number[]}>}
- */
-function storedStarts(bytes, contract, source, ortFormat) {
-  /** @type {Record<string, StateSpec>} */
-  const wanted = {};
-  for (const s of contract.states) {
-    if (s.init === 'zeros') continue;
-    if (!s.init || typeof s.init !== 'object' || typeof s.init.initializer !== 'string') {
-      throw new EdgernnError(`state '${s.name}' has init ${JSON.stringify(s.init)}; expected "zeros" or {"initializer": NAME}`);
-    }
-    wanted[s.init.initializer] = s;
-  }
-  if (!Object.keys(wanted).length) return {};
-  if (ortFormat) {
-    throw new EdgernnError(`${source} is an ORT-format model whose states start from stored values, which only ` +
-      'the .onnx file holds; open the .onnx file');
-  }
-  const found = readInitializers(bytes, Object.keys(wanted));
-  /** @type {Record<string, {data: any, dims: number[]}>} */
-  const out = {};
-  for (const [init, s] of Object.entries(wanted)) {
-    const t = found[init];
-    if (!t) throw new EdgernnError(`${source} names initializer '${init}' as the start value of state '${s.name}', but has no such initializer`);
-    const want = concrete(s.shape, 1, 1);
-    if (t.dims.length !== want.length || t.dims.some((d, i) => d !== want[i])) {
-      throw new EdgernnError(`start value '${init}' of state '${s.name}' has shape ${JSON.stringify(t.dims)}; expected ` +
-        `${JSON.stringify(want)} (the state's shape with size 1 on the batch axis)`);
-    }
-    out[s.name] = { data: typed(s.dtype, t.data, s.name), dims: t.dims };
-  }
-  return out;
 }

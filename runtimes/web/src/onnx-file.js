@@ -10,6 +10,8 @@
  * protobuf wire format that walks only the top-level fields of ModelProto and GraphProto,
  * skipping everything else (weights included) by length, without copying.
  *
+ * (ORT-format files are read by ort-file.js; contract.js reads the edgernn entries of the metadata.)
+ *
  * Field numbers are those of onnx/onnx.proto (IR version 3 and later):
  * ModelProto: graph = 7, metadata_props = 14. GraphProto: initializer = 5.
  * StringStringEntryProto: key = 1, value = 2.
@@ -108,14 +110,6 @@ const utf8 = new TextDecoder('utf-8');
 /** @param {Uint8Array} bytes @param {number} start @param {number} end */
 function text(bytes, start, end) {
   return utf8.decode(bytes.subarray(start, end));
-}
-
-/**
- * Whether `bytes` is an ORT-format (flatbuffer) model, which carries its metadata elsewhere.
- * @param {Uint8Array} bytes
- */
-export function isOrtFormat(bytes) {
-  return bytes.length >= 8 && text(bytes, 4, 8) === 'ORTM';
 }
 
 /**

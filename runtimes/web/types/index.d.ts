@@ -1,24 +1,5 @@
-/**
- * The contract in a file's metadata, or null when the file has none.
- * @param {Record<string, string>} meta @param {string} source
- * @returns {Contract | null}
- */
-export function contractFromMetadata(meta: Record<string, string>, source: string): Contract | null;
-/**
- * A contract for a file without edgernn metadata, from the state pairs the user names and the
- * shapes onnxruntime reports. The batch axis is where the first symbolic size that a data input
- * shares with a state input sits (else the first symbolic size of the first data input); every
- * call feeds one frame (or window) as given, with no time axis. This is a simpler rule than the
- * Python package's `infer_contract`, which also guesses the pairs: here they must be named.
- * @param {any} session an onnxruntime InferenceSession
- * @param {Record<string, string>} pairs graph input -> graph output
- * @param {string} source
- * @returns {Contract}
- */
-export function contractFromPairs(session: any, pairs: Record<string, string>, source: string): Contract;
 export { EdgernnError } from "./errors.js";
-/** The contract version this runtime reads (edgernn.format in the metadata). */
-export const FORMAT_VERSION: "1";
+export { contractFromPairs } from "./model-file.js";
 /**
  * One onnxruntime session over an edgernn file, carrying the recurrent state between calls, for
  * one stream or a batch of streams. Create it with `await StreamingSession.create(model, options)`.
@@ -28,15 +9,18 @@ export const FORMAT_VERSION: "1";
  */
 export class StreamingSession {
     /**
-     * Opens `model` (a path under Node, a URL, or the file's bytes) and reads its state contract.
+     * Opens `model` (a path under Node, a URL, or the file's bytes; `.onnx` or `.ort`) and reads its
+     * state contract: from {contract}, else from the {states} pairs, else from the file's metadata,
+     * else, for an `.ort` file, from the `<name>.edgernn.json` beside it. Stored start values of an
+     * `.ort` file come from the `<name>.state_init.npz` beside it.
      * @param {string | URL | ArrayBuffer | Uint8Array} model
      * @param {OpenOptions} [options]
      * @returns {Promise<StreamingSession>}
      */
     static create(model: string | URL | ArrayBuffer | Uint8Array, options?: OpenOptions): Promise<StreamingSession>;
     /**
-     * @param {any} ort @param {any} session @param {Contract} contract @param {Record<string, any>} stored
-     * @param {number} batch @param {string} source
+     * @param {any} ort @param {any} session @param {Contract} contract @param {ContractFrom} contractFrom
+     * @param {Record<string, any>} stored @param {number} batch @param {string} source
      * @private
      */
     private constructor();
@@ -46,6 +30,12 @@ export class StreamingSession {
     session: any;
     /** @type {Contract} */
     contract: Contract;
+    /**
+     * where the contract came from: "metadata" (the file's), "sidecar" (the `<name>.edgernn.json`
+     * beside an `.ort` file), "given" ({contract}) or "inferred" (from the {states} pairs)
+     * @type {ContractFrom}
+     */
+    contractFrom: ContractFrom;
     /** how errors name the model */
     source: string;
     /** @private */
@@ -166,73 +156,10 @@ export class StreamingSession {
      */
     private _joined;
 }
-/**
- * A data input or output of the model.
- */
-export type TensorSpec = {
-    /**
-     * graph input/output name
-     */
-    name: string;
-    /**
-     * sizes; "batch" and "time" mark those axes, other strings are free sizes
-     */
-    shape: (number | string)[];
-    /**
-     * float32, int64, ...
-     */
-    dtype: string;
-    batch_axis: number | null;
-    time_axis: number | null;
-    /**
-     * inputs: the frames of one call along the time axis must be a
-     * multiple of this (the model strides over time or works in blocks of frames); absent: 1
-     */
-    frame_multiple?: number | undefined;
-    /**
-     * outputs: frames of lookahead; frame t of the streamed output is frame
-     * t - delay of the model's output on the whole sequence; absent: 0
-     */
-    delay?: number | undefined;
-};
-/**
- * A recurrent state carried from one call to the next.
- */
-export type StateSpec = {
-    /**
-     * the state's name (e.g. "gru.h")
-     */
-    name: string;
-    /**
-     * graph input that takes it (e.g. "state_in.gru.h")
-     */
-    input: string;
-    /**
-     * graph output that gives its next value (e.g. "state_out.gru.h")
-     */
-    output: string;
-    shape: (number | string)[];
-    dtype: string;
-    batch_axis: number | null;
-    /**
-     * how each stream starts
-     */
-    init: "zeros" | {
-        initializer: string;
-    };
-};
-/**
- * What a runtime needs to stream a file.
- */
-export type Contract = {
-    /**
-     * step: one frame per call; chunk: any number of frames per call
-     */
-    mode: "step" | "chunk" | "sequence";
-    inputs: TensorSpec[];
-    outputs: TensorSpec[];
-    states: StateSpec[];
-};
+export type TensorSpec = import("./contract.js").TensorSpec;
+export type StateSpec = import("./contract.js").StateSpec;
+export type Contract = import("./contract.js").Contract;
+export type ContractFrom = import("./model-file.js").ContractFrom;
 /**
  * A value as this package hands it out: an onnxruntime Tensor (`.data`, `.dims`, `.type`).
  */
@@ -264,12 +191,14 @@ export type OpenOptions = {
      */
     states?: Record<string, string> | undefined;
     /**
-     * the whole contract, given yourself (e.g. for an ORT-format file)
+     * the whole contract, given yourself (checked as the metadata is)
      */
-    contract?: Contract | undefined;
+    contract?: import("./contract.js").Contract | undefined;
     /**
      * how errors name the model (default: its path or URL)
      */
     name?: string | undefined;
 };
-export { isOrtFormat, readInitializers, readMetadata } from "./onnx-file.js";
+export { FORMAT_VERSION, contractFromJson, contractFromMetadata } from "./contract.js";
+export { readInitializers, readMetadata } from "./onnx-file.js";
+export { isOrtFormat, readOrtMetadata } from "./ort-file.js";

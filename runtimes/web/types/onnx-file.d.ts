@@ -1,9 +1,4 @@
 /**
- * Whether `bytes` is an ORT-format (flatbuffer) model, which carries its metadata elsewhere.
- * @param {Uint8Array} bytes
- */
-export function isOrtFormat(bytes: Uint8Array): boolean;
-/**
  * The `metadata_props` of an ONNX model, as a plain object (key -> value).
  * @param {Uint8Array} bytes the .onnx file
  * @returns {Record<string, string>}

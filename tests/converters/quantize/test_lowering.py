@@ -17,6 +17,7 @@ from torch import nn
 
 import edgernn
 from edgernn.converters.quantize.lowering import RECURRENT_OPS, lower_recurrent_ops
+from edgernn.recurrent_kinds import KINDS, LayerMark
 
 ATOL = 1e-5  # fp32 tolerance of the project (VISION.md); measured: at most 2.1e-7 on these graphs
 
@@ -112,7 +113,7 @@ def test_excluded_node_is_kept_with_the_reason():
 # ---------------------------------------------------------------- hand-built ONNX ops
 
 T, B, I, H = 6, 2, 5, 7
-GATES = {"GRU": 3, "LSTM": 4, "RNN": 1}
+GATES = {k.onnx_op: k.gates for k in KINDS.values()}
 
 
 def _hand_built(op: str, *, attrs: dict | None = None, initial: bool = True, seq_lens: bool = False,
@@ -187,6 +188,14 @@ NOT_LOWERABLE = {
     "lstm-input_forget": ("LSTM", dict(attrs={"input_forget": 1}), "input_forget"),
     "rnn-sigmoid": ("RNN", dict(attrs={"activations": ["Sigmoid"]}), "activations ['Sigmoid']"),
 }
+
+
+def test_lowered_cells_carry_the_mark_of_the_op_they_replace():
+    lowered, _ = lower_recurrent_ops(_hand_built("LSTM"))
+    scan = next(n for n in lowered.graph.node if n.op_type == "Scan")
+    assert LayerMark.of(scan) == LayerMark("lstm", "my_lstm", 0, "scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert {LayerMark.of(n).role for n in body.node if n.op_type == "MatMul"} == {"recurrence"}
 
 
 @pytest.mark.parametrize("case", list(NOT_LOWERABLE))

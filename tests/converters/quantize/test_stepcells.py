@@ -3,7 +3,8 @@ layer of a step export, in either form (ONNX GRU/LSTM ops or MatMul cells), come
 over [x, h] (GRU, Elman RNN) or one one-frame LSTM op, computing what the input computes; after
 quantize() onnxruntime runs one DynamicQuantizeMatMul (or DynamicQuantizeLSTM) per layer and no
 per-layer Gather/Squeeze/Unsqueeze; the report names the input file's nodes; anything the rewrite
-does not recognize, or gets wrong, is left as it was."""
+does not recognize, or gets wrong, is left as it was. The layers are found by the marks the export
+writes; files without marks (older edgernn) by recognition, which must find the same layers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from torch import nn
 
 import edgernn
 from edgernn.converters.quantize import quantize, stepcells
-from edgernn.converters.quantize.stepcells import fuse_step_cells, same_outputs
+from edgernn.converters.quantize.graph import same_outputs
+from edgernn.converters.quantize.recognize import mark_recognized_cells
+from edgernn.converters.quantize.stepcells import fuse_step_cells
+from edgernn.recurrent_kinds import MARK_KEY, LayerMark
 
 LAYERS = 2
 
@@ -32,6 +36,16 @@ def _export(kind: str, cells: str, *, bias: bool = True, layers: int = LAYERS, r
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return edgernn.export(module, None, mode="step", cells=cells, verify=False).model
+
+
+def _unmarked(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` as edgernn wrote it before it marked its layers."""
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in out.graph.node:
+        keep = [p for p in node.metadata_props if p.key != MARK_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return out
 
 
 def _stream(model: onnx.ModelProto, frames: int = 6, batch: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -65,10 +79,13 @@ CASES = [("GRU", "auto", {}), ("GRU", "matmul", {}), ("LSTM", "matmul", {}), ("R
          ("GRU", "auto", {"layers": 1}), ("RNN", "matmul", {"layers": 3})]
 
 
+@pytest.mark.parametrize("marks", ["marked", "unmarked"])
 @pytest.mark.parametrize("kind, cells, kw", CASES, ids=[f"{k}-{c}-{'-'.join(f'{a}={b}' for a, b in kw.items())}"
                                                         for k, c, kw in CASES])
-def test_every_layer_is_rewritten_and_computes_the_same(kind, cells, kw):
+def test_every_layer_is_rewritten_and_computes_the_same(kind, cells, kw, marks):
     model = _export(kind, cells, **kw)
+    if marks == "unmarked":
+        model = _unmarked(model)
     before = model.SerializeToString()
     fused, layers = fuse_step_cells(model)
     assert model.SerializeToString() == before, "fuse_step_cells must not modify its input"
@@ -127,8 +144,25 @@ def test_quantized_step_file_runs_one_int8_kernel_per_layer(tmp_path, kind, laye
     assert report.accuracy.max_error < 0.03
 
 
-def test_gru_weight_is_stored_without_its_zero_blocks(tmp_path):
+@pytest.mark.parametrize("kind", ["GRU", "LSTM", "RNN"])
+def test_recognition_marks_a_file_without_marks_as_the_export_does(kind):
+    """The fallback for files without marks writes the roles the export writes, on the same nodes;
+    a marked file is left to its marks."""
+    model = _export(kind, "matmul")
+    assert mark_recognized_cells(model) is model
+
+    def roles(m: onnx.ModelProto) -> dict[str, tuple[str, str | None]]:  # node -> (role, part), layout left out
+        marks = {n.name: LayerMark.of(n) for n in m.graph.node}
+        return {name: (mark.role, mark.part) for name, mark in marks.items() if mark and mark.role != "glue"}
+
+    assert roles(model) and roles(mark_recognized_cells(_unmarked(model))) == roles(model)
+
+
+@pytest.mark.parametrize("marks", ["marked", "unmarked"])
+def test_gru_weight_is_stored_without_its_zero_blocks(tmp_path, marks):
     model = _export("GRU", "matmul")
+    if marks == "unmarked":  # a file of an edgernn that did not mark its layers quantizes the same
+        model = _unmarked(model)
     path = tmp_path / "gru.onnx"
     onnx.save(model, path)
     report = quantize(path, steps=100)
@@ -200,9 +234,9 @@ def test_a_wrong_rewrite_is_dropped(monkeypatch):
     model = _export("GRU", "matmul")
     real = stepcells.emit_cell
 
-    def wrong(e, prefix, spec, x, h, c, h_out, c_out):
-        made = real(e, prefix, spec, x, h, c, h_out, c_out)
-        for node in e.nodes:
+    def wrong(b, prefix, spec, x, h, c):
+        made = real(b, prefix, spec, x, h, c)
+        for node in b.tape.nodes:
             if node.op_type == "Sigmoid":
                 node.op_type = "Tanh"
         return made

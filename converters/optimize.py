@@ -1,0 +1,80 @@
+"""The optimize pass: onnxscript's optimizer (constant folding, rewrites, dead code) on the lowered graph.
+
+It runs on an onnx-ir model, with two fixes after it: the stored start values
+(``state_init.<name>``, read by runtimes, not by nodes) are put back, and weights that only one
+subgraph reads go back into that subgraph.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx_ir as ir
+
+from edgernn.converters.describe import STATE_INIT
+from edgernn.converters.pass_api import PassResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgernn.converters.passes import ExportContext
+
+
+class Optimize:
+    """onnxscript's optimizer (constant folding, dead code) on the lowered graph."""
+
+    name = "optimize"
+
+    def __call__(self, ctx: ExportContext) -> PassResult:
+        import onnxscript.optimizer
+
+        assert ctx.onnx_model is not None
+        model = ir.serde.deserialize_model(ctx.onnx_model)
+        before, layout = len(model.graph), _layout(model.graph)
+        starts = [v for name, v in model.graph.initializers.items() if name.startswith(STATE_INIT)]
+        onnxscript.optimizer.optimize(model)  # in place on an ir.Model
+        for v in starts:  # the optimizer drops them: no node reads them
+            if v.name not in model.graph.initializers:
+                model.graph.initializers.add(v)
+        # the optimizer keeps metadata_props; keep I/O order and names exactly as they were
+        if [v.name for v in model.graph.inputs] != [i.name for i in ctx.onnx_model.graph.input]:
+            return PassResult.unchanged("skipped: the optimizer changed graph inputs")
+        moved = initializers_into_subgraphs(model.graph)
+        changed = moved > 0 or _layout(model.graph) != layout
+        ctx.onnx_model = ir.serde.serialize_model(model)
+        return PassResult(changed, f"{before} -> {len(model.graph)} nodes" + (
+            f", {moved} weights kept in the subgraphs that read them" if moved else ""))
+
+
+def _layout(graph: ir.Graph) -> tuple:
+    """What the optimizer may change: every node's op and value names, in order, and the initializers."""
+    nodes = tuple((n.op_type, tuple(v.name if v is not None else "" for v in n.inputs),
+                   tuple(v.name for v in n.outputs)) for n in ir.traversal.RecursiveGraphIterator(graph))
+    return nodes, tuple(graph.initializers)
+
+
+def initializers_into_subgraphs(graph: ir.Graph) -> int:
+    """Put back into a subgraph the initializers only it reads. The optimizer hoists them to the
+    main graph, where onnxruntime's LSTM quantizer does not find an op's weights and the float16
+    converter converts them although the subgraph stays float32. Returns how many moved."""
+    readers: dict[ir.Value, list[ir.Graph]] = {}  # value -> the subgraphs of main-graph nodes that read it
+    for node in graph:
+        for attr in node.attributes.values():
+            if not isinstance(attr, ir.Attr) or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            for sub in [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else attr.as_graphs():
+                reads = {v for n in ir.traversal.RecursiveGraphIterator(sub) for v in n.inputs}
+                reads.update(v for g in (sub, *sub.subgraphs()) for v in g.outputs)
+                for v in reads:
+                    readers.setdefault(v, []).append(sub)
+    moved = 0
+    for name, v in list(graph.initializers.items()):
+        subs = readers.get(v, [])
+        if (name.startswith(STATE_INIT) or len(subs) != 1 or v.is_graph_output()
+                or any(user.graph is graph for user, _ in v.uses())):
+            continue
+        del graph.initializers[name]
+        subs[0].register_initializer(v)
+        moved += 1
+    return moved
+
+
+__all__ = ["Optimize", "initializers_into_subgraphs"]

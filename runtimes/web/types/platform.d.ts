@@ -1,0 +1,2 @@
+/** Whether this runs under Node (files are read from paths with node:fs) rather than in a browser (fetch). */
+export const isNode: boolean;
