@@ -17,7 +17,7 @@ from edgernn.converters.verify import ParityReport
 from edgernn.architectures import RecurrentLayer
 from edgernn.contract import Contract
 from edgernn.errors import EdgernnError, ExportError, ParityError
-from edgernn.modelfile import write_atomic
+from edgernn.modelfile import write_checked
 
 
 @dataclass
@@ -121,14 +121,9 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
 def write_if_passed(report: ExportReport, target: Path | None, data: bytes, what: str) -> ExportReport:
     """Write ``data`` to ``target`` (when given) if parity passed; else raise a :class:`ParityError`
     whose ``report`` holds the numbers, writing nothing. ``what`` names the export in the message."""
-    if not report.passed:
-        err = ParityError(f"{what} does not match PyTorch: {report.parity.summary()}; no file was written")
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    if target is not None:
-        write_atomic(target, data)
-        report.path = str(target)
-    return report
+    failure = None if report.passed else ParityError(
+        f"{what} does not match PyTorch: {report.parity.summary()}; no file was written")
+    return write_checked(report, target, data, failure)
 
 
 def _is_tree_model(model: nn.Module) -> bool:

@@ -317,11 +317,12 @@ def compare_tree_files(reference: bytes, candidate: bytes, forests: int = 20, se
     import onnxruntime as ort
 
     from edgernn.converters.quantize.report import AccuracyReport, OutputAccuracy
+    from edgernn.modelfile import ModelFile
     from edgernn.runtimes.session import session_options
 
     ref = ort.InferenceSession(reference, session_options(1), providers=["CPUExecutionProvider"])
     cand = ort.InferenceSession(candidate, session_options(1), providers=["CPUExecutionProvider"])
-    info = json.loads(ref.get_modelmeta().custom_metadata_map["edgernn.tree"])
+    info = json.loads(ModelFile.open(reference).metadata["edgernn.tree"])
     first = ref.get_inputs()[0]
     k = 2 if info["kind"] == "tree_rnn" else 4
     vocab = _vocab(reference) if first.name == "tokens" else None

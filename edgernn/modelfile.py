@@ -381,6 +381,20 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_checked(report: Any, target: Path | None, data: bytes, failure: EdgernnError | None) -> Any:
+    """The end of every command that writes a model after checking it (export's parity, quantize's
+    accuracy): with a ``failure``, raise it with ``report`` attached (``failure.report``, for the
+    CLI to print) and write nothing; else write ``data`` to ``target`` atomically (when given) and
+    set ``report.path``."""
+    if failure is not None:
+        failure.report = report  # type: ignore[attr-defined]
+        raise failure
+    if target is not None:
+        write_atomic(target, data)
+        report.path = str(target)
+    return report
+
+
 def _parse(data: bytes, source: str) -> Any:
     import onnx
 
@@ -414,4 +428,4 @@ def _ort_io(data: bytes) -> tuple[list[str], list[str]]:
 
 
 __all__ = ["ModelFile", "ModelFileError", "is_ort_format", "sidecar_path", "CONTRACT_SUFFIX", "STATE_INIT_SUFFIX",
-           "write_atomic"]
+           "write_atomic", "write_checked"]

@@ -25,13 +25,9 @@ drops them as unused initializers, so they go next to the ``.ort`` file
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -42,13 +38,12 @@ from edgernn.contract import Contract, ContractError, contract_json_text, read_m
 from edgernn.errors import EdgernnError
 from edgernn.recurrent_kinds import ONNX_OPS
 from edgernn.modelfile import CONTRACT_SUFFIX, STATE_INIT_SUFFIX, ModelFile, ModelFileError, is_ort_format
+from edgernn.runtimes.ort_convert import ConvertError, convert, ort_format_version, rewrite_config
 from edgernn.runtimes.pack_readme import build_command, folder_readme
 
 TARGETS = {"ort": "ORT format and reduced-operator config for onnxruntime mobile and minimal builds"}
 OPTIMIZATIONS = ("basic", "extended", "all")
 
-_CONVERT_LOCK = threading.Lock()  # the converter reads its optimization level from the environment
-_LEVEL_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 _CHECK_FRAMES = 12  # frames of the streamed parity check
 _CHECK_CHUNK = 4  # frames per call in chunk mode (3 calls, state carried)
 
@@ -254,11 +249,14 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     except ContractError as e:
         raise PackError(str(e)) from None
     step("convert")
-    ort_tmp, config_tmp = _convert(data, model, stored, staging, optimization, type_reduction, str(src))
+    try:
+        ort_tmp, config_tmp = convert(data, model, stored, staging, optimization, type_reduction, str(src))
+    except ConvertError as e:
+        raise PackError(str(e)) from None
     config_kind = "required_operators_and_types" if type_reduction else "required_operators"
     ort_path, config_path = staging / f"{name}.ort", staging / f"{name}.{config_kind}.config"
     os.replace(ort_tmp, ort_path)
-    ops = _rewrite_config(config_tmp, config_path, ort_path.name, optimization, ort.__version__)
+    ops = rewrite_config(config_tmp, config_path, ort_path.name, optimization, ort.__version__)
     shutil.rmtree(staging / ".convert", ignore_errors=True)
 
     try:
@@ -266,9 +264,9 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     except Exception as e:
         raise PackError(f"onnxruntime cannot load the ORT-format model made from {src}: "
                         f"{str(e).splitlines()[0][:300]}") from None
-    kept = "edgernn.format" in session.get_modelmeta().custom_metadata_map
     del session
-    format_version = _ort_format_version(ort_path.read_bytes())
+    kept = "edgernn.format" in ModelFile.open(ort_path).metadata
+    format_version = ort_format_version(ort_path.read_bytes())
 
     parity = None
     if verify:
@@ -320,102 +318,6 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     readme.write_text(folder_readme(report, name, stored))
     report.files["README.md"] = readme.stat().st_size
     return report
-
-
-def _convert(data: bytes, model, stored: Mapping[str, np.ndarray], staging: Path, optimization: str,
-             type_reduction: bool, source: str) -> tuple[Path, Path]:
-    """Run onnxruntime's converter (Fixed style) on a private copy; return (.ort, config) paths."""
-    work = staging / ".convert"
-    work.mkdir()
-    model_path = work / "model.onnx"
-    if stored:  # unused by nodes: onnxruntime would drop them with a warning; they go to the .npz
-        import onnx
-
-        trimmed = onnx.ModelProto()
-        trimmed.CopyFrom(model)
-        keep = [t for t in trimmed.graph.initializer if t.name not in stored]
-        del trimmed.graph.initializer[:]
-        trimmed.graph.initializer.extend(keep)
-        data = trimmed.SerializeToString()
-    model_path.write_bytes(data)
-    result = work / "out"
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    tool_logger = logging.getLogger("ort_format_model.utils")
-    with _CONVERT_LOCK:
-        saved_env = os.environ.get(_LEVEL_ENV)
-        saved_level = tool_logger.level
-        try:
-            from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-            for h in root.handlers[:]:  # the tools' logger module calls logging.basicConfig on import
-                if h not in handlers:
-                    root.removeHandler(h)
-            tool_logger.setLevel(logging.WARNING)
-            os.environ[_LEVEL_ENV] = optimization
-            with contextlib.redirect_stdout(io.StringIO()):
-                convert_onnx_models_to_ort(model_path, output_dir=result,
-                                           optimization_styles=[OptimizationStyle.Fixed],
-                                           enable_type_reduction=type_reduction)
-        except Exception as e:
-            raise PackError(f"onnxruntime cannot convert {source} to ORT format: "
-                            f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
-        finally:
-            if saved_env is None:
-                os.environ.pop(_LEVEL_ENV, None)
-            else:
-                os.environ[_LEVEL_ENV] = saved_env
-            tool_logger.setLevel(saved_level)
-    orts = list(result.glob("*.ort"))
-    configs = list(result.glob("*.config"))
-    if len(orts) != 1 or len(configs) != 1:
-        raise PackError(f"onnxruntime's converter wrote {len(orts)} .ort and {len(configs)} config files for "
-                        f"{source}; expected one of each")
-    return orts[0], configs[0]
-
-
-def _rewrite_config(tmp: Path, path: Path, ort_name: str, optimization: str,
-                    version: str) -> list[tuple[str, int, list[str]]]:
-    """Write the converter's config to ``path`` with a header that names the .ort file (not the
-    temporary path the converter saw); return its entries."""
-    entries = [line.strip() for line in tmp.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    header = ["# Generated from model/s:", f"# - {ort_name}",
-              f"# by onnxruntime {version} (convert_onnx_models_to_ort, optimization level {optimization}, "
-              "style Fixed) through edgernn pack",
-              "# Use: ./build.sh --minimal_build --include_ops_by_config <this file> ..."]
-    path.write_text("\n".join(header + entries) + "\n")
-    ops = []
-    for line in entries:
-        domain, opset, names = line.split(";", 2)
-        ops.append((domain, int(opset), _op_names(names)))
-    return ops
-
-
-def _op_names(text: str) -> list[str]:
-    """Operator names of a config entry; with type reduction each is followed by a JSON object."""
-    names, depth, current = [], 0, ""
-    for ch in text:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        elif depth == 0 and ch == ",":
-            names.append(current)
-            current = ""
-        elif depth == 0:
-            current += ch
-    if current:
-        names.append(current)
-    return [n.strip() for n in names if n.strip()]
-
-
-def _ort_format_version(data: bytes) -> str:
-    try:
-        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
-
-        return InferenceSession.GetRootAsInferenceSession(data, 0).OrtVersion().decode()
-    except Exception:  # the reader moved: the version is informative only
-        return "unknown"
 
 
 def _quiet_options():

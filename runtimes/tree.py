@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgernn.errors import EdgernnError
+from edgernn.modelfile import ModelFile
 
 
 class ForestError(EdgernnError):
@@ -126,7 +127,7 @@ class TreeSession:
                                                 session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EdgernnError(f"onnxruntime cannot load {source}: {str(e).splitlines()[0][:300]}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = ModelFile.open(model).metadata
         if "edgernn.tree" not in meta:
             raise EdgernnError(f"{source} is not an edgernn tree file (metadata 'edgernn.tree' is missing)")
         self.info = json.loads(meta["edgernn.tree"])

@@ -11,6 +11,49 @@ from typing import Callable
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def invoke(*args, env: dict | None = None):
+    """Run ``edgernn ARGS...`` in-process (typer's CliRunner); an uncaught exception is raised,
+    as it is a bug whatever the exit code."""
+    from typer.testing import CliRunner
+
+    from edgernn.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def torch_export(module, args, path: Path, inputs, outputs, axes=None) -> Path:
+    """``module`` written as another exporter writes it: a plain ``torch.onnx.export`` (no edgernn metadata)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamo=False,
+                          dynamic_axes=axes)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """PyTorch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    a step of these models is many tiny ops, where more threads only add waiting on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def listing(folder: Path) -> list[str]:
+    """Every path under ``folder``, relative and sorted (what a command left behind)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 NTM_COPY = EXAMPLES / "ntm_copy"
 
 

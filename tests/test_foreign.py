@@ -6,7 +6,6 @@ CLI's `info` / `run` on such files."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,12 @@ import onnx
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import edgernn
-from edgernn.cli import app
 from edgernn.contract import ContractError, SCHEMA_PATH, decoded_metadata, infer_contract, read_metadata, with_contract
 from edgernn.foreign import INFERRED_KEY, inferred_record
 from edgernn.runtimes import StreamingSession
+from conftest import torch_export, invoke
 
 TOL = 1e-5
 
@@ -75,11 +73,7 @@ class Memory(nn.Module):
 
 def _export(module, args, path, inputs, outputs, axes=None) -> Path:
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamo=False,
-                          dynamic_axes=axes)
-    return path
+    return torch_export(module, args, path, inputs, outputs, axes)
 
 
 @pytest.fixture(scope="module")
@@ -345,14 +339,10 @@ def test_with_contract_refuses_a_contract_of_another_graph(files):
 # ---------------------------------------------------------------- the CLI
 
 
-runner = CliRunner()
-
-
 def _invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+    return invoke(*args, env={"COLUMNS": "200"})  # wide: the tables' text in one line
+
+
 
 
 def test_cli_info_says_the_contract_was_inferred(files):

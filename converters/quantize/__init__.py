@@ -26,7 +26,7 @@ from edgernn.contract import Contract, read_metadata, write_metadata
 from edgernn.converters.quantize.graph import work_nodes
 from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport
 from edgernn.errors import EdgernnError
-from edgernn.modelfile import ModelFile, ModelFileError, write_atomic
+from edgernn.modelfile import ModelFile, ModelFileError, write_checked
 
 METHODS = ("dynamic", "static", "fp16", "mixed")
 SUFFIX = {"dynamic": ".int8", "static": ".qdq", "fp16": ".fp16", "mixed": ".mixed"}
@@ -189,15 +189,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
 
 def _finish(report: QuantizeReport, target: Path | None, q_bytes: bytes) -> QuantizeReport:
     """Write the file if the accuracy check passed the user's thresholds; else raise, writing nothing."""
-    if not report.passed:
-        err = QuantizeError("the quantized model fails the accuracy check: " + "; ".join(report.failures)
-                            + "; nothing was written")
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    if target is not None:
-        write_atomic(target, q_bytes)
-        report.path = str(target)
-    return report
+    failure = None if report.passed else QuantizeError(
+        "the quantized model fails the accuracy check: " + "; ".join(report.failures) + "; nothing was written")
+    return write_checked(report, target, q_bytes, failure)
 
 
 __all__ = ["quantize", "METHODS", "QuantizeReport", "QuantizeError", "NodeDecision", "default_output"]

@@ -137,12 +137,7 @@ def exports(tmp_path_factory) -> Callable[[str], Exported]:
     return get
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:

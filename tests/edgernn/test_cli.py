@@ -14,24 +14,15 @@ import onnx
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import edgernn
-from edgernn.cli import app
 from edgernn.runtimes import StreamError
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # an uncaught exception is a bug, whatever the exit code
-    return result
+from conftest import invoke, listing
 
 
-def _listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +81,7 @@ def test_run_saves_outputs_equal_to_pytorch(gru_files, tmp_path, chunk):
     with torch.no_grad():
         want = gru_files["module"](torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=1e-5, rtol=0)
-    assert _listing(tmp_path) == ["x.npy", "y.npy"]
+    assert listing(tmp_path) == ["x.npy", "y.npy"]
 
 
 def test_run_prints_a_summary(gru_files, tmp_path):
@@ -106,7 +97,7 @@ def test_export_table_and_default_output_path(gru_files, tmp_path):
     result = invoke("export", tmp_path / "gru.pt", "--batch-first")
     assert result.exit_code == 0, result.stderr
     assert "parity passed" in result.stdout and f"wrote {tmp_path / 'gru.onnx'}" in result.stdout
-    assert _listing(tmp_path) == ["gru.onnx", "gru.pt"]
+    assert listing(tmp_path) == ["gru.onnx", "gru.pt"]
 
 
 def test_version_and_help():
@@ -141,7 +132,7 @@ def test_program_exports_and_fails_cleanly(gru_files, tmp_path):
     proc = _python_m("export", "missing.pt", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: missing.pt does not exist"
-    assert _listing(tmp_path) == ["gru.onnx", "gru.pt"]
+    assert listing(tmp_path) == ["gru.onnx", "gru.pt"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -207,10 +198,10 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, monkeypatch, fil
     monkeypatch.chdir(tmp_path)
     for name, what in files:
         _write(tmp_path, name, what)
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     result = invoke(*args)
     _assert_clean_failure(result, code, message)
-    assert _listing(tmp_path) == before
+    assert listing(tmp_path) == before
 
 
 def _assert_clean_failure(result, code: int, message: str) -> None:
@@ -226,7 +217,7 @@ def test_export_that_fails_parity_writes_nothing(gru_files, tmp_path):
     result = invoke("export", tmp_path / "gru.pt", "--batch-first", "--tolerance", "1e-12")
     _assert_clean_failure(result, 1, "the export does not match PyTorch: FAILED")
     assert "no file was written" in result.stderr and "NO" in result.stdout  # the report shows what failed
-    assert _listing(tmp_path) == ["gru.pt"]
+    assert listing(tmp_path) == ["gru.pt"]
 
 
 RUN_ERRORS = [  # (id, array to save or raw bytes, extra args, what stderr says)
@@ -250,10 +241,10 @@ def test_run_bad_input(gru_files, tmp_path, monkeypatch, data, extra, message):
         (tmp_path / "x.npy").write_bytes(data)
     else:
         np.save(tmp_path / "x.npy", data, allow_pickle=data.dtype == object)
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     result = invoke("run", gru_files["onnx"], "-d", "x.npy", *extra)
     _assert_clean_failure(result, 1, message)
-    assert _listing(tmp_path) == before
+    assert listing(tmp_path) == before
 
 
 def test_run_named_input_of_another_name(gru_files, tmp_path, monkeypatch):

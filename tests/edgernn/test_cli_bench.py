@@ -10,19 +10,12 @@ import onnx
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import edgernn
-from edgernn.cli import app
-
-runner = CliRunner()
+from conftest import invoke
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import edgernn
-from edgernn.cli import app
 from edgernn.runtimes import StreamingSession
+from conftest import invoke
 
-runner = CliRunner()
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 class CellModel(nn.Module):

@@ -17,26 +17,17 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 from torch import nn
-from typer.testing import CliRunner
 
 import edgernn
 from edgernn import _cli_print
-from edgernn.cli import app
 from edgernn.converters.quantize import quantize
+from conftest import invoke, listing
 
-runner = CliRunner()
 FRAMES = "500"  # frames of the accuracy check here (the 10,000 default is tested in test_quantize.py)
 
 
-def invoke(*args) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # an uncaught exception is a bug, whatever the exit code
-    return result
 
 
-def _listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 class Net(nn.Module):
@@ -77,7 +68,7 @@ def test_quantize_writes_next_to_the_input_and_prints_the_report(model, monkeypa
     monkeypatch.setattr(_cli_print.out, "width", 200)  # a wide terminal: table cells print unfolded
     result = invoke("quantize", "net.onnx", "--frames", FRAMES)
     assert result.exit_code == 0, result.stderr
-    assert _listing(model.parent) == ["net.int8.onnx", "net.onnx"]
+    assert listing(model.parent) == ["net.int8.onnx", "net.onnx"]
     out = result.stdout
     assert "edgernn quantize (dynamic)" in out
     assert "accuracy against the float model: 1 stream(s) x 500 frames, 100 frame(s) per call, synthetic data" in out
@@ -110,7 +101,7 @@ def test_quantize_json_has_the_librarys_numbers(model):
     assert 0 < report["accuracy"]["max_error"] < 0.1 and report["accuracy"]["min_agreement"] > 0.95
     assert {d["name"] for d in report["quantized"]} == {d.name for d in library.quantized}
     assert all(d["dtype"] == "int8" for d in report["quantized"]) and report["kept_float"] == []
-    assert _listing(model.parent) == ["net.onnx", "q.onnx"]
+    assert listing(model.parent) == ["net.onnx", "q.onnx"]
 
 
 def test_exclude_and_calibration_through_the_cli(model):
@@ -137,7 +128,7 @@ def test_the_program_quantizes(model):
     report = json.loads(proc.stdout)
     assert report["path"] == "net.int8.onnx" and report["accuracy"]["steps"] == 200
     assert report["size_ratio"] < 0.7  # measured 0.62: in a net this small, graph and metadata weigh like the weights
-    assert _listing(model.parent) == ["net.int8.onnx", "net.onnx"]
+    assert listing(model.parent) == ["net.int8.onnx", "net.onnx"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -199,14 +190,14 @@ def test_bad_input_is_one_sentence_and_leaves_everything_as_it_was(model, target
     _write_bad_files(model.parent)
     path = model.parent / target
     before = (path.read_bytes(), path.stat().st_mtime_ns) if path.exists() else None
-    listing = _listing(model.parent)
+    files = listing(model.parent)
     result = invoke("quantize", target, *args, "--frames", "200")
     assert result.exit_code == 1, result.stdout
     err = result.stderr.strip()
     assert err.startswith("error: ") and message in err, err
     assert "\n" not in err and "Traceback" not in result.stdout + result.stderr
     assert result.stdout == ""  # nothing was quantized, so there is no report to print
-    assert _listing(model.parent) == listing  # no output, no temporary file
+    assert listing(model.parent) == files  # no output, no temporary file
     if before is not None:
         assert (path.read_bytes(), path.stat().st_mtime_ns) == before
 
@@ -224,5 +215,5 @@ def test_missed_threshold_prints_the_report_exits_1_and_writes_nothing(model, ar
     assert err.endswith("nothing was written") and "\n" not in err
     assert "accuracy against the float model" in result.stdout and "wrote" not in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    assert _listing(model.parent) == ["net.onnx"]
+    assert listing(model.parent) == ["net.onnx"]
     assert (model.read_bytes(), model.stat().st_mtime_ns) == before

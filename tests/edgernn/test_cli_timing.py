@@ -9,20 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from typer.testing import CliRunner
 
 from edgernn._cli_print import io_table, print_export
-from edgernn.cli import app
 from edgernn.contract import read_metadata
+from conftest import invoke
 
-runner = CliRunner()
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def _flat(text: str) -> str:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from edgernn._cli_options import option_choices
 from edgernn.cli import app
+from conftest import invoke
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 COMMANDS = typer.main.get_command(app).commands
@@ -24,11 +25,6 @@ HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "onnx_ir")
 runner = CliRunner()
 
 
-def invoke(*args: str, env: dict | None = None):
-    result = runner.invoke(app, [str(a) for a in args], env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # an uncaught exception is a bug, whatever the exit code
-    return result
 
 
 # ---------------------------------------------------------------- docs/cli.md and --help

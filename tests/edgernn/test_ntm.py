@@ -29,13 +29,7 @@ TOLERANCE = 1e-5  # max |onnx - torch| / max(1, max |torch|), the fp32 bar
 STATES = ["memory", "read_weights", "write_weights", "read_vectors", "controller_h", "controller_c"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A step of this model is dozens of tiny ops: more threads only add waiting (10x on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

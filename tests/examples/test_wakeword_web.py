@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edgernn.runtimes.webserve import WEB_ROOT, serve
 

@@ -8,7 +8,6 @@ a leading or middle run of slots, scattered slots, one stream).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,12 @@ import edgernn
 from edgernn.architectures import NTM
 from edgernn.runtimes.batcher import StreamBatcher
 from edgernn.runtimes.session import StreamError, StreamingSession
+from conftest import torch_export
 
 TOL = 1e-5  # max |batched - alone| / max(1, max |alone|)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TwoInputs(nn.Module):
@@ -44,12 +39,6 @@ class TwoInputs(nn.Module):
         return h * 2.0, self.head(h), h
 
 
-def _torch_export(module, args, path, inputs, outputs, axes=None) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamo=False,
-                          dynamic_axes=axes)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +54,16 @@ def files(tmp_path_factory, silero_like) -> dict[str, Path]:
     ntm = NTM(3, 2, controller_size=8, memory_size=8, memory_width=4).eval()  # stored init: memory, weightings
     assert edgernn.export(ntm, made["ntm"], mode="step").passed
     two = TwoInputs().eval()
-    made["two_inputs"] = _torch_export(two, (torch.randn(2, 3), torch.randn(2, 2), torch.zeros(2, 6)),
+    made["two_inputs"] = torch_export(two, (torch.randn(2, 3), torch.randn(2, 2), torch.zeros(2, 6)),
                                        folder / "two_inputs.onnx", ["x", "z", "h0"], ["y", "score", "hn"],
                                        {n: {0: "batch"} for n in ("x", "z", "h0", "y", "score", "hn")})
     silero = silero_like().eval()
     args = (torch.randn(1, 16), torch.zeros(2, 1, 8), torch.tensor(16000))
     names = (["input", "state", "sr"], ["output", "stateN"])
-    made["silero"] = _torch_export(silero, args, folder / "silero.onnx", *names,
+    made["silero"] = torch_export(silero, args, folder / "silero.onnx", *names,
                                    {"input": {0: "batch"}, "state": {1: "batch"}, "output": {0: "batch"},
                                     "stateN": {1: "batch"}})
-    made["silero_fixed"] = _torch_export(silero, args, folder / "silero_fixed.onnx", *names)
+    made["silero_fixed"] = torch_export(silero, args, folder / "silero_fixed.onnx", *names)
     return made
 
 

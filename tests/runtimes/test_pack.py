@@ -20,6 +20,7 @@ from edgernn.runtimes import StreamingSession
 from edgernn.runtimes import pack as pack_module
 from edgernn.modelfile import ModelFile
 from edgernn.runtimes.pack import PackError, pack
+from conftest import listing
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,6 @@ def _tolerance(name: str) -> float:
     return 1e-4 if "int8" in name else 1e-5
 
 
-def _listing(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
 # ---------------------------------------------------------------- what is written
 
 
@@ -61,7 +58,7 @@ def _listing(folder):
 def test_folder_holds_ort_config_onnx_copy_and_readme(packed, models, name):
     r = packed[name]
     folder = Path(r.output_dir)
-    assert _listing(folder) == sorted([f"{name}.ort", f"{name}.required_operators.config", f"{name}.onnx",
+    assert listing(folder) == sorted([f"{name}.ort", f"{name}.required_operators.config", f"{name}.onnx",
                                        "README.md"])
     assert r.files == {p.name: p.stat().st_size for p in folder.iterdir()}
     assert r.ort_bytes == (folder / f"{name}.ort").stat().st_size > 0
@@ -166,7 +163,7 @@ def test_default_folder_and_no_onnx_copy(models, tmp_path):
     src.write_bytes(models["gru"].read_bytes())
     r = pack(src, copy_onnx=False)
     assert r.output_dir == str(tmp_path / "gru-ort")
-    assert _listing(tmp_path / "gru-ort") == ["README.md", "gru.ort", "gru.required_operators.config"]
+    assert listing(tmp_path / "gru-ort") == ["README.md", "gru.ort", "gru.required_operators.config"]
 
 
 def test_existing_folder_needs_overwrite_and_keeps_other_files(models, tmp_path):
@@ -247,7 +244,7 @@ def test_unknown_target_names_the_targets(models, tmp_path):
     with pytest.raises(PackError) as e:
         pack(models["gru"], tmp_path / "out", target="tflite")
     assert _one_sentence(e).startswith("target 'tflite' is unknown; the targets are: ort (")
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize("case, message", [
@@ -272,11 +269,11 @@ def test_bad_input_is_refused(packed, tmp_path, case, message):
         onnx.save(onnx.helper.make_model(graph), str(src))
     elif case == "ort":
         src.write_bytes(open(packed["gru"].ort_path, "rb").read())
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     with pytest.raises(PackError, match=message) as e:
         pack(src, tmp_path / "out")
     _one_sentence(e)
-    assert _listing(tmp_path) == before
+    assert listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("case, message", [
@@ -286,17 +283,17 @@ def test_bad_input_is_refused(packed, tmp_path, case, message):
 def test_bad_output_is_refused(models, tmp_path, case, message):
     (tmp_path / "taken").write_text("a file")
     out = tmp_path / ("taken" if case == "file" else "nowhere/out")
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     with pytest.raises(PackError, match=message) as e:
         pack(models["gru"], out)
     _one_sentence(e)
-    assert _listing(tmp_path) == before
+    assert listing(tmp_path) == before
 
 
 def test_bad_optimization_is_refused(models, tmp_path):
     with pytest.raises(PackError, match=r"^optimization 'max' is unknown; expected one of basic, extended, all$"):
         pack(models["gru"], tmp_path / "out", optimization="max")
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_an_ort_file_that_does_not_match_is_refused_and_nothing_is_written(models, tmp_path, monkeypatch):
@@ -304,14 +301,14 @@ def test_an_ort_file_that_does_not_match_is_refused_and_nothing_is_written(model
     tampered = onnx.load(str(models["gru"]))
     weight = max(tampered.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5, weight.name))
-    convert = pack_module._convert
-    monkeypatch.setattr(pack_module, "_convert",
+    convert = pack_module.convert
+    monkeypatch.setattr(pack_module, "convert",
                         lambda data, *args: convert(tampered.SerializeToString(), *args))
     with pytest.raises(PackError, match=r"^the ORT-format model made from .*gru\.onnx does not match it: output 'y' "
                                         r"differs by .* nothing was written$") as e:
         pack(models["gru"], tmp_path / "out")
     _one_sentence(e)
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_pack_names_the_ops_mobile_providers_leave_to_the_cpu(tmp_path):
