@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from edgernn.contract import Contract, ContractError
-from edgernn.errors import CheckpointError, EdgernnError
+from edgernn.errors import CheckpointError, EdgernnError, looks_like_torch_file, not_a_torch_file
 from edgernn.modelfile import ModelFile
 
 if TYPE_CHECKING:  # numpy loads with the commands that stream data
@@ -31,6 +31,8 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
     # before torch loads (seconds): a missing model file is said at once, as edgernn.load says it
     if not src.exists():
         raise CheckpointError(f"{src} does not exist")
+    if src.is_file() and not looks_like_torch_file(_head(src)):
+        raise not_a_torch_file(src)
     from edgernn.checkpoints import load
     from edgernn.converters.export import export
     from edgernn.converters.passes import ExportOptions
@@ -52,6 +54,14 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
                     all_nodes=all_nodes, cells=cells, state_layout=state_layout, progress=progress)
     report.notes[:0] = [f"loaded {loaded.description}", *loaded.notes]
     return report
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b"PK\x03\x04"  # unreadable: edgernn.load says why
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from edgernn.architectures import ARCHITECTURES, RecurrentLayer, describe
-from edgernn.errors import CheckpointError
+from edgernn.errors import CheckpointError, not_a_torch_file
 from edgernn.recurrent_kinds import KINDS, LSTM, kind_of_mode, kinds_of
 
 CHECKPOINT_VERSION = 1
@@ -141,8 +141,7 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
         # a refused GLOBAL means a valid pickle that names Python objects (classes, functions);
         # other failures (random bytes, text, a truncated file) mean it is no PyTorch file at all
         if not (isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e)):
-            raise CheckpointError(f"{path} is not a PyTorch model file (torch.load cannot read it); expected a file "
-                                  "written by torch.save, torch.jit.save or edgernn.save") from None
+            raise not_a_torch_file(path) from None
     if not allow_pickle:
         raise CheckpointError(
             f"{path} holds pickled Python objects (for example a whole nn.Module), and unpickling runs code from "

@@ -298,7 +298,7 @@ def test_native_is_the_default_and_bad_values_are_refused(tmp_path) -> None:
     for bad in ("batch_major", "time-major", ""):
         with pytest.raises(ExportError, match=r"^state layout .* is unknown; expected native or batch-major$"):
             edgernn.export(gru, None, state_layout=bad)
-    (tmp_path / "model.pt").write_bytes(b"not read")  # refused before the file is loaded
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not read")  # refused before the file is loaded
     with pytest.raises(ExportError, match="expected native or batch-major"):
         export_file(tmp_path / "model.pt", state_layout="columns")
 

@@ -239,3 +239,16 @@ def test_help_and_usage_errors_import_nothing_heavy(args):
     status, heavy = _modules_after(*args)
     assert status in (0, 2) and heavy == [], heavy
 
+
+
+@pytest.mark.parametrize("args", [["export", "missing.pt"], ["export", "junk.pt"], ["quantize", "missing.onnx"],
+                                  ["quantize", "junk.onnx"], ["info", "junk.onnx"], ["run", "missing.onnx", "-d", "x.npy"],
+                                  ["bench", "junk.onnx"], ["pack", "missing.onnx"], ["serve", "junk.onnx", "--triton", "r"]],
+                         ids=" ".join)
+def test_a_missing_or_malformed_file_is_said_without_torch(args, tmp_path, monkeypatch):
+    """torch takes seconds to import: a command that cannot start says so before it loads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    status, heavy = _modules_after(*args)
+    assert status == 1 and "torch" not in heavy, heavy
