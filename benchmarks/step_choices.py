@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import edgernn
+from edgernn.recurrent_kinds import kind_of_mode
 from edgernn.runtimes.session import StreamingSession, session_options
 
 MODELS = [("GRU 256x2", nn.GRU, 2, {}), ("LSTM 256x2", nn.LSTM, 2, {}), ("RNN 256x3 tanh", nn.RNN, 3, {})]
@@ -58,7 +59,7 @@ def cells_table(folder: Path, steps: int, rounds: int) -> str:
         edgernn.export(layer, auto, mode="step")
         edgernn.export(layer, matmul, mode="step", cells="matmul")
         p50 = _interleaved({"auto": StreamingSession(auto), "matmul": StreamingSession(matmul)}, x, steps, rounds)
-        form = "ONNX op" if cls in (nn.GRU, nn.LSTM) else "MatMul cells"
+        form = "ONNX op" if kind_of_mode(layer.mode).step_op else "MatMul cells"
         lines.append(f"| {name} | {form} | {p50['auto']:.1f} | {p50['matmul']:.1f} | {p50['auto'] / p50['matmul']:.2f}x |")
     return "\n".join(lines)
 

@@ -159,7 +159,7 @@ class StatefulRecurrent:
             lifted = self.lifted
             if factor > 1:  # the model runs this layer on batch x factor rows: [L, B, K, H] -> [L, B*K, H]
                 lifted = tuple(t.reshape(t.shape[0], -1, t.shape[-1]) for t in lifted)
-            hx = lifted if self.spec.kind == "lstm" else lifted[0]
+            hx = lifted if "c" in self.spec.state_parts else lifted[0]  # (h, c), or h alone
         gate = self.__dict__.get("gate")
         if gate is not None:  # frames a lookahead before the layer emits early leave its state (context.py)
             from edgernn.converters.gating import run_gated
@@ -183,9 +183,9 @@ class StatefulRecurrent:
             batch = x.shape[1]
             hx = tuple(x.new_zeros(spec.num_layers * spec.directions, batch, spec.state_size(p))
                        for p in spec.state_parts)
-            if spec.kind != "lstm":
+            if "c" not in spec.state_parts:
                 hx = hx[0]
-        if spec.kind == "lstm":
+        if "c" in spec.state_parts:  # a cell state too: the placeholder op of (h, c)
             y, h, c = torch.ops.edgernn.recurrent_lstm(x, hx[0], hx[1], self.layer_id)
             hn = (h, c)
         else:

@@ -18,11 +18,13 @@
  * contract and the same checks; tests compare the two on the same frames.
  */
 
-import { concrete, isArrayLike, size, tile, typed } from './arrays.js';
+import { concrete, size } from './arrays.js';
 import { EdgernnError } from './errors.js';
+import { chunkFrames, inputTensor, joinFrames, namedInputs } from './feeds.js';
 import { ModelFile, contractFromPairs } from './model-file.js';
 import { TYPED_ARRAYS as TYPED } from './onnx-file.js';
 import { isNode } from './platform.js';
+import { givenStates, startStates, withStreamReset } from './states.js';
 
 export { EdgernnError } from './errors.js';
 export { FORMAT_VERSION, contractFromJson, contractFromMetadata } from './contract.js';
@@ -237,23 +239,7 @@ export class StreamingSession {
    * @param {Record<string, Tensor | ArrayLike<number> | ArrayLike<bigint>>} values
    */
   set state(values) {
-    const names = this.states.map((s) => s.name);
-    const unknown = Object.keys(values).filter((k) => !names.includes(k));
-    if (unknown.length) throw new EdgernnError(`unknown state '${unknown[0]}'; this model's states are ${names.join(', ')}`);
-    /** @type {Record<string, Tensor>} */
-    const next = {};
-    for (const s of this.states) {
-      if (!(s.name in values)) throw new EdgernnError(`state '${s.name}' is missing; give every state of the model`);
-      const v = /** @type {any} */ (values[s.name]);
-      const dims = concrete(s.shape, this._batch, 1);
-      const data = v instanceof this.ort.Tensor ? v.data : v;
-      if (!isArrayLike(data) || data.length !== size(dims)) {
-        throw new EdgernnError(`state '${s.name}' has ${isArrayLike(data) ? data.length : 'no'} values; expected ` +
-          `${size(dims)} (shape ${JSON.stringify(dims)} for batch ${this._batch})`);
-      }
-      next[s.name] = new this.ort.Tensor(s.dtype, typed(s.dtype, data, s.name), dims);
-    }
-    this._state = next;
+    this._state = givenStates(this.ort, this.states, values, this._batch);
   }
 
   /**
@@ -265,19 +251,7 @@ export class StreamingSession {
       if (!Number.isInteger(batch) || batch < 1) throw new EdgernnError(`batch must be a whole number of streams, at least 1; got ${batch}`);
       this._batch = batch;
     }
-    /** @type {Record<string, Tensor>} */
-    const state = {};
-    for (const s of this.states) {
-      const dims = concrete(s.shape, this._batch, 1);
-      if (dims.some((d) => d < 0)) {
-        throw new EdgernnError(`state '${s.name}' has shape ${JSON.stringify(s.shape)} with a size not known before ` +
-          'the first call; pass {contract} with its sizes');
-      }
-      const start = this._stored[s.name];
-      const data = start ? tile(start.data, start.dims, s.batch_axis, this._batch) : new TYPED[s.dtype](size(dims));
-      state[s.name] = new this.ort.Tensor(s.dtype, data, dims);
-    }
-    this._state = state;
+    this._state = startStates(this.ort, this.states, this._stored, this._batch);
     // the common call, one typed array of exactly one frame for a model with one input, skips the
     // general checks: its dims at this batch and the length that passes them are known now
     const only = this.inputs.length === 1 ? this.inputs[0] : null;
@@ -301,23 +275,7 @@ export class StreamingSession {
     const shared = this.states.find((s) => s.batch_axis === null);
     if (shared) throw new EdgernnError(`state '${shared.name}' has no batch axis, so all streams share it; use reset()`);
     const run = () => {
-      /** @type {Record<string, Tensor>} */
-      const next = { ...this._state };
-      for (const s of this.states) {
-        const old = this._state[s.name];
-        const dims = /** @type {number[]} */ (Array.from(old.dims));
-        const start = this._stored[s.name];
-        const one = start ? start.data : new TYPED[s.dtype](size(dims) / this._batch);
-        const data = /** @type {any} */ (old.data).slice();
-        const axis = /** @type {number} */ (s.batch_axis);
-        const outer = size(dims.slice(0, axis));
-        const inner = size(dims.slice(axis + 1));
-        for (let o = 0; o < outer; o++) {
-          for (let i = 0; i < inner; i++) data[(o * this._batch + index) * inner + i] = one[o * inner + i];
-        }
-        next[s.name] = new this.ort.Tensor(s.dtype, data, dims);
-      }
-      this._state = next;
+      this._state = withStreamReset(this.ort, this.states, this._state, this._stored, this._batch, index);
     };
     return this._serial(run);
   }
@@ -333,7 +291,7 @@ export class StreamingSession {
     if (fast && frame instanceof fast.type && /** @type {ArrayLike<number>} */ (frame).length === fast.length) {
       return this._enqueue({ [fast.name]: new this.ort.Tensor(fast.dtype, frame, fast.dims) });
     }
-    const feeds = this._named(frame, 'step');
+    const feeds = namedInputs(this.ort, this.inputs, frame, 'step');
     const strided = this.inputs.find((t) => (t.frame_multiple ?? 1) > 1);
     if (strided) {
       throw new EdgernnError(`input '${strided.name}' takes a multiple of ${strided.frame_multiple} frames per call ` +
@@ -341,7 +299,7 @@ export class StreamingSession {
     }
     /** @type {Record<string, Tensor>} */
     const tensors = {};
-    for (const spec of this.inputs) tensors[spec.name] = this._tensor(spec, feeds[spec.name], 1, 'frame');
+    for (const spec of this.inputs) tensors[spec.name] = inputTensor(this.ort, spec, feeds[spec.name], this._batch, 1, 'frame');
     return this._enqueue(tensors);
   }
 
@@ -358,39 +316,19 @@ export class StreamingSession {
    * @returns {Promise<Record<string, Tensor>>}
    */
   async chunk(frames) {
-    const named = this._named(frames, 'chunk');
-    const streamed = this.inputs.filter((s) => s.batch_axis !== null || s.time_axis !== null);
-    if (!streamed.length) throw new EdgernnError('this model has no input with a batch or time axis to stream; call step() instead');
-    /** @type {Record<string, any[]>} */
-    const perFrame = {};
-    let count = -1;
-    for (const spec of streamed) {
-      const frameList = this._frames(spec, named[spec.name]);
-      if (count >= 0 && frameList.length !== count) {
-        throw new EdgernnError(`inputs have different numbers of frames (${count} and ${frameList.length} for '${spec.name}')`);
-      }
-      count = frameList.length;
-      perFrame[spec.name] = frameList;
-    }
-    if (count === 0) throw new EdgernnError('chunk() got no frames; expected at least one');
-    for (const spec of streamed) {
-      const m = spec.frame_multiple ?? 1;
-      if (count % m) {
-        throw new EdgernnError(`input '${spec.name}' takes a multiple of ${m} frames per call (the model strides over time or works in blocks of frames); got ${count}`);
-      }
-    }
+    const named = namedInputs(this.ort, this.inputs, frames, 'chunk');
+    const { perFrame, count } = chunkFrames(this.ort, this.inputs, named, this._batch);
     if (this.mode !== 'step') {
       /** @type {Record<string, any>} */
       const tensors = {};
       for (const spec of this.inputs) {
         if (!(spec.name in perFrame)) {
-          tensors[spec.name] = this._tensor(spec, named[spec.name], 1, 'frame');
+          tensors[spec.name] = inputTensor(this.ort, spec, named[spec.name], this._batch, 1, 'frame');
           continue;
         }
-        const frameDims = concrete(spec.shape, this._batch, 1);
-        const parts = perFrame[spec.name].map((f) => this._tensor(spec, f, 1, 'frame'));
+        const parts = perFrame[spec.name].map((f) => inputTensor(this.ort, spec, f, this._batch, 1, 'frame'));
         const axis = /** @type {number} */ (spec.time_axis ?? 0);
-        tensors[spec.name] = this._joined(spec.dtype, parts.map((t) => t.data), parts[0].dims, axis, spec.time_axis === null);
+        tensors[spec.name] = joinFrames(this.ort, spec.dtype, parts.map((t) => t.data), parts[0].dims, axis, spec.time_axis === null);
       }
       return this._enqueue(tensors);
     }
@@ -409,7 +347,7 @@ export class StreamingSession {
     for (const spec of this.outputs) {
       const parts = pieces[spec.name];
       const stack = spec.time_axis === null;
-      result[spec.name] = this._joined(spec.dtype, parts.map((p) => p.data), parts[0].dims, spec.time_axis ?? 0, stack);
+      result[spec.name] = joinFrames(this.ort, spec.dtype, parts.map((p) => p.data), parts[0].dims, spec.time_axis ?? 0, stack);
     }
     return result;
   }
@@ -451,128 +389,6 @@ export class StreamingSession {
     const p = this._queue.then(fn);
     this._queue = p.catch(() => {});
     return p;
-  }
-
-  /**
-   * Input values by name, from a bare value (models with one streamed input) or an object.
-   * @private @param {any} value @param {string} call
-   * @returns {Record<string, any>}
-   */
-  _named(value, call) {
-    const names = this.inputs.map((s) => s.name);
-    const plain = value != null && typeof value === 'object' && !isArrayLike(value) && !(value instanceof this.ort.Tensor);
-    /** @type {Record<string, any>} */
-    let named;
-    if (plain) named = value;
-    else if (names.length === 1) named = { [names[0]]: value };
-    else {
-      throw new EdgernnError(`this model takes ${names.length} inputs (${names.join(', ')}); pass ${call}({${names.map((n) => `'${n}': ...`).join(', ')}})`);
-    }
-    for (const k of Object.keys(named)) {
-      if (!names.includes(k)) throw new EdgernnError(`unknown input '${k}'; the model's inputs are ${names.join(', ')}`);
-    }
-    const missing = names.filter((n) => named[n] === undefined);
-    if (missing.length) throw new EdgernnError(`input '${missing[0]}' is missing; the model's inputs are ${names.join(', ')}`);
-    return named;
-  }
-
-  /**
-   * A Tensor for `spec` holding `frames` frames per stream, checked against the model's shape.
-   * @private @param {TensorSpec} spec @param {any} value @param {number} frames @param {string} what
-   * @returns {Tensor}
-   */
-  _tensor(spec, value, frames, what) {
-    if (value instanceof this.ort.Tensor) value = value.data;
-    const dims = concrete(spec.shape, this._batch, frames);
-    if (typeof value === 'number' || typeof value === 'bigint') value = [value];
-    if (!isArrayLike(value)) {
-      throw new EdgernnError(`input '${spec.name}' got ${value === null ? 'null' : typeof value}; expected a typed array or an array of numbers`);
-    }
-    if (value.length > 0 && isArrayLike(value[0])) value = this._perStream(spec, value, dims);
-    const free = dims.map((d, i) => (d < 0 ? i : -1)).filter((i) => i >= 0);
-    const known = size(dims.filter((d) => d >= 0));
-    if (free.length === 1 && known > 0 && value.length % known === 0 && value.length > 0) dims[free[0]] = value.length / known;
-    if (dims.some((d) => d < 0) || value.length !== size(dims)) {
-      const streams = this._batch === 1 ? '1 stream' : `${this._batch} streams`;
-      throw new EdgernnError(`input '${spec.name}' got ${value.length} values; one ${what} for ${streams} needs ` +
-        `${dims.some((d) => d < 0) ? `a multiple of ${known}` : size(dims)} (shape ${JSON.stringify(spec.shape)} ` +
-        `with batch ${this._batch}${spec.time_axis !== null ? `, time ${frames}` : ''})`);
-    }
-    return new this.ort.Tensor(spec.dtype, typed(spec.dtype, value, spec.name), dims);
-  }
-
-  /**
-   * Joins one array per stream into the flat layout, when streams are the outermost axis.
-   * @private @param {TensorSpec} spec @param {ArrayLike<any>} value @param {number[]} dims
-   */
-  _perStream(spec, value, dims) {
-    const axis = spec.batch_axis;
-    if (axis === null || dims.slice(0, axis).some((d) => d !== 1)) {
-      throw new EdgernnError(`input '${spec.name}' got nested arrays, but its streams are not its outermost axis ` +
-        `(shape ${JSON.stringify(spec.shape)}); pass one flat array in that layout`);
-    }
-    if (value.length !== this._batch) {
-      throw new EdgernnError(`input '${spec.name}' got ${value.length} streams; this session runs ${this._batch} (reset(batch) changes it)`);
-    }
-    const flat = [];
-    for (let b = 0; b < value.length; b++) for (let i = 0; i < value[b].length; i++) flat.push(value[b][i]);
-    return flat;
-  }
-
-  /**
-   * The frames of one streamed input: an array of frames, or one flat array along the time axis.
-   * @private @param {TensorSpec} spec @param {any} value
-   * @returns {any[]}
-   */
-  _frames(spec, value) {
-    if (value instanceof this.ort.Tensor) value = value.data;
-    if (!isArrayLike(value)) throw new EdgernnError(`input '${spec.name}' got ${typeof value}; expected an array of frames or a flat array`);
-    if (value.length === 0) return [];
-    if (isArrayLike(value[0])) return Array.from(value);
-    const frame = concrete(spec.shape, this._batch, 1);
-    if (frame.some((d) => d < 0)) throw new EdgernnError(`input '${spec.name}' has free sizes ${JSON.stringify(spec.shape)}; pass chunk() an array of frames`);
-    const n = size(frame);
-    if (value.length % n !== 0) {
-      throw new EdgernnError(`input '${spec.name}' got ${value.length} values, not a whole number of frames of ${n} ` +
-        `(shape ${JSON.stringify(spec.shape)} with batch ${this._batch})`);
-    }
-    const count = value.length / n;
-    const axis = spec.time_axis ?? 0;  // no time axis: frames follow one another
-    const outer = spec.time_axis === null ? 1 : size(frame.slice(0, axis));
-    const inner = spec.time_axis === null ? n : size(frame.slice(axis + 1));
-    const frames = [];
-    for (let t = 0; t < count; t++) {
-      /** @type {any} */
-      const f = Array.isArray(value) ? new Array(n) : new (/** @type {any} */ (value).constructor)(n);
-      for (let o = 0; o < outer; o++) {
-        for (let i = 0; i < inner; i++) f[o * inner + i] = value[(o * count + t) * inner + i];
-      }
-      frames.push(f);
-    }
-    return frames;
-  }
-
-  /**
-   * Joins per-frame values along `axis` (or stacks them on a new leading axis when `stack`).
-   * @private @param {string} dtype @param {ArrayLike<any>[]} parts @param {readonly number[]} dims
-   * @param {number} axis @param {boolean} stack
-   */
-  _joined(dtype, parts, dims, axis, stack) {
-    const count = parts.length;
-    const n = size(dims);
-    const outer = stack ? 1 : size(dims.slice(0, axis));
-    const inner = stack ? n : size(dims.slice(axis + 1));
-    const step = stack ? 1 : dims[axis];
-    const data = new TYPED[dtype](n * count);
-    for (let t = 0; t < count; t++) {
-      const p = parts[t];
-      for (let o = 0; o < outer; o++) {
-        const block = step * inner;
-        for (let i = 0; i < block; i++) data[(o * count + t) * block + i] = p[o * block + i];
-      }
-    }
-    const out = stack ? [count, ...dims] : dims.map((d, i) => (i === axis ? d * count : d));
-    return new this.ort.Tensor(dtype, data, out);
   }
 }
 

@@ -126,35 +126,6 @@ export class StreamingSession {
      * @private @template T @param {() => T | Promise<T>} fn @returns {Promise<T>}
      */
     private _serial;
-    /**
-     * Input values by name, from a bare value (models with one streamed input) or an object.
-     * @private @param {any} value @param {string} call
-     * @returns {Record<string, any>}
-     */
-    private _named;
-    /**
-     * A Tensor for `spec` holding `frames` frames per stream, checked against the model's shape.
-     * @private @param {TensorSpec} spec @param {any} value @param {number} frames @param {string} what
-     * @returns {Tensor}
-     */
-    private _tensor;
-    /**
-     * Joins one array per stream into the flat layout, when streams are the outermost axis.
-     * @private @param {TensorSpec} spec @param {ArrayLike<any>} value @param {number[]} dims
-     */
-    private _perStream;
-    /**
-     * The frames of one streamed input: an array of frames, or one flat array along the time axis.
-     * @private @param {TensorSpec} spec @param {any} value
-     * @returns {any[]}
-     */
-    private _frames;
-    /**
-     * Joins per-frame values along `axis` (or stacks them on a new leading axis when `stack`).
-     * @private @param {string} dtype @param {ArrayLike<any>[]} parts @param {readonly number[]} dims
-     * @param {number} axis @param {boolean} stack
-     */
-    private _joined;
 }
 export type TensorSpec = import("./contract.js").TensorSpec;
 export type StateSpec = import("./contract.js").StateSpec;
