@@ -328,7 +328,11 @@ def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], exa
                  dynamic_shapes: Sequence[dict[int, Any]], opset: int) -> onnx.ModelProto:
     """Run ``torch.onnx.export(dynamo=True)`` with the placeholders; return the raw ModelProto."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-    with capturing(wrappers), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    from edgernn.converters.optimize import exact_no_op_rules
+
+    # exact_no_op_rules: the exporter's own onnxscript optimizer keeps small constants (epsilons)
+    with capturing(wrappers), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            exact_no_op_rules():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(

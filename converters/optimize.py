@@ -7,8 +7,10 @@ subgraph reads go back into that subgraph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import onnx_ir as ir
 
 from edgernn.converters.describe import STATE_INIT
@@ -30,7 +32,8 @@ class Optimize:
         model = ir.serde.deserialize_model(ctx.onnx_model)
         before, layout = len(model.graph), _layout(model.graph)
         starts = [v for name, v in model.graph.initializers.items() if name.startswith(STATE_INIT)]
-        onnxscript.optimizer.optimize(model)  # in place on an ir.Model
+        with exact_no_op_rules():
+            onnxscript.optimizer.optimize(model)  # in place on an ir.Model
         for v in starts:  # the optimizer drops them: no node reads them
             if v.name not in model.graph.initializers:
                 model.graph.initializers.add(v)
@@ -42,6 +45,60 @@ class Optimize:
         ctx.onnx_model = ir.serde.serialize_model(model)
         return PassResult(changed, f"{before} -> {len(model.graph)} nodes" + (
             f", {moved} weights kept in the subgraphs that read them" if moved else ""))
+
+
+def _exactly(value: ir.Value | None, scalar: float) -> bool:
+    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    return tensor is not None and tensor.shape.rank() == 0 and bool(np.all(tensor.numpy() == scalar))
+
+
+def _no_op_rules() -> list:
+    """``x + 0``, ``0 + x``, ``x - 0``, ``x * 1``, ``1 * x``, ``x / 1`` -> ``x``, for a constant
+    that is exactly 0 or 1 (a scalar, as onnxscript's own rules require)."""
+    from onnxscript.rewriter import RewriteRule
+
+    def identity(op, x, **_):
+        return op.Identity(x)
+
+    def when(scalar: float):
+        return lambda context, x, c, **_: _exactly(c, scalar)
+
+    def pattern(op_type: str, left: bool):  # the pattern builder names its variables after the arguments
+        if left:
+            return lambda op, x, c: getattr(op, op_type)(c, x)
+        return lambda op, x, c: getattr(op, op_type)(x, c)
+
+    rules = []
+    for op_type, scalar, commutes in (("Add", 0.0, True), ("Sub", 0.0, False), ("Mul", 1.0, True),
+                                      ("Div", 1.0, False)):
+        for left in (False, True) if commutes else (False,):
+            rules.append(RewriteRule(pattern(op_type, left), identity, when(scalar),
+                                     name=f"exact_{op_type.lower()}_identity{'_left' if left else ''}"))
+    return rules
+
+
+@contextlib.contextmanager
+def exact_no_op_rules() -> Iterator[None]:
+    """Within this block onnxscript's optimizer (ours, and the one ``torch.onnx.export`` runs)
+    drops ``x + c`` only for ``c`` exactly 0 (and ``x * c`` for exactly 1).
+
+    Written by hand because onnxscript's no-op rules match constants with ``math.isclose``
+    (``abs_tol=1e-8``, ``rel_tol=1e-5``): they take an epsilon such as ``1e-8`` or ``1e-12`` for
+    zero and delete it, so ``x / (|x| + 1e-8)`` becomes ``x / |x|`` and an all-zero state gives
+    NaN where PyTorch gives 0. The optimizer reads its rule list at call time, so it is swapped
+    here for the duration of the call and restored after.
+    """
+    from onnxscript import rewriter
+    from onnxscript.rewriter.rules.common import _no_op
+
+    saved = rewriter._DEFAULT_REWRITE_RULES
+    keep = (_no_op.dropout_zero_rule, _no_op.dropout_inference_rule)  # exact: attributes, not constants
+    approximate = {id(r) for r in _no_op.rules.rules if not any(r is k for k in keep)}
+    rewriter._DEFAULT_REWRITE_RULES = (*(r for r in saved if id(r) not in approximate), *_no_op_rules())
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = saved
 
 
 def _layout(graph: ir.Graph) -> tuple:
@@ -77,4 +134,4 @@ def initializers_into_subgraphs(graph: ir.Graph) -> int:
     return moved
 
 
-__all__ = ["Optimize", "initializers_into_subgraphs"]
+__all__ = ["Optimize", "initializers_into_subgraphs", "exact_no_op_rules"]
