@@ -49,6 +49,7 @@ CONTRACT_SUFFIX = ".edgernn.json"
 STATE_INIT_SUFFIX = ".state_init.npz"
 
 ContractFrom = Literal["given", "inferred", "metadata", "sidecar"]
+MAX_STATE_BYTES = 1 << 30  # the largest state of one stream a file may declare (1 GiB), unless raised
 
 
 class ModelFileError(EdgernnError):
@@ -82,7 +83,8 @@ class ModelFile:
     """
 
     def __init__(self, *, path: Path | None, data: bytes | None, proto: Any, source: str,
-                 state_pairs: Mapping[str, str] | None, contract: Contract | None) -> None:
+                 state_pairs: Mapping[str, str] | None, contract: Contract | None,
+                 max_state_bytes: int = MAX_STATE_BYTES) -> None:
         self.path = path
         self.source = source
         self._data = data
@@ -90,6 +92,7 @@ class ModelFile:
         self.is_ort = is_ort_format(data if data is not None else path) if proto is None else False
         self.state_pairs = dict(state_pairs) if state_pairs is not None else None
         self._given = contract
+        self.max_state_bytes = max_state_bytes
         self._resolved: tuple[Contract, ContractFrom] | None = None
         self.inferred: dict | None = None  # how the naming rule found each part (contract_from "inferred")
 
@@ -97,37 +100,35 @@ class ModelFile:
 
     @classmethod
     def open(cls, model: str | os.PathLike | bytes | Any, *, state_pairs: Mapping[str, str] | None = None,
-             contract: Contract | None = None, source: str | None = None) -> ModelFile:
+             contract: Contract | None = None, source: str | None = None,
+             max_state_bytes: int = MAX_STATE_BYTES) -> ModelFile:
         """Open ``model``: a path, the file's bytes, an ``onnx.ModelProto``, or a ``ModelFile``
         (returned as it is unless ``state_pairs`` or ``contract`` are given).
 
         Raises :class:`ModelFileError` when the file is missing (bytes and ModelProtos are parsed
         here; a file's graph on first use). The contract is resolved on first use of
-        :attr:`contract`.
+        :attr:`contract`, and checked against the graph: names, dtypes, ranks and fixed sizes, and
+        no state of one stream over ``max_state_bytes``.
         """
         if isinstance(model, ModelFile):
             if state_pairs is None and contract is None:
                 return model
-            return cls(path=model.path, data=model._data, proto=model._proto, source=model.source,
-                       state_pairs=state_pairs, contract=contract)
-        if isinstance(model, (bytes, bytearray)):
-            data = bytes(model)
-            if not is_ort_format(data):
-                proto = _parse(data, source or "the model")
-                return cls(path=None, data=data, proto=proto, source=source or "the model",
-                           state_pairs=state_pairs, contract=contract)
-            return cls(path=None, data=data, proto=None, source=source or "the model", state_pairs=state_pairs,
-                       contract=contract)
-        if isinstance(model, (str, os.PathLike)):
-            path = Path(model)
+            path, data, proto, source = model.path, model._data, model._proto, model.source
+        elif isinstance(model, (bytes, bytearray)):
+            path, data, source = None, bytes(model), source or "the model"
+            proto = None if is_ort_format(data) else _parse(data, source)
+        elif isinstance(model, (str, os.PathLike)):
+            path, data, proto = Path(model), None, None
             if not path.is_file():
                 raise ModelFileError(f"{path} does not exist or is not a file")
-            return cls(path=path, data=None, proto=None, source=source or str(path), state_pairs=state_pairs,
-                       contract=contract)
-        if type(model).__name__ == "ModelProto":
-            return cls(path=None, data=None, proto=model, source=source or "the model", state_pairs=state_pairs,
-                       contract=contract)
-        raise ModelFileError(f"expected an ONNX file path, its bytes or an onnx.ModelProto, got {type(model).__name__}")
+            source = source or str(path)
+        elif type(model).__name__ == "ModelProto":
+            path, data, proto, source = None, None, model, source or "the model"
+        else:
+            raise ModelFileError(f"expected an ONNX file path, its bytes or an onnx.ModelProto, got "
+                                 f"{type(model).__name__}")
+        return cls(path=path, data=data, proto=proto, source=source, state_pairs=state_pairs, contract=contract,
+                   max_state_bytes=max_state_bytes)
 
     # ------------------------------------------------------------------ the graph
 
@@ -219,8 +220,9 @@ class ModelFile:
     def _resolve(self) -> tuple[Contract, ContractFrom]:
         if self._resolved is None:
             contract, origin = self._find_contract(self._given)
-            if origin != "metadata":
-                self._check_io(contract, *self.graph_io())
+            self._check_sizes(contract)
+            self._check_io(contract, *self.graph_io())
+            self._check_types(contract)
             self._resolved = contract, origin
         return self._resolved
 
@@ -243,7 +245,8 @@ class ModelFile:
         return contract, "inferred"
 
     def _check_io(self, c: Contract, inputs: list[str], outputs: list[str]) -> None:
-        """A contract not read from the file's metadata must name graph inputs and outputs that exist."""
+        """The contract (the file's own metadata too: files from strangers are untrusted) must name
+        graph inputs and outputs that exist."""
         ins, outs = set(inputs), set(outputs)
         for name in [t.name for t in c.inputs] + [s.input for s in c.states]:
             if name not in ins:
@@ -253,6 +256,51 @@ class ModelFile:
             if name not in outs:
                 raise ContractError(f"{self.source} has no graph output {name!r}; its outputs are "
                                     f"{', '.join(sorted(outs))}")
+
+    def _check_types(self, c: Contract) -> None:
+        """Each tensor the contract names has the graph's dtype and rank, and the graph's size on
+        every axis where both give a size (a symbol in the graph takes any size the contract says)."""
+        if self.is_ort:  # the ORT format's value types are not read here; onnxruntime checks feeds
+            return
+        from edgernn.contract import dtype_of
+
+        g = self.proto.graph
+        values = {v.name: v for v in [*g.input, *g.output]}
+        named = [(t.name, t.shape, t.dtype, "") for t in (*c.inputs, *c.outputs)]
+        named += [(n, s.shape, s.dtype, f" (state {s.name!r})") for s in c.states for n in (s.input, s.output)]
+        for name, shape, dtype, what in named:
+            t = values[name].type.tensor_type
+            if not values[name].type.HasField("tensor_type"):
+                continue
+            graph_dtype = dtype_of(t.elem_type)
+            if graph_dtype is not None and graph_dtype != dtype:
+                raise ContractError(f"{self.source} declares {name!r}{what} as {dtype}, but the graph has it as "
+                                    f"{graph_dtype}")
+            if not t.HasField("shape"):
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in t.shape.dim]
+            if len(dims) != len(shape):
+                raise ContractError(f"{self.source} declares {name!r}{what} with shape {_shown(shape)}, but the graph "
+                                    f"has {_shown(dims)} ({len(dims)} axes)")
+            for axis, (want, got) in enumerate(zip(shape, dims)):
+                if isinstance(got, int) and (not isinstance(want, int) or want != got):
+                    raise ContractError(f"{self.source} declares {name!r}{what} with shape {_shown(shape)}, but the "
+                                        f"graph has {_shown(dims)} (axis {axis} is {got})")
+
+    def _check_sizes(self, c: Contract) -> None:
+        """A state of one stream is at most :data:`MAX_STATE_BYTES` (a file could claim any size)."""
+        import numpy as np
+
+        for s in c.states:
+            elements = 1
+            for d in s.concrete_shape(1):
+                elements *= d
+            size = elements * np.dtype(s.dtype).itemsize if s.dtype != "bfloat16" else elements * 2
+            if size > self.max_state_bytes:
+                raise ContractError(f"{self.source} declares state {s.name!r} of shape {_shown(s.shape)}: "
+                                    f"{size / 2**30:.3g} GiB per stream, over the limit of "
+                                    f"{self.max_state_bytes / 2**30:.3g} GiB (ModelFile.open(..., max_state_bytes=N) "
+                                    "raises it)")
 
     @property
     def foreign_note(self) -> str | None:
@@ -393,6 +441,10 @@ def write_checked(report: Any, target: Path | None, data: bytes, failure: Edgern
         write_atomic(target, data)
         report.path = str(target)
     return report
+
+
+def _shown(shape: Any) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _parse(data: bytes, source: str) -> Any:

@@ -46,10 +46,35 @@ def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _graph_declared_by(props: dict) -> onnx.GraphProto:
+    """A graph with the inputs and outputs the metadata declares (the readers check a contract
+    against its graph); none where the metadata does not decode (the reader refuses it first)."""
+    from onnx import TensorProto, helper
+
+    def value(entry: Any) -> onnx.ValueInfoProto | None:
+        try:
+            dtype = TensorProto.BFLOAT16 if entry["dtype"] == "bfloat16" else \
+                helper.np_dtype_to_tensor_dtype(np.dtype(entry["dtype"]))
+            return helper.make_tensor_value_info(entry["name"], dtype, [d if isinstance(d, int) else str(d)
+                                                                        for d in entry["shape"]])
+        except Exception:  # a malformed entry: the reader says so before it looks at the graph
+            return None
+
+    try:
+        d = decoded_metadata(props)
+    except ContractError:
+        return onnx.helper.make_graph([], "g", [], [])
+    states_in = [{**s, "name": s.get("input")} for s in d["states"] if isinstance(s, dict)]
+    states_out = [{**s, "name": s.get("output")} for s in d["states"] if isinstance(s, dict)]
+    inputs = [v for v in map(value, [*d["inputs"], *states_in]) if v is not None]
+    outputs = [v for v in map(value, [*d["outputs"], *states_out]) if v is not None]
+    return onnx.helper.make_graph([], "g", inputs, outputs)
+
+
 def _open(case: dict, tmp_path: Path) -> dict[str, Any]:
     """What Python makes of the case: ``{"contract", "contract_from", "start_values"}``."""
-    if "props" in case:  # metadata_props of a graph with nothing else in it
-        model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    if "props" in case:  # metadata_props of a graph whose inputs and outputs are what they declare
+        model = onnx.helper.make_model(_graph_declared_by(case["props"]))
         for key, value in case["props"].items():
             model.metadata_props.add(key=key, value=value)
         mf = ModelFile.open(model, source="model.onnx")

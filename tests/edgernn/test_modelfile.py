@@ -14,6 +14,7 @@ import edgernn
 from edgernn.contract import ContractError, read_metadata
 from edgernn.modelfile import ModelFile, ModelFileError
 from edgernn.runtimes import StreamingSession
+from conftest import invoke
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,49 @@ def test_the_graph_is_parsed_once_and_only_when_asked(gru, tmp_path):
         ModelFile.open(tmp_path / "missing.onnx")
     with pytest.raises(ModelFileError, match="expected an ONNX file path, its bytes or an onnx.ModelProto"):
         ModelFile.open(3.5)
+
+
+def _with_states(path, tmp_path, change) -> object:
+    """``path`` with its edgernn.states entry changed by ``change(states)``, as a stranger could write it."""
+    model = onnx.load(str(path))
+    props = {p.key: p for p in model.metadata_props}
+    states = json.loads(props["edgernn.states"].value)
+    change(states)
+    props["edgernn.states"].value = json.dumps(states)
+    out = tmp_path / "claimed.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s[0].update(shape=[1, "batch", 100_000_000_000]),
+     r"declares state 'gru.h' of shape \[1, batch, 100000000000\]: 373 GiB per stream, over the limit of 1 GiB"),
+    (lambda s: s[0].update(dtype="float64"), r"declares 'state_in.gru.h' \(state 'gru.h'\) as float64, but the graph "
+                                             "has it as float32"),
+    (lambda s: s[0].update(shape=[1, "batch", 6]), r"with shape \[1, batch, 6\], but the graph has \[1, batch, 5\] "
+                                                   r"\(axis 2 is 5\)"),
+    (lambda s: s[0].update(shape=["batch", 5]), r"with shape \[batch, 5\], but the graph has \[1, batch, 5\] \(3 axes\)"),
+    (lambda s: s[0].update(name="g", input="state_in.g", output="state_out.g"), "has no graph input 'state_in.g'"),
+], ids=["huge", "dtype", "size", "rank", "name"])
+def test_metadata_that_disagrees_with_the_graph_is_one_sentence(gru, tmp_path, change, message):
+    claimed = _with_states(gru[1], tmp_path, change)
+    with pytest.raises(ContractError, match=message) as e:
+        ModelFile.open(claimed).contract
+    assert "\n" not in str(e.value)
+    with pytest.raises(ContractError, match=message):
+        StreamingSession(claimed)  # before onnxruntime or numpy allocate anything
+
+
+def test_the_state_size_limit_can_be_raised(gru, tmp_path):
+    claimed = _with_states(gru[1], tmp_path, lambda s: None)
+    with pytest.raises(ContractError, match="over the limit of 9.31e-09 GiB"):
+        ModelFile.open(claimed, max_state_bytes=10).contract  # 5 floats: 20 bytes per stream
+    assert ModelFile.open(claimed, max_state_bytes=20).contract.states[0].name == "gru.h"
+
+
+def test_run_on_a_file_that_claims_a_huge_state_exits_1_with_the_sentence(gru, tmp_path):
+    claimed = _with_states(gru[1], tmp_path, lambda s: s[0].update(shape=[1, "batch", 100_000_000_000]))
+    np.save(tmp_path / "x.npy", np.zeros((1, 4, 3), np.float32))
+    result = invoke("run", claimed, "-d", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert result.exit_code == 1 and "373 GiB per stream, over the limit of 1 GiB" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "y.npy").exists()

@@ -370,6 +370,23 @@ def test_existing_model_folder_needs_overwrite(pb2, files, tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == ["acc"]  # no temporary folders left behind
 
 
+def _flat_state() -> onnx.ModelProto:
+    """x [batch, time, 4] -> y = x; state h [batch] (no axis but the batch): h' = h + sum x."""
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             helper.make_node("Add", ["state_in.h", "s"], ["state_out.h"]), helper.make_node("Identity", ["x"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", 4]),
+                        helper.make_tensor_value_info("state_in.h", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", 4]),
+         helper.make_tensor_value_info("state_out.h", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    write_metadata(model, Contract("chunk", [TensorSpec("x", ("batch", "time", 4), "float32", 0, 1)],
+                                   [TensorSpec("y", ("batch", "time", 4), "float32", 0, 1)],
+                                   [StateSpec("h", ("batch",), "float32", 0)]))
+    return model
+
+
 def test_files_that_cannot_stream_through_triton_are_refused(files, tmp_path):
     model = accumulator(mode="sequence")
     with pytest.raises(TritonError, match="sequence-mode file"):
@@ -377,14 +394,12 @@ def test_files_that_cannot_stream_through_triton_are_refused(files, tmp_path):
     with pytest.raises(TritonError, match="give the model a name"):
         triton_repository(accumulator(), tmp_path / "repo")
     # a state with nothing besides the batch axis (triton#3901)
-    model = accumulator()
-    contract = read_metadata(model)
-    write_metadata(model, Contract(contract.mode, contract.inputs, contract.outputs,
-                                   [StateSpec("h", ("batch",), "float32", 0)]))
+    model = _flat_state()
     with pytest.raises(TritonError, match="at least one more dimension"):
         triton_repository(model, tmp_path / "repo", name="flat")
     # a time-major data input
     model = accumulator()
+    contract = read_metadata(model)
     write_metadata(model, Contract("chunk", [TensorSpec("x", ("time", "batch", 4), "float32", 1, 0)],
                                    contract.outputs, contract.states))
     with pytest.raises(TritonError, match="tensor 'x' .* batch axis at 1 .* batch-first"):
