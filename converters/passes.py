@@ -61,6 +61,9 @@ from edgernn.errors import ExportError
 STATE_LAYOUTS = ("native", "batch-major")  # how state tensors sit in the file (see DescribeStateIO)
 
 
+MIN_OPSET = 18  # torch.onnx's dynamo exporter; the newest depends on the torch installed (it says so)
+
+
 @dataclass
 class ExportOptions:
     """How to export. ``inputs`` declares data inputs (and, by name, explicit state arguments);
@@ -84,6 +87,9 @@ class ExportOptions:
             raise ExportError(f"mode {self.mode!r} is unknown; expected {', '.join(MODES[:-1])} or {MODES[-1]}")
         if self.cells not in CELLS:
             raise ExportError(f"cells {self.cells!r} is unknown; expected {' or '.join(CELLS)}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < MIN_OPSET:
+            raise ExportError(f"opset {self.opset!r} is not supported; the exporter writes opset {MIN_OPSET} or newer "
+                              "(torch.onnx's dynamo exporter)")
         if self.state_layout not in STATE_LAYOUTS:
             raise ExportError(f"state layout {self.state_layout!r} is unknown; expected {' or '.join(STATE_LAYOUTS)}")
 

@@ -139,6 +139,16 @@ class RunReport:
                 "aligned": self.aligned, "flushed_frames": self.flushed_frames}
 
 
+def check_not_an_input(output: str | os.PathLike | None, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse an output path that is one of the command's input files (it would be overwritten)."""
+    if output is None:
+        return
+    target = Path(output).resolve()
+    for given in inputs:
+        if Path(given).resolve() == target:
+            raise EdgernnError(f"output {output} is the input file {given}; choose another path with -o")
+
+
 def load_array(path: str | os.PathLike) -> np.ndarray:
     """A ``.npy`` data file (never unpickled)."""
     import numpy as np
@@ -221,4 +231,4 @@ def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | 
     return report, outputs
 
 
-__all__ = ["export_file", "info", "InfoReport", "run", "RunReport", "load_array", "ContractError"]
+__all__ = ["export_file", "info", "InfoReport", "run", "RunReport", "load_array", "check_not_an_input", "ContractError"]

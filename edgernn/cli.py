@@ -98,7 +98,8 @@ def export(
     cells: Annotated[Cells, typer.Option("--cells", help=(
         "Step mode: auto (ONNX GRU/LSTM ops, MatMul cells for Elman RNN: fastest on onnxruntime CPU) or matmul "
         "(MatMul cells only, for runtimes without the recurrent ops, e.g. onnxruntime's mobile package)."))] = "auto",
-    opset: Annotated[int, typer.Option("--opset", min=1, help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option("--opset", min=18, help=(
+        "ONNX opset: 18 or newer, up to the newest your torch's exporter writes (25 with torch 2.13)."))] = 18,
     class_path: ClassPath = None,
     config: ConfigFile = None,
     inputs: Annotated[Optional[List[str]], typer.Option(
@@ -176,11 +177,12 @@ def run(
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
     from edgernn._cli_print import print_run, user_errors
-    from edgernn.api import load_array, run as run_fn
+    from edgernn.api import check_not_an_input, load_array, run as run_fn
     from edgernn.modelfile import ModelFile
 
     with user_errors():
         opened = ModelFile.open(model, state_pairs=state_pairs(state_pair))  # a missing model is said first
+        check_not_an_input(output, [model, *(item.partition("=")[2] or item for item in data)])
         if "=" in data[0]:  # NAME=FILE.npy for every input (check_named_data saw to it)
             arrays = {name: load_array(file) for name, _, file in (item.partition("=") for item in data)}
         else:
@@ -375,8 +377,27 @@ def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, call
     pass
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised in place of KeyboardInterrupt: click turns that into "Aborted!" and exit 1,
+    and library code that catches ``Exception`` (torch's exporter does) cannot swallow this one."""
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
 def main() -> None:
-    app()
+    """The console script: ``app``, with Ctrl-C said as one word and the shell's status 130. Files
+    being written are temporary until complete and are removed on the way out (nothing half-written)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        app()
+    except Interrupted:
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "onnx_ir")
 runner = CliRunner()
 
 
-
-
 # ---------------------------------------------------------------- docs/cli.md and --help
 
 
@@ -151,6 +149,7 @@ READS_ONNX = ["info", "run", "quantize", "bench", "pack", "serve"]
 MINIMAL = {"run": ["-d", "x.npy"], "serve": ["--triton", "repo"]}  # what each needs besides MODEL
 
 USAGE_ERRORS = [  # (id, args, what the one sentence says)
+    ("opset below 18", ["export", "m.pt", "--opset", "7"], "Invalid value for '--opset'"),
     ("unknown command", ["convert", "m.pt"], "No such command 'convert'"),
     ("unknown option", ["--verbose"], "No such option: --verbose"),
     ("missing model", ["export"], "Missing argument 'MODEL'"),
@@ -252,3 +251,46 @@ def test_a_missing_or_malformed_file_is_said_without_torch(args, tmp_path, monke
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     status, heavy = _modules_after(*args)
     assert status == 1 and "torch" not in heavy, heavy
+
+
+def test_an_output_that_is_an_input_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    import edgernn
+
+    monkeypatch.chdir(tmp_path)
+    assert edgernn.export(torch.nn.GRU(3, 4), tmp_path / "g.onnx", verify=False).path
+    np.save("x.npy", np.zeros((5, 1, 3), np.float32))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for args in (["-d", "x.npy", "-o", "x.npy"], ["-d", "x=x.npy", "-o", "./g.onnx"]):
+        result = invoke("run", "g.onnx", *args)
+        assert result.exit_code == 1 and "is the input file" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    """main() answers SIGINT with Interrupted (a BaseException: nothing on the way can swallow it,
+    and the temporary files being written are removed as it passes)."""
+    import signal
+
+    from edgernn import cli
+
+    monkeypatch.setattr(cli, "app", lambda: signal.raise_signal(signal.SIGINT))
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_library_opset_below_18_is_one_sentence():
+    import torch
+
+    import edgernn
+    from edgernn.errors import ExportError
+
+    with pytest.raises(ExportError, match="^opset 7 is not supported; the exporter writes opset 18 or newer"):
+        edgernn.export(torch.nn.GRU(3, 4), None, opset=7)
