@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgernn.runtimes.session import StreamError, StreamingSession
+from edgernn.runtimes.session import (NonFinitePolicy, StreamError, StreamingSession, StreamStats, check_policy,
+                                      first_nonfinite, kind_of, nonfinite_entries)
 
 Frame = Any  # an array (one-input models) or {input name: array}
 
@@ -61,10 +62,22 @@ class StreamBatcher:
     the batch axis. Open, close and reset cost one stream's state (a state whose batch axis is not
     its first axis is moved within its buffer when the number of streams changes). Not
     thread-safe: use one batcher per thread, or a lock.
+
+    **NaN and infinity.** ``nonfinite`` is the policy of :class:`StreamingSession`, per stream:
+    ``"raise"`` (default) names the stream, the input or state and the frame of the call before
+    the model runs (no state changes); ``"reset"`` starts only the affected streams over from the
+    start values (a state holding NaN before the call runs, a frame holding NaN after it), counted
+    in ``stats.nonfinite_resets``; ``"ignore"`` checks nothing. The check is one dot product per
+    stacked input and state.
     """
 
     def __init__(self, model: str | Path | bytes | StreamingSession, *, capacity: int = 64,
-                 threads: int | None = 1, **session_args: Any) -> None:
+                 threads: int | None = 1, nonfinite: NonFinitePolicy = "raise", **session_args: Any) -> None:
+        #: what a call does with NaN or infinity in a stream's inputs or state: raise, reset or ignore
+        self.nonfinite: str = check_policy(nonfinite)
+        #: calls run, and streams reset for NaN (``nonfinite="reset"``)
+        self.stats = StreamStats()
+        self._tiny: dict[int, np.ndarray] = {}  # size -> 2**-100 vector (the cheap check's other operand)
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise StreamError(f"capacity must be a whole number of streams, at least 1; got {capacity!r}")
         if isinstance(model, StreamingSession):
@@ -300,7 +313,11 @@ class StreamBatcher:
             else:
                 feeds[st.input] = np.take(dense[st.name], where, axis=st.batch_axis)
 
+        after: list[int] = []
+        if self.nonfinite != "ignore" and not self._finite(feeds):
+            after = self._nonfinite(feeds, sids, where)
         results = self._ort.run(self._output_names, feeds)
+        self.stats.calls += 1
 
         n_out = self._n_out
         for st, new in zip(self.states, results[n_out:]):
@@ -308,12 +325,81 @@ class StreamBatcher:
                 np.copyto(dense[st.name], new)
             else:
                 dense[st.name][_at(st.batch_axis, where)] = new
+        for sid in after:  # their frames held NaN: the state made from them is not carried
+            self.reset(sid)
         per_output = [_split(r, t.batch_axis, k) for t, r in zip(self.outputs, results[:n_out])]
         if n_out == 1:
             name = self.outputs[0].name
             return {sid: {name: v} for sid, v in zip(sids, per_output[0])}
         names = [t.name for t in self.outputs]
         return {sid: dict(zip(names, vals)) for sid, *vals in zip(sids, *per_output)}
+
+    def _finite(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        """The cheap check: no NaN or infinity in the call's float inputs and states (one dot
+        product each with a vector of 2**-100; see BoundStates)."""
+        for value in feeds.values():
+            if value.dtype != np.float32:
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    return False
+                continue
+            flat = value.reshape(-1)
+            tiny = self._tiny.get(flat.size)
+            if tiny is None:
+                if len(self._tiny) > 64:
+                    self._tiny.clear()
+                tiny = self._tiny[flat.size] = np.full(flat.size, 2.0 ** -100, np.float32)
+            try:
+                if not abs(np.dot(flat, tiny)) < 1e30:
+                    return False
+            except RuntimeWarning:  # +inf and -inf met (warnings as errors)
+                return False
+        return True
+
+    def _nonfinite(self, feeds: dict[str, np.ndarray], sids: list[int], where: Any) -> list[int]:
+        """A call whose feeds hold NaN or infinity: raise naming the stream (``raise``), or put the
+        streams whose state holds it back to their start values in ``feeds`` and the state
+        buffers, and return the streams whose frames hold it (reset after the call)."""
+        streams = {st.name: nonfinite_entries(feeds[st.input], st.batch_axis) for st in self.states}
+        frames = {t.name: nonfinite_entries(feeds[t.name], t.batch_axis) for t in self._streamed}
+        if self.nonfinite == "raise":
+            for t in self._streamed:
+                if frames[t.name]:
+                    pos = min(frames[t.name])
+                    one = np.take(feeds[t.name], [pos], axis=t.batch_axis)
+                    at = first_nonfinite(one)
+                    frame = f" at frame {at[t.time_axis]} of the call" if t.time_axis is not None else ""
+                    raise StreamError(f"stream {sids[pos]}'s input {t.name!r} holds {kind_of(one, at)}{frame}; clean "
+                                      "the data, or make the StreamBatcher with nonfinite='reset' to start such "
+                                      "streams over (or 'ignore')")
+            for t in self._shared:
+                at = first_nonfinite(feeds[t.name])
+                if at is not None:
+                    raise StreamError(f"shared input {t.name!r} holds {kind_of(feeds[t.name], at)}; clean the data")
+            for st in self.states:
+                if streams[st.name]:
+                    pos = min(streams[st.name])
+                    raise StreamError(f"stream {sids[pos]}'s state {st.name!r} holds NaN or infinity before this call; "
+                                      "the model made it, or it was set so: reset() the stream, or make the "
+                                      "StreamBatcher with nonfinite='reset' (or 'ignore')")
+            raise StreamError("the check for NaN found one that it cannot place; make the StreamBatcher with "
+                              "nonfinite='ignore' and report this")  # (the cheap and the exact check disagree)
+        carried = sorted(set().union(*streams.values()))
+        for pos in carried:
+            self.reset(sids[pos])
+        if carried:  # the call's state feeds again, from the reset buffers
+            for st in self.states:
+                dense = self._dense[st.name]
+                if where is None:
+                    feeds[st.input] = dense
+                elif isinstance(where, slice):
+                    feeds[st.input] = dense[_at(st.batch_axis, where)]
+                else:
+                    feeds[st.input] = np.take(dense, where, axis=st.batch_axis)
+        fed = sorted(set().union(*frames.values()))
+        if any(first_nonfinite(feeds[t.name]) is not None for t in self._shared):
+            fed = list(range(len(sids)))
+        self.stats.nonfinite_resets += len(carried) + len(fed)
+        return [sids[pos] for pos in fed]
 
     def _named(self, sid: Any, f: Any) -> Mapping[str, Any]:
         """A multi-input frame: {input name: array} with every streamed input."""

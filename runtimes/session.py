@@ -3,19 +3,65 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
 from edgernn.contract import BATCH, Contract, ContractError, StateSpec, TensorSpec
 from edgernn.errors import EdgernnError
 from edgernn.modelfile import ModelFile
-from edgernn.runtimes.bound import BoundStates
+from edgernn.runtimes.bound import BoundStates, NonFinite, all_finite
+
+#: what a stream does with NaN or infinity in its inputs or carried state (see StreamingSession)
+NONFINITE_POLICIES = ("raise", "reset", "ignore")
+NonFinitePolicy = Literal["raise", "reset", "ignore"]
 
 
 class StreamError(EdgernnError):
     """Data fed to a stream does not fit the model."""
+
+
+@dataclass
+class StreamStats:
+    """Counts kept by a :class:`StreamingSession` (or a :class:`StreamBatcher`) since it opened."""
+
+    #: calls that ran the model
+    calls: int = 0
+    #: streams put back to their start values because their input or state held NaN or infinity
+    #: (``nonfinite="reset"``)
+    nonfinite_resets: int = 0
+
+
+def check_policy(nonfinite: str) -> str:
+    if nonfinite not in NONFINITE_POLICIES:
+        raise StreamError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {nonfinite!r}")
+    return nonfinite
+
+
+def first_nonfinite(value: np.ndarray) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinity in a float array (None: all finite, or not float)."""
+    if value.dtype.kind not in "fc" or value.size == 0:
+        return None
+    bad = np.argwhere(~np.isfinite(value))
+    return tuple(int(i) for i in bad[0]) if len(bad) else None
+
+
+def nonfinite_entries(value: np.ndarray, batch_axis: int | None) -> set[int] | None:
+    """Batch entries of ``value`` that hold NaN or infinity (None: the array has no batch axis
+    and holds some)."""
+    if value.dtype.kind not in "fc" or value.size == 0 or bool(np.isfinite(value).all()):
+        return set()
+    if batch_axis is None:
+        return None
+    bad = ~np.isfinite(value)
+    return {int(b) for b in np.nonzero(bad.any(axis=tuple(a for a in range(value.ndim) if a != batch_axis)))[0]}
+
+
+def kind_of(value: np.ndarray, index: tuple[int, ...]) -> str:
+    v = value[index]
+    return "NaN" if np.isnan(v) else "infinity"
 
 
 def session_options(threads: int | None = 1, spin: bool | None = None):
@@ -73,16 +119,34 @@ class StreamingSession:
     ``"given"``; ``file`` is the ModelFile. A data input with neither a batch nor a time axis
     (silero-vad's scalar ``sr``) is not streamed: pass it on every ``step`` call, and ``stream``
     feeds it whole to every call.
+
+    **NaN and infinity.** ``nonfinite`` says what a call does when its float inputs or the state
+    carried into it hold NaN or infinity. ``"raise"`` (the default): a :class:`StreamError` naming
+    the input or state, the frame of the stream and the batch entry, before the model runs (the
+    state stays as it was). ``"reset"``: the affected streams (batch entries) start over from their
+    start values, counted in ``stats.nonfinite_resets``: a state that holds NaN going into a call
+    is reset before the call runs; a frame with NaN runs as given (its outputs are what the runtime
+    makes of it) and the state after it is reset. ``"ignore"``: no check. Why it matters:
+    PyTorch propagates a NaN through the recurrence, but onnxruntime's recurrent kernels (the ONNX
+    ``GRU``/``LSTM`` ops) can turn a NaN input into finite numbers, so a stream that meets one NaN
+    would carry a wrong state for the rest of its life, silently. On the CPU the check is one dot
+    product over the state and the frame (about 0.5 us a call, docs/streaming.md).
     """
 
     def __init__(self, model: str | Path | bytes | ModelFile, *, threads: int | None = 1,
                  providers: str | Sequence[str] | None = None, state_pairs: Mapping[str, str] | None = None,
                  contract: Contract | None = None, allow_fallback: bool = False, spin: bool | None = None,
-                 options=None) -> None:
+                 options=None, nonfinite: NonFinitePolicy = "raise") -> None:
         import onnxruntime as ort
 
         from edgernn.runtimes import providers as eps
 
+        #: what a call does with NaN or infinity in its inputs or carried state: raise, reset or ignore
+        self.nonfinite: str = check_policy(nonfinite)
+        #: calls run and streams reset for NaN (``nonfinite="reset"``)
+        self.stats = StreamStats()
+        self._frame = 0  # frames fed to the current streams before this call
+        self._call_frames = 1  # frames in a call shaped like the last one
         self.file: ModelFile = ModelFile.open(model, state_pairs=state_pairs, contract=contract)
         source = self.file.source
         self.contract: Contract = self.file.contract  # (says what is wrong with a file that is not a model)
@@ -165,7 +229,8 @@ class StreamingSession:
         elif self._bound is not None and self._bound.fits(values):
             self._bound.write(values)
         else:
-            self._bound = BoundStates(self.session, self.states, self.inputs, self.outputs, values, self.device)
+            self._bound = BoundStates(self.session, self.states, self.inputs, self.outputs, values, self.device,
+                                      check=self.nonfinite != "ignore")
 
     def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
         """Each state's ``init`` value for ``batch_size`` streams."""
@@ -185,6 +250,7 @@ class StreamingSession:
         self.batch_size = batch_size
         self._state = {}
         self._fresh = state is None
+        self._frame = 0
         if batch_size:
             self._load(self.initial_state(batch_size))
         else:
@@ -247,6 +313,7 @@ class StreamingSession:
                     raise StreamError(f"input {name!r} takes a multiple of {multiple} frames per call (the model "
                                       f"strides over time or works in blocks of frames); got {value.shape[spec.time_axis]}")
                 seen[name] = value.shape
+                self._call_frames = value.shape[spec.time_axis] if spec.time_axis is not None else 1
             if batch_axis is not None:
                 batch = value.shape[batch_axis]
         if not self._started:
@@ -256,14 +323,91 @@ class StreamingSession:
                               "call reset() to start streams of another batch size")
         self._fresh = False
         if self._bound is not None:
-            results = self._bound.run(feeds)
+            try:
+                results = self._bound.run(feeds)
+            except NonFinite:
+                return self._nonfinite_call(feeds)
+            self._frame += self._call_frames
+            self.stats.calls += 1
             return dict(zip(self._data_output_names, results))
+        if self.nonfinite != "ignore" and not (all_finite(feeds.values()) and all_finite(self._state.values())):
+            return self._nonfinite_call(feeds)
+        return self._run_plain(feeds)
+
+    def _run_plain(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for s in self.states:
             feeds[s.input] = self._state[s.name]
         results = self.session.run(self._output_names, feeds)
         n = len(self.outputs)
         self._state = {s.name: r for s, r in zip(self.states, results[n:])}
+        self._frame += self._call_frames
+        self.stats.calls += 1
         return {t.name: r for t, r in zip(self.outputs, results[:n])}
+
+    def _nonfinite_call(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A call whose inputs or carried state hold NaN or infinity (found by the cheap check):
+        say which (``raise``), or start the affected streams over (``reset``)."""
+        state = self.state
+        if self.nonfinite == "raise":
+            for spec in self.inputs:
+                at = first_nonfinite(feeds[spec.name])
+                if at is not None:
+                    frame = self._frame + (at[spec.time_axis] if spec.time_axis is not None else 0)
+                    where = f" (batch entry {at[spec.batch_axis]})" if spec.batch_axis is not None else ""
+                    raise StreamError(f"input {spec.name!r} holds {kind_of(feeds[spec.name], at)} at frame {frame} "
+                                      f"of the stream{where}; clean the data, or open the session with "
+                                      "nonfinite='reset' to start such streams over (or 'ignore')")
+            for spec in self.states:
+                at = first_nonfinite(state[spec.name])
+                if at is not None:
+                    where = f" (batch entry {at[spec.batch_axis]})" if spec.batch_axis is not None else ""
+                    raise StreamError(f"state {spec.name!r} holds {kind_of(state[spec.name], at)} going into frame "
+                                      f"{self._frame} of the stream{where}; the model made it, or it was set so: "
+                                      "reset() the stream, or open the session with nonfinite='reset' (or 'ignore')")
+            raise StreamError("the check for NaN found one that it cannot place; open the session with "
+                              "nonfinite='ignore' and report this")  # (the cheap and the exact check disagree)
+        carried = self._entries({s.name: (state[s.name], s.batch_axis) for s in self.states})
+        if carried:
+            self._restart(carried)
+        fed = self._entries({t.name: (feeds[t.name], t.batch_axis) for t in self.inputs})
+        if self._bound is not None:
+            self._bound.check = False  # this call runs as given
+            try:
+                results = dict(zip(self._data_output_names, self._bound.run(feeds)))
+            finally:
+                self._bound.check = True
+            self._frame += self._call_frames
+            self.stats.calls += 1
+        else:
+            results = self._run_plain(feeds)
+        if fed:
+            self._restart(fed)
+        return results
+
+    def _entries(self, arrays: Mapping[str, tuple[np.ndarray, int | None]]) -> set[int]:
+        """Batch entries that hold NaN or infinity in any of ``arrays`` (every entry where an array
+        without a batch axis does)."""
+        out: set[int] = set()
+        for value, axis in arrays.values():
+            bad = nonfinite_entries(value, axis)
+            if bad is None:
+                return set(range(self.batch_size or 1))
+            out |= bad
+        return out
+
+    def _restart(self, entries: set[int]) -> None:
+        """Put batch entries ``entries`` back to their start values (other streams keep theirs)."""
+        batch = self.batch_size or 1
+        init = self.initial_state(batch)
+        values = self.state
+        for s in self.states:
+            if s.batch_axis is None or len(entries) == batch:
+                values[s.name] = init[s.name]
+            else:
+                index = (slice(None),) * s.batch_axis + (sorted(entries),)
+                values[s.name][index] = init[s.name][index]
+        self._load(values)
+        self.stats.nonfinite_resets += len(entries)
 
     def _feeds(self, inputs: Sequence[np.ndarray], named: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [t.name for t in self.inputs]
@@ -286,8 +430,8 @@ class StreamingSession:
         Inputs keep the model's layout; an input that has no time axis in the model (a per-frame
         model) takes an extra leading time axis here, except an input with neither a batch nor a
         time axis (a scalar setting such as silero-vad's ``sr``), which is fed whole to every call.
-        Outputs without a time axis are stacked along a new leading axis, one entry per call, when
-        the model is per-frame, and are those of the last call otherwise. The state is not reset
+        Outputs without a time axis are stacked along a new leading axis, one entry per call (in
+        every mode: the last entry is the value after the whole stream). The state is not reset
         first: call ``reset()`` to start afresh.
 
         A model that strides over time (``frame_multiple`` > 1) takes a multiple of that many frames
@@ -339,7 +483,6 @@ class StreamingSession:
             if chunk % multiple:
                 raise StreamError(f"chunk {chunk} is not a multiple of {multiple}: input {name!r} takes a multiple of "
                                   f"{multiple} frames per call (the model strides over time or works in blocks of frames)")
-        per_frame = any(i.time_axis is None for i in streamed)
 
         def call_of(start: int, stop: int, zeros: bool = False) -> dict[str, np.ndarray]:
             call = {spec.name: feeds[spec.name] for spec in self.inputs if not _streamed(spec)}
@@ -359,8 +502,8 @@ class StreamingSession:
             for t in self.outputs:
                 pieces[t.name].append(out[t.name])
 
-        # the axis each output is joined on (None: the last call's value)
-        join = {t.name: t.time_axis if t.time_axis is not None else 0 if per_frame else None for t in self.outputs}
+        # the axis each output is joined on (an output without time: one entry per call, stacked on a new axis 0)
+        join = {t.name: t.time_axis if t.time_axis is not None else 0 for t in self.outputs}
 
         def frames(t: TensorSpec) -> int:
             if t.time_axis is None:
@@ -392,10 +535,8 @@ class StreamingSession:
         for t in self.outputs:
             if t.time_axis is not None:
                 value = np.concatenate(pieces[t.name], axis=t.time_axis)
-            elif per_frame:
-                value = np.stack(pieces[t.name], axis=0)
             else:
-                value = pieces[t.name][-1]
+                value = np.stack(pieces[t.name], axis=0)
             if t.name in target:
                 axis = join[t.name]
                 value = value[(slice(None),) * axis + (slice(t.delay, t.delay + target[t.name]),)]

@@ -54,6 +54,29 @@ def _stream_batch_axis(spec: TensorSpec) -> int | None:
     return spec.batch_axis + 1 if spec.time_axis is None else spec.batch_axis
 
 
+def unsized_axis(contract: Contract) -> tuple[TensorSpec, int] | None:
+    """The first data input, and its axis, whose size is neither fixed nor the batch or time axis
+    (silero-vad's samples axis): no frame of it can be made up (:func:`synthetic_streams` would
+    make it 1 long, which such a model rarely takes: a reflect pad fails on one sample)."""
+    for spec in contract.inputs:
+        for axis, d in enumerate(spec.shape):
+            if not isinstance(d, int) and d not in (BATCH, TIME):
+                return spec, axis
+    return None
+
+
+def check_synthesizable(contract: Contract, source: str) -> None:
+    """Refuse, with one sentence, to make up streams for a model with an :func:`unsized_axis`."""
+    found = unsized_axis(contract)
+    if found is None:
+        return
+    spec, axis = found
+    shown = "[" + ", ".join(str(d) for d in stream_shape(spec)) + "]"
+    raise EdgernnError(f"input {spec.name!r} of {source} has no fixed size on axis {axis} ({spec.shape[axis]!r}, "
+                       "neither its batch nor its time axis), so the accuracy check cannot make up frames for it; pass "
+                       f"--data FILE (.npy, or .npz by input name) with real frames, shaped {shown}")
+
+
 def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: int = 0,
                       model: Any = None) -> Streams:
     """Made-up streams for the accuracy check when the user gives no data: ``streams`` independent
@@ -203,6 +226,13 @@ def _check_stream(what: str, spec: TensorSpec, arr: np.ndarray) -> None:
         if isinstance(dim, int) and got != dim:
             raise EdgernnError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; expected {shown} "
                                f"(axis {axis} must be {dim})")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        # calibration ranges and accuracy figures from NaN or infinity mean nothing, and
+        # onnxruntime's recurrent kernels do not propagate NaN as PyTorch does
+        at = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        kind = "NaN" if np.isnan(arr[at]) else "infinity"
+        raise EdgernnError(f"{what} array {spec.name!r} holds {kind} at index {list(at)} (frame "
+                           f"{at[_stream_time_axis(spec)]}); give finite data")
 
 
 def _pairs(d: Mapping[str, int]) -> str:
