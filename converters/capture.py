@@ -13,6 +13,9 @@ How it works (checked on torch 2.13 / onnxscript 0.7):
    (``edgernn::recurrent``, ``edgernn::recurrent_lstm``) that the custom translation table turns
    into one ``edgernn.Recurrent`` node each. The exporter handles everything else (frontends,
    heads); ``recurrent.py`` lowers the placeholders to real ONNX afterwards.
+4. A TorchScript model (``torch.jit.script``) is compiled: nothing in it is wrapped or lifted, its
+   forward takes and returns its states, and the lifter around it is traced and exported with
+   ``torch.onnx.export(dynamo=False)`` instead (``torchscript.py``).
 
 :class:`Capture` is the pipeline's capture pass: it runs :func:`export_graph` on the lifter.
 """
@@ -32,9 +35,9 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgernn.contract import state_input_name, state_output_name
-from edgernn.converters import timeloop
+from edgernn.converters import timeloop, torchscript
 from edgernn.converters.pass_api import PassResult
-from edgernn.converters.probe import TRACE_BATCH, time_dimension, trace_time
+from edgernn.converters.probe import TRACE_BATCH, TRACE_TIME, time_dimension, trace_time
 from edgernn.converters.recurrent import RecurrentLayerSpec
 from edgernn.errors import ExportError
 
@@ -383,6 +386,8 @@ class Capture:
         dyn += [{s.batch_axis: batch} for s in ctx.lifted]
         input_names = [s.name for s in ctx.data] + [state_input_name(n) for n in ctx.state_names]
         output_names = list(ctx.output_names) + [state_output_name(n) for n in ctx.state_names]
+        if torchscript.is_scripted(ctx.model):
+            return self._scripted(ctx, example, input_names, output_names, dyn, batch)
         ctx.onnx_model = export_graph(ctx.lifter, ctx.wrappers, example, input_names, output_names, dyn,
                                       ctx.options.opset)
         fixed = timeloop.static_time_inputs(ctx, ctx.onnx_model) if ctx.capture_mode != "step" else []
@@ -395,3 +400,32 @@ class Capture:
         ctx.layer_specs = {w.layer_id: w.spec for w in ctx.wrappers}
         nodes = ctx.onnx_model.graph.node
         return PassResult.done(f"{len(nodes)} nodes, {sum(1 for x in nodes if x.domain == DOMAIN)} placeholders")
+
+    @staticmethod
+    def _scripted(ctx: ExportContext, example: Sequence[torch.Tensor], input_names: Sequence[str],
+                  output_names: Sequence[str], dyn: Sequence[dict[int, Any]], batch: Any) -> PassResult:
+        """A TorchScript model: torch.onnx's TorchScript exporter on the traced lifter. Its forward
+        carries every state itself (nothing is lifted) and its loops stay loops (ONNX ``Loop``)."""
+        if ctx.streams_time:
+            torchscript.check_traced_length(ctx.model, ctx.output_axes, ctx.capture_mode)
+        def axes(spec: dict[int, Any]) -> dict[int, str]:
+            return {a: "batch" if d is batch else "time" for a, d in spec.items()}
+        dynamic = {n: axes(d) for n, d in zip(input_names, dyn) if d}
+        for name, (b, t) in zip(ctx.output_names, ctx.output_axes):
+            named = {**({b: "batch"} if b is not None else {}),
+                     **({t: "time"} if t is not None and ctx.capture_mode != "step" else {})}
+            if named:
+                dynamic[name] = named
+        for n_in, n_out in zip(input_names[len(ctx.data):], output_names[len(ctx.output_names):]):
+            if n_in in dynamic:
+                dynamic[n_out] = dynamic[n_in]
+        ctx.onnx_model = torchscript.export_scripted(ctx.lifter, example, input_names, output_names, dynamic,
+                                                     ctx.options.opset)
+        gen = torch.Generator().manual_seed(3)
+        n_data = len(ctx.data)
+        other_len = 1 if ctx.capture_mode == "step" else trace_time(ctx, TRACE_TIME + 2)
+        runs = [ctx.run_lifter(example[:n_data], example[n_data:]),
+                ctx.run_lifter(ctx.example_data(TRACE_BATCH + 1, other_len, gen), ctx.initial_states(TRACE_BATCH + 1))]
+        torchscript.pin_output_shapes(ctx.onnx_model, output_names, runs, dynamic)
+        ctx.layer_specs = {}
+        return PassResult.done(f"TorchScript exporter: {len(ctx.onnx_model.graph.node)} nodes")

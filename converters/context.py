@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from edgernn.converters import capture
+from edgernn.converters import capture, torchscript
 from edgernn.converters.context_layers import TEMPORAL, TemporalLayer, TemporalState, geometry, install, own_forward
 from edgernn.converters.gating import RecurrentGate
 from edgernn.converters.pass_api import PassResult
@@ -89,6 +89,9 @@ class CacheTemporalContext:
             return PassResult.unchanged("not needed (whole sequences)" if ctx.mode == "sequence"
                                         else "not needed (one frame per call)")
         model = ctx.model
+        if torchscript.is_scripted(model):
+            return PassResult.unchanged("not available for TorchScript: a scripted convolution over time streams "
+                                        "when forward takes and returns its context as a state")
         candidates = {p: m for p, m in model.named_modules() if isinstance(m, TEMPORAL + WHOLE_SEQUENCE)}
         recurrent = {p: m for p, m in model.named_modules() if isinstance(m, nn.RNNBase)}
         if not candidates:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
-import torch
 from torch import nn
 
 from edgernn.converters.io import InputSpec, parse_input
 from edgernn.converters.passes import PIPELINE, ExportContext, ExportOptions, PassRecord, run_pipeline
+from edgernn.converters.torchscript import check_scripted, is_scripted
 from edgernn.converters.verify import ParityReport
 from edgernn.architectures import RecurrentLayer
 from edgernn.contract import Contract
@@ -59,7 +59,10 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 
     Args:
-        model: the PyTorch module (not modified; a copy is exported in eval mode).
+        model: the PyTorch module (not modified; a copy is exported in eval mode). A TorchScript
+            module (``torch.jit.script``) whose forward takes and returns its state is exported
+            with torch.onnx's TorchScript exporter (see ``converters/torchscript.py``); one that
+            keeps its state in module attributes is refused.
         output: where to write the ``.onnx`` file (``None``: keep it in the report only). The file
             is written only if parity passes, through a temporary file and a rename.
         mode: ``chunk`` (any number of frames per call), ``step`` (one frame per call) or
@@ -107,8 +110,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         if state_layout != "native":  # a tree file has no state pairs: any layout describes it
             report.notes.append(f"state layout {state_layout} changes nothing: a tree network's file has no state pairs")
         return report
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ExportError("TorchScript modules cannot be captured by torch.export; export the eager model")
+    if is_scripted(model):  # captured by torch.onnx's TorchScript exporter (converters/torchscript.py)
+        check_scripted(model, mode, opset, state_args)
     if isinstance(model, nn.RNNBase):
         model = RecurrentLayer(model)
     options.inputs = [parse_input(i) if isinstance(i, str) else i for i in inputs]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from edgernn.contract import BATCH, TIME, TensorSpec
+from edgernn.converters import torchscript
 from edgernn.errors import ExportError
 
 # the dtypes --input accepts, by name; by hand: onnx-ir's DataType maps to numpy, not to torch
@@ -110,7 +111,10 @@ def parse_input(text: str) -> InputSpec:
 
 
 def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
-    """Positional parameters of ``model.forward`` (without ``self``)."""
+    """Positional parameters of ``model.forward`` (without ``self``); of a TorchScript model, its
+    compiled forward's schema."""
+    if torchscript.is_scripted(model):
+        return torchscript.forward_parameters(model)
     try:
         sig = inspect.signature(model.forward)
     except (TypeError, ValueError):
@@ -125,11 +129,10 @@ def infer_data_input(model: nn.Module, name: str) -> InputSpec:
     Rules: the first ``Embedding`` / ``Linear`` / ``Conv1d`` / recurrent layer or cell in module
     order decides dtype and feature size; the first ``nn.RNN``/``nn.LSTM``/``nn.GRU`` decides the
     layout (``batch_first``). A model with recurrent cells but no recurrent layers takes one frame
-    per call (no time axis).
+    per call (no time axis). A TorchScript model's scripted layers are read the same way.
     """
-    first = next((m for m in model.modules()
-                  if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv1d, nn.RNNBase, nn.RNNCellBase))), None)
-    layer = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+    first = first_layer(model)
+    layer = next((m for m in torchscript.layers(model) if isinstance(m, nn.RNNBase)), None)
     hint = f"pass --input {name}:DTYPE:DIMS (for example {name}:float32:B,T,40)"
     if first is None:
         raise ExportError(f"cannot infer the input of {type(model).__name__}: it has no Embedding, Linear, Conv1d or "
@@ -153,8 +156,9 @@ def infer_data_input(model: nn.Module, name: str) -> InputSpec:
 
 
 def first_layer(model: nn.Module) -> nn.Module | None:
-    """The layer whose sizes :func:`infer_data_input` reads (the first that consumes the input)."""
-    return next((m for m in model.modules()
+    """The layer whose sizes :func:`infer_data_input` reads (the first that consumes the input;
+    of a TorchScript model, an eager stand-in of it)."""
+    return next((m for m in torchscript.layers(model)
                  if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv1d, nn.RNNBase, nn.RNNCellBase))), None)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgernn.contract import BATCH, TIME
+from edgernn.converters import torchscript
 from edgernn.converters.io import (InputSpec, describe_layer, first_layer, forward_parameters, infer_data_input,
                                    input_layouts)
 from edgernn.converters.pass_api import PassResult
@@ -111,7 +112,7 @@ class ResolveInputs:
         """The inferred input's layout: the guess if the model runs on it, else the first other
         common layout that runs (a Conv1d-first model may take [batch, time, channels] and
         transpose). The model runs once per layout, batch 2, a few frames, without grad."""
-        rnn = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNBase)), None)
+        rnn = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNBase)), None)
         layouts = input_layouts(guess, time_major=rnn is not None and not rnn.batch_first)
         if len(layouts) == 1:
             return guess
@@ -189,9 +190,9 @@ class ResolveInputs:
         ``nn.RNNCell`` (state ``[batch, hidden]``) or ``nn.LSTMCell`` (``(h, c)``, or ``h`` and
         ``c`` as two arguments): the first cell's state, if the model runs on zeros of that shape
         and returns a new state of the same shape. Returns ``(make or None, --input text or None)``."""
-        cell = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNCellBase)), None)
+        cell = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNCellBase)), None)
         if cell is None:
-            layer = next((m for m in ctx.model.modules() if isinstance(m, nn.RNNBase)), None)
+            layer = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNBase)), None)
             if layer is not None and not isinstance(layer, nn.LSTM) and count == 1:
                 dirs = 2 if layer.bidirectional else 1
                 return None, f"{arg}:float32:{layer.num_layers * dirs},B,{layer.hidden_size}"

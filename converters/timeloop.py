@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from edgernn.converters import torchscript
 from edgernn.converters.pass_api import PassResult
 from edgernn.errors import ExportError
 
@@ -129,6 +130,8 @@ class DetectTimeLoop:
             return PassResult.unchanged("not needed in step mode")
         if ctx.frame_model or not ctx.streams_time:
             return PassResult.unchanged("not needed (one frame per forward)")
+        if torchscript.is_scripted(ctx.model):
+            return PassResult.unchanged("not needed: a TorchScript forward's loops are exported as ONNX Loop")
         reason = find_time_loop(ctx)
         if not reason:
             return PassResult.unchanged(f"no loop over time in forward (same operations at "

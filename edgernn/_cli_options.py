@@ -33,6 +33,7 @@ Target = Literal["ort"]  # runtimes.pack.TARGETS
 Optimization = Literal["all", "extended", "basic"]  # runtimes.pack.OPTIMIZATIONS
 BatcherStrategy = Literal["oldest", "direct"]  # runtimes.triton.STRATEGIES
 InstanceKind = Literal["cpu", "gpu", "auto"]  # runtimes.triton.INSTANCE_KINDS
+NonFinite = Literal["raise", "reset", "ignore"]  # runtimes.session.NONFINITE_POLICIES
 
 
 # ---------------------------------------------------------------- structured values
@@ -55,6 +56,36 @@ def parse_state_pair(text: str) -> StatePair:
 def state_pairs(items: Optional[List[StatePair]]) -> Optional[dict[str, str]]:
     """The library's ``state_pairs`` mapping (``None`` when none were given)."""
     return dict(items) if items else None
+
+
+class Fix(NamedTuple):
+    """One ``--fix NAME=VALUE``: a graph input and the value to fold it to (parsed by the library,
+    which knows the input's dtype: a value that does not fit is the file's error, exit 1)."""
+
+    name: str
+    value: str
+
+
+def parse_fix(text: str) -> Fix:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise typer.BadParameter(f"{text!r} is not NAME=VALUE (a graph input and the value to fix it to, e.g. "
+                                 "sr=16000)")
+    return Fix(name.strip(), value.strip())
+
+
+def check_fixes(items: Optional[List[Fix]]) -> Optional[List[Fix]]:
+    """``--fix``: each input once."""
+    names = [f.name for f in items or ()]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise typer.BadParameter(f"input {twice!r} is fixed twice; give each input once")
+    return items
+
+
+def fixes(items: Optional[List[Fix]]) -> Optional[dict[str, str]]:
+    """The library's ``fix`` mapping, input name -> value text (``None`` when none were given)."""
+    return {f.name: f.value for f in items} if items else None
 
 
 def check_named_data(items: Optional[List[str]]) -> Optional[List[str]]:
@@ -114,6 +145,11 @@ StatePairs = Annotated[Optional[List[StatePair]], typer.Option(
     "--state-pair", metavar="IN=OUT", parser=parse_state_pair,
     help="IN=OUT: a graph input and the output it pairs with, for files without edgernn metadata (default: found by "
          "name, see docs/state-contract.md). Repeatable.")]
+Fixes = Annotated[Optional[List[Fix]], typer.Option(
+    "--fix", metavar="NAME=VALUE", parser=parse_fix, callback=check_fixes,
+    help="Fold graph input NAME to the constant VALUE (a number, a list 1,2 or JSON [[1,2]]) and simplify the graph "
+         "for it: an If on it keeps only its taken branch, and the input leaves the file's inputs (e.g. sr=16000 for "
+         "silero-vad). Repeatable.")]
 Threads = Annotated[int, typer.Option(
     "--threads", min=1, help="Intra-op threads of onnxruntime (and of PyTorch, for bench --against).")]
 Providers = Annotated[Optional[str], typer.Option(
@@ -174,5 +210,5 @@ __all__ = [
     "BatcherStrategy", "InstanceKind", "StatePair", "parse_state_pair", "state_pairs", "check_named_data",
     "split_names", "check_input_declarations", "OnnxModel", "TorchModel", "output_option", "chunk_option", "Json",
     "StatePairs", "Threads", "Providers", "AllowFallback", "Overwrite", "ClassPath", "ConfigFile", "AllowPickle",
-    "BatchFirst", "NonlinearityOption", "option_choices", "load_options",
+    "NonFinite", "Fix", "parse_fix", "check_fixes", "fixes", "Fixes", "BatchFirst", "NonlinearityOption", "option_choices", "load_options",
 ]

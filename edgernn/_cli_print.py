@@ -151,6 +151,7 @@ def print_info(report) -> None:
             _line(f"inferred: state {pair['name']} = {pair['input']} -> {pair['output']} ({rule})")
         _line(f"inferred: batch axis: {report.inferred.get('batch')}")
         _line(f"inferred: time axis: {report.inferred.get('time')}")
+    _notes(getattr(report, "notes", ()))  # e.g. what --fix did
     _line("ops: " + ", ".join(f"{k} x{v}" for k, v in report.op_counts.items()))
     _line(f"execution providers on this machine: {describe(report.providers)}")
 

@@ -79,6 +79,8 @@ class InfoReport:
     contract_from: str = "metadata"
     inferred: dict | None = None
     providers: list[str] = field(default_factory=list)  # onnxruntime's providers installed here
+    fixed: dict[str, Any] = field(default_factory=dict)  # input name -> value folded in (``fix``)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         from edgernn.foreign import INFERRED_KEY
@@ -91,17 +93,20 @@ class InfoReport:
                 "inputs": [t.to_json() for t in c.inputs], "outputs": [t.to_json() for t in c.outputs],
                 "states": [s.to_json() for s in c.states], "op_counts": self.op_counts,
                 "metadata": metadata, "contract_from": self.contract_from, "inferred": self.inferred,
-                "providers_available": self.providers}
+                "providers_available": self.providers, "fixed": self.fixed, "notes": self.notes}
 
 
-def info(path: str | os.PathLike | ModelFile, state_pairs: Mapping[str, str] | None = None) -> InfoReport:
+def info(path: str | os.PathLike | ModelFile, state_pairs: Mapping[str, str] | None = None,
+         fix: Mapping[str, Any] | None = None) -> InfoReport:
     """Describe an ONNX file: its contract as :class:`~edgernn.modelfile.ModelFile` resolves it
     (the metadata of an edgernn file; for a stateful file from another exporter, or any file when
     ``state_pairs`` (graph input name -> graph output name) is given, the contract
-    :func:`~edgernn.contract.infer_contract` finds in its graph), its size and op counts."""
+    :func:`~edgernn.contract.infer_contract` finds in its graph), its size and op counts.
+    ``fix`` (input name -> value, e.g. ``{"sr": 16000}``): describe the graph specialised for those
+    values (see :func:`edgernn.converters.specialize.specialize`): the fixed inputs are gone."""
     from edgernn.runtimes.providers import available
 
-    mf = ModelFile.open(path, state_pairs=state_pairs)
+    mf, spec = _open(path, state_pairs, fix)
     model = mf.proto
     contract = mf.contract
     counts: dict[str, int] = {}
@@ -109,7 +114,18 @@ def info(path: str | os.PathLike | ModelFile, state_pairs: Mapping[str, str] | N
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return InfoReport(mf.source, mf.size_bytes, contract, opset, model.producer_name,
-                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), mf.contract_from, mf.inferred, available())
+                      dict(sorted(counts.items(), key=lambda kv: -kv[1])), mf.contract_from, mf.inferred, available(),
+                      {k: v.tolist() for k, v in spec.fixed.items()} if spec else {}, [spec.note()] if spec else [])
+
+
+def _open(path: str | os.PathLike | ModelFile, state_pairs: Mapping[str, str] | None,
+          fix: Mapping[str, Any] | None) -> tuple[ModelFile, Any]:
+    """The file, specialised for ``fix`` when given (and the record of it, else ``None``)."""
+    if not fix:
+        return ModelFile.open(path, state_pairs=state_pairs), None
+    from edgernn.converters.specialize import open_fixed
+
+    return open_fixed(path, fix, state_pairs=state_pairs)
 
 
 @dataclass
@@ -165,13 +181,21 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
 def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | np.ndarray, *, chunk: int | None = None,
         output: str | os.PathLike | None = None, threads: int | None = 1,
         state_pairs: Mapping[str, str] | None = None, providers: str | Sequence[str] | None = None,
-        allow_fallback: bool = False, align: bool = False) -> tuple[RunReport, dict[str, np.ndarray]]:
+        allow_fallback: bool = False, align: bool = False,
+        fix: Mapping[str, Any] | None = None, nonfinite: str = "raise") -> tuple[RunReport, dict[str, np.ndarray]]:
     """Stream ``inputs`` through the model ``chunk`` frames per call (default: 1 in step mode, the
     whole stream otherwise), carrying state; optionally save outputs to ``output`` (``.npy`` for
     one output, ``.npz`` for several). Returns the report and the outputs. A file without edgernn
     metadata is read as :func:`info` reads it (``state_pairs`` as there); its inputs with neither a
     batch nor a time axis (a scalar such as silero-vad's ``sr``) are fed whole to every call.
-    ``providers`` and ``allow_fallback``: as for :class:`~edgernn.runtimes.StreamingSession`.
+    ``providers``, ``allow_fallback`` and ``nonfinite`` (NaN or infinity in the data or the state:
+    ``raise``, ``reset`` or ``ignore``): as for :class:`~edgernn.runtimes.StreamingSession`.
+    ``fix`` (input name -> value, e.g. ``{"sr": 16000}``): stream through the graph specialised for
+    those values (see :func:`edgernn.converters.specialize.specialize`; not given in ``inputs``),
+    compared with the original on the first call when made-up inputs could not be used.
+
+    Outputs without a time axis come one row per call, stacked along a new leading axis (the
+    last row is the value after the whole stream); the report's notes say so.
 
     A model that strides over time takes calls of a multiple of its ``frame_multiple`` frames:
     ``chunk`` and the stream's length must be multiples of it, or :class:`StreamError` says so
@@ -186,8 +210,9 @@ def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | 
     out_path = Path(output) if output is not None else None
     if out_path is not None and not out_path.parent.is_dir():
         raise EdgernnError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    session = StreamingSession(path, threads=threads, state_pairs=state_pairs, providers=providers,
-                               allow_fallback=allow_fallback)
+    model, specialized = _open(path, state_pairs, fix) if fix else (path, None)
+    session = StreamingSession(model, threads=threads, state_pairs=None if fix else state_pairs, providers=providers,
+                               allow_fallback=allow_fallback, nonfinite=nonfinite)
     arrays = dict(inputs) if isinstance(inputs, Mapping) else {session.inputs[0].name: inputs}
     if not isinstance(inputs, Mapping) and len(session.inputs) != 1:
         names = ", ".join(t.name for t in session.inputs)
@@ -198,9 +223,26 @@ def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | 
     total = first.shape[axis] if first.ndim > axis else 0
     if chunk is None:
         chunk = 1 if session.mode == "step" else max(total, 1)
+    if specialized is not None:
+        given = sorted(set(arrays) & set(specialized.fixed))
+        if given:
+            raise EdgernnError(f"input {given[0]!r} is fixed with --fix; give data for the other inputs only")
+        from edgernn.converters.specialize import verify_on_data
+
+        verify_on_data(specialized, session.contract, arrays)
     outputs = session.stream(chunk=chunk, align=align, **arrays)
     aligned = bool(align) and session.delay > 0
-    notes = list(session.notes)
+    notes = ([specialized.note()] if specialized is not None else []) + list(session.notes)
+    calls = -(-total // chunk)
+    for t in session.outputs:
+        if t.time_axis is None and t.name in outputs:
+            notes.append(f"output {t.name} has no time axis: its value after each call is one row, stacked along a new "
+                         f"leading axis ({calls} call{'s' if calls != 1 else ''}: {list(outputs[t.name].shape)}); "
+                         "the last row is its value after the whole stream")
+    if session.stats.nonfinite_resets:
+        n = session.stats.nonfinite_resets
+        notes.append(f"{n} stream{'s' if n != 1 else ''} started over from the start state: NaN or infinity in the "
+                     "data or the state (--nonfinite reset)")
     for t in session.inputs:
         if t.frame_multiple != 1:
             notes.append(f"input {t.name} takes a multiple of {t.frame_multiple} frames per call (the model strides "
@@ -223,7 +265,7 @@ def run(path: str | os.PathLike | ModelFile, inputs: Mapping[str, np.ndarray] | 
             np.savez(buf, **outputs)
         write_atomic(out_path, buf.getvalue())
     flush_calls = session.flushed_frames // session.frame_multiple if aligned else 0
-    report = RunReport(session.file.source, total, -(-total // chunk) + flush_calls, chunk,
+    report = RunReport(session.file.source, total, calls + flush_calls, chunk,
                        {k: v.shape for k, v in outputs.items()},
                        str(out_path) if out_path else None, {k: v.shape for k, v in session.state.items()},
                        session.provider, notes, session.frame_multiple, session.delays, aligned,

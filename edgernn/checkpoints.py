@@ -2,7 +2,8 @@
 
 What ``load`` accepts, in the order it tries:
 
-1. a TorchScript archive (``torch.jit.save``);
+1. a TorchScript archive (``torch.jit.save``): a scripted ``nn.RNN``/``nn.LSTM``/``nn.GRU`` is rebuilt
+   as the eager layer, any other scripted model is returned as its ScriptModule;
 2. an edgernn checkpoint (``edgernn.save``): ``{"edgernn_checkpoint": 1, "architecture", "config",
    "state_dict"}``, with the architecture a registered name (``gru``, ``frame_classifier``...);
 3. with ``class_path="pkg.module:Name"`` (and ``config``): a state_dict for that class;
@@ -312,14 +313,13 @@ def _from_layer_state_dict(path: Path, sd: Mapping[str, torch.Tensor], nonlinear
 
 def _from_torchscript(path: Path, module: Any) -> LoadedModel:
     """Rebuild a scripted ``nn.RNN``/``nn.LSTM``/``nn.GRU`` as an eager layer (exact: same weights and
-    constants). Other scripted models have compiled forwards that torch.export cannot capture."""
+    constants). Other scripted models stay the ScriptModule: export captures their compiled forward
+    with torch.onnx's TorchScript exporter and checks it against that module (``converters/torchscript.py``)."""
     name = getattr(module, "original_name", type(module).__name__)
     kinds = kinds_of(torch_module=name)
     if not kinds:
-        raise CheckpointError(
-            f"{path} is a TorchScript archive of {name}; torch.export (which edgernn captures with) cannot trace "
-            "a compiled forward, so only scripted nn.RNN/nn.LSTM/nn.GRU layers are rebuilt; export the eager model "
-            "instead (torch.save(model.state_dict(), path) and --class pkg.module:Name)")
+        return LoadedModel(module.eval(), "torchscript", f"TorchScript archive of {name}",
+                           ["its compiled forward is exported with torch.onnx's TorchScript exporter"])
     kwargs: dict[str, Any] = {k: getattr(module, k) for k in
                               ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional")}
     kind = kind_of_mode(getattr(module, "mode", kinds[0].torch_mode))

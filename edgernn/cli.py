@@ -24,9 +24,9 @@ from typer.core import TyperGroup
 
 from edgernn._cli_options import (
     AllowFallback, AllowPickle, BatchFirst, BatcherStrategy, Cells, ClassPath, ConfigFile, InstanceKind, Json, Method,
-    Mode, NonlinearityOption, OnnxModel, Optimization, Overwrite, Providers, StateLayout, StatePairs, Target, Threads,
-    TorchModel, TreeStrategy, UsageError, check_input_declarations, check_named_data, chunk_option, load_options,
-    output_option, split_names, state_pairs,
+    Mode, NonFinite, NonlinearityOption, OnnxModel, Optimization, Overwrite, Providers, StateLayout, StatePairs, Target, Threads,
+    TorchModel, TreeStrategy, UsageError, check_input_declarations, check_named_data, chunk_option, fixes, load_options,
+    output_option, split_names, state_pairs, Fixes,
 )
 
 
@@ -143,13 +143,13 @@ def export(
 
 
 @app.command()
-def info(model: OnnxModel, state_pair: StatePairs = None, as_json: Json = False) -> None:
+def info(model: OnnxModel, state_pair: StatePairs = None, fix: Fixes = None, as_json: Json = False) -> None:
     """Show a file's data inputs/outputs and state pairs, read from its edgernn metadata or inferred from its graph."""
     from edgernn._cli_print import print_info, user_errors
     from edgernn.api import info as info_fn
 
     with user_errors():
-        report = info_fn(model, state_pairs=state_pairs(state_pair))
+        report = info_fn(model, state_pairs=state_pairs(state_pair), fix=fixes(fix))
     _show(report, as_json, print_info)
 
 
@@ -168,11 +168,16 @@ def run(
     output: RunOutput = None,
     threads: Threads = 1,
     state_pair: StatePairs = None,
+    fix: Fixes = None,
     provider: Providers = None,
     fallback: AllowFallback = False,
     align: Annotated[bool, typer.Option("--align", help=(
         "Outputs with lookahead (delay): drop their first delay frames and feed zero frames at the end, giving "
         "the model's frames on the whole sequence (default: as the file produces them)."))] = False,
+    nonfinite: Annotated[NonFinite, typer.Option("--nonfinite", help=(
+        "NaN or infinity in the data or the carried state: raise (stop with a sentence naming the input or "
+        "state and the frame), reset (that stream starts over from its start state) or ignore (no check)."))
+    ] = "raise",
     as_json: Json = False,
 ) -> None:
     """Stream an array through MODEL, CHUNK frames per call, carrying state between calls."""
@@ -188,7 +193,7 @@ def run(
         else:
             arrays = load_array(data[0])
         report, _ = run_fn(opened, arrays, chunk=chunk, output=output, threads=threads, providers=split_names(provider),
-                           allow_fallback=fallback, align=align)
+                           allow_fallback=fallback, align=align, fix=fixes(fix), nonfinite=nonfinite)
     _show(report, as_json, print_run)
 
 
@@ -206,7 +211,8 @@ def quantize(
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help=(
         ".npy/.npz streams in the model's input layout, for static calibration (and the accuracy check)."))] = None,
     data: Annotated[Optional[Path], typer.Option(
-        "--data", "-d", help="Held-back .npy/.npz streams for the accuracy check.",
+        "--data", "-d", help="Held-back .npy/.npz streams for the accuracy check (needed when an input has no fixed "
+                             "frame size, such as silero-vad's samples axis).",
         show_default="the calibration file, else synthetic data")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel", help="One int8 scale per output channel.")] = False,
     exclude: Annotated[Optional[List[str]], typer.Option("--exclude", metavar="NODE", help=(
@@ -219,6 +225,7 @@ def quantize(
         "Frames per synthetic stream in the accuracy check."))] = 10_000,
     chunk: QuantizeChunk = None,
     state_pair: StatePairs = None,
+    fix: Fixes = None,
     as_json: Json = False,
 ) -> None:
     """Quantize MODEL (int8 dynamic or static, fp16, mixed) and check it against the float model.
@@ -232,7 +239,7 @@ def quantize(
         report = quantize_fn(model, output, method=method, calibration=calibration, data=data,
                              per_channel=per_channel, exclude=exclude or (), max_error=max_error,
                              min_agreement=min_agreement, steps=frames, chunk=chunk,
-                             state_pairs=state_pairs(state_pair), progress=progress)
+                             state_pairs=state_pairs(state_pair), fix=fixes(fix), progress=progress)
     _show(report, as_json, print_quantize)
 
 
@@ -304,6 +311,7 @@ def pack(
     copy_onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Copy the .onnx into the folder too.")] = True,
     overwrite: Overwrite = False,
     state_pair: StatePairs = None,
+    fix: Fixes = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help=(
         "Stream the same frames through the .onnx and the .ort and compare them (on by default)."))] = True,
     as_json: Json = False,
@@ -319,7 +327,7 @@ def pack(
     with user_errors(), status(_interactive(as_json), "packing...") as progress:
         report = pack_fn(model, output, target=target, optimization=optimization, type_reduction=type_reduction,
                          copy_onnx=copy_onnx, overwrite=overwrite, state_pairs=state_pairs(state_pair),
-                         verify=verify, progress=progress)
+                         fix=fixes(fix), verify=verify, progress=progress)
     _show(report, as_json, print_pack)
 
 

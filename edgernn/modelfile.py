@@ -36,9 +36,9 @@ import tempfile
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping
 
-from edgernn.contract import Contract, ContractError, read_contract_json
+from edgernn.contract import Contract, ContractError, read_contract_json, shown
 from edgernn.errors import EdgernnError
 
 if TYPE_CHECKING:  # numpy loads with the start values (opening a file does not need it)
@@ -54,6 +54,21 @@ MAX_STATE_BYTES = 1 << 30  # the largest state of one stream a file may declare 
 
 class ModelFileError(EdgernnError):
     """A model file cannot be opened or its start values cannot be read."""
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and tensor attributes, in subgraphs too (onnx
+    walks them the same way only in a private helper)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
 
 
 def is_ort_format(model: str | os.PathLike | bytes) -> bool:
@@ -156,7 +171,25 @@ class ModelFile:
                     raise ModelFileError(f"{self.source} is not an ONNX model (onnx.load could not parse it)") from None
             else:
                 self._proto = _parse(self.data, self.source)
+            if self.path is not None:
+                self._check_external_data(self._proto)
         return self._proto
+
+    def _check_external_data(self, proto: Any) -> None:
+        """Weights in external files must lie in the model's folder or below it: a file from a
+        stranger could otherwise make any reader (onnxruntime too) open any file on the machine."""
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        folder = self.path.parent.resolve()
+        for tensor in _tensors(proto.graph):
+            if not uses_external_data(tensor):
+                continue
+            location = ExternalDataInfo(tensor).location or ""
+            target = (folder / location).resolve()
+            if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+                raise ModelFileError(f"{self.source} keeps the weights of {tensor.name!r} in external data file "
+                                     f"{location!r}, outside the model's folder; refused (put the data file in "
+                                     "the model's folder and name it by a relative path)")
 
     def with_weights(self) -> Any:
         """The ``onnx.ModelProto`` with weights kept in external files read in (the same object
@@ -195,8 +228,11 @@ class ModelFile:
     def graph_io(self) -> tuple[list[str], list[str]]:
         """Names of the graph's inputs (initializers excluded) and outputs."""
         if self.is_ort:
-            return _ort_io(self.data)
+            return _ort_io(self.data, self.source)
         g = self.proto.graph
+        bad = next((v.name for v in [*g.input, *g.output] if not isinstance(v.name, str)), None)
+        if bad is not None:  # protobuf hands over a string field that is not UTF-8 as bytes
+            raise ModelFileError(f"{self.source} has a graph input or output {bad!r} whose name is not UTF-8 text")
         inits = {t.name for t in g.initializer}
         return [i.name for i in g.input if i.name not in inits], [o.name for o in g.output]
 
@@ -251,11 +287,11 @@ class ModelFile:
         for name in [t.name for t in c.inputs] + [s.input for s in c.states]:
             if name not in ins:
                 raise ContractError(f"{self.source} has no graph input {name!r}; its inputs are "
-                                    f"{', '.join(sorted(ins))}")
+                                    f"{', '.join(map(shown, sorted(ins)))}")
         for name in [t.name for t in c.outputs] + [s.output for s in c.states]:
             if name not in outs:
                 raise ContractError(f"{self.source} has no graph output {name!r}; its outputs are "
-                                    f"{', '.join(sorted(outs))}")
+                                    f"{', '.join(map(shown, sorted(outs)))}")
 
     def _check_types(self, c: Contract) -> None:
         """Each tensor the contract names has the graph's dtype and rank, and the graph's size on
@@ -298,8 +334,8 @@ class ModelFile:
             size = elements * np.dtype(s.dtype).itemsize if s.dtype != "bfloat16" else elements * 2
             if size > self.max_state_bytes:
                 raise ContractError(f"{self.source} declares state {s.name!r} of shape {_shown(s.shape)}: "
-                                    f"{size / 2**30:.3g} GiB per stream, over the limit of "
-                                    f"{self.max_state_bytes / 2**30:.3g} GiB (ModelFile.open(..., max_state_bytes=N) "
+                                    f"{_gib(size)} GiB per stream, over the limit of "
+                                    f"{_gib(self.max_state_bytes)} GiB (ModelFile.open(..., max_state_bytes=N) "
                                     "raises it)")
 
     @property
@@ -444,7 +480,17 @@ def write_checked(report: Any, target: Path | None, data: bytes, failure: Edgern
 
 
 def _shown(shape: Any) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return "[" + ", ".join(shown(d) if isinstance(d, str) else str(d) for d in shape) + "]"
+
+
+def _gib(size: int | float) -> str:
+    """``size`` bytes in GiB, 3 digits."""
+    try:
+        return f"{size / 2**30:.3g}"
+    except OverflowError:  # a declared shape can hold more bytes than a float
+        from decimal import Decimal
+
+        return f"{Decimal(size) / 2**30:.3g}"
 
 
 def _parse(data: bytes, source: str) -> Any:
@@ -473,10 +519,13 @@ def _ort_metadata(data: bytes, source: str) -> dict[str, str]:
         raise ModelFileError(f"{source} is not a readable ORT-format model") from None
 
 
-def _ort_io(data: bytes) -> tuple[list[str], list[str]]:
-    graph = _ort_session(data).Graph()
-    return ([graph.Inputs(j).decode() for j in range(graph.InputsLength())],
-            [graph.Outputs(j).decode() for j in range(graph.OutputsLength())])
+def _ort_io(data: bytes, source: str) -> tuple[list[str], list[str]]:
+    try:
+        graph = _ort_session(data).Graph()
+        return ([graph.Inputs(j).decode() for j in range(graph.InputsLength())],
+                [graph.Outputs(j).decode() for j in range(graph.OutputsLength())])
+    except Exception:
+        raise ModelFileError(f"{source} is not a readable ORT-format model") from None
 
 
 __all__ = ["ModelFile", "ModelFileError", "is_ort_format", "sidecar_path", "CONTRACT_SUFFIX", "STATE_INIT_SUFFIX",

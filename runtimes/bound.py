@@ -147,17 +147,16 @@ class BoundStates:
             for (buf, _), value in zip(slot[0], feeds.values()):
                 np.copyto(buf, value)
             if self.check:
-                arena = slot[2]  # (arena, 2**-100 vector) when the arena holds this shape's inputs
+                arena = slot[2]  # when the arena holds this shape's inputs (and slot[3] is 2**-100s)
                 if arena is None:
                     if not self.finite(k, feeds):
                         raise NonFinite
                 else:
                     try:
-                        finite = abs(_dot(*arena)) < 1e30
+                        if not abs(_dot(arena, slot[3])) < 1e30:
+                            raise NonFinite
                     except RuntimeWarning:  # +inf and -inf met (warnings as errors): not finite either
-                        finite = False
-                    if not finite:
-                        raise NonFinite
+                        raise NonFinite from None
         try:
             self.session.run_with_iobinding(b)
         except RuntimeError:
@@ -181,8 +180,8 @@ class BoundStates:
             if inputs is not None:
                 self.arena_key[k] = key
                 self.bound_key[k] = None  # set k's state values were made anew: bind them again
-            arena = (self.arena[k], self.tiny[k]) if inputs is not None else None
-            slots[key] = (inputs or self._buffers(feeds.values()), self._buffers(arrays), arena)
+            arena, tiny = (self.arena[k], self.tiny[k]) if inputs is not None else (None, None)
+            slots[key] = (inputs or self._buffers(feeds.values()), self._buffers(arrays), arena, tiny)
         return arrays
 
     def _buffers(self, like) -> list:

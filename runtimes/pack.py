@@ -112,7 +112,7 @@ class PackReport:
 def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, *, target: str = "ort",
          optimization: str = "all", type_reduction: bool = False, copy_onnx: bool = True, overwrite: bool = False,
          state_pairs: Mapping[str, str] | None = None, verify: bool = True, tolerance: float = 1e-4,
-         progress: Callable[[str], None] | None = None) -> PackReport:
+         progress: Callable[[str], None] | None = None, fix: Mapping[str, Any] | None = None) -> PackReport:
     """Pack the ONNX file ``model`` for ``target`` into the folder ``output_dir``.
 
     Args:
@@ -137,6 +137,9 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
             over several calls, and refuse to write when an output or state differs by more
             than ``tolerance`` (relative to the output's scale, at least 1).
         progress: called with the name of each stage.
+        fix: input name -> value (e.g. ``{"sr": 16000}``): pack the graph specialised for those
+            values (:func:`edgernn.converters.specialize.specialize`); the inputs leave it, and the
+            folder's ``.onnx`` is the specialised graph.
 
     Raises :class:`PackError` (one sentence) for an unknown target, a missing file, a file that is
     not a stateful ONNX model, or an output folder that cannot be written; nothing is written then.
@@ -149,7 +152,16 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
         raise PackError(f"optimization {optimization!r} is unknown; expected one of {', '.join(OPTIMIZATIONS)}")
     step("read")
     src = Path(model)
-    mf = _open_source(src, state_pairs)
+    mf = _open_source(src, None if fix else state_pairs)
+    spec = None
+    if fix:
+        from edgernn.converters.specialize import open_fixed
+
+        try:
+            mf, spec = open_fixed(mf, fix, state_pairs=state_pairs)
+            mf.contract  # noqa: B018 - resolved here, so that its sentence is a PackError
+        except EdgernnError as e:  # a --fix that does not fit, or the contract of what is left
+            raise PackError(str(e)) from None
     name = src.name[: -len(".onnx")] if src.name.lower().endswith(".onnx") and len(src.name) > 5 else src.name
     out = Path(output_dir) if output_dir is not None else src.parent / f"{name}-{target}"
     if out.name in ("", ".", ".."):  # "." or "..": name the folder, so that its parent can hold the staging one
@@ -161,6 +173,8 @@ def pack(model: str | os.PathLike, output_dir: str | os.PathLike | None = None, 
         report = _pack_ort(mf, name, staging, out,
                            optimization=optimization, type_reduction=type_reduction, copy_onnx=copy_onnx,
                            verify=verify, tolerance=tolerance, step=step)
+        if spec is not None:
+            report.notes.insert(0, spec.note())
         step("write")
         _move_into_place(staging, out, overwrite)
     except BaseException:
@@ -234,7 +248,7 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     import onnxruntime as ort
 
     notes: list[str] = []
-    src, contract, external = mf.path, mf.contract, mf.uses_external_data
+    src, contract, external = mf.path or Path(mf.source), mf.contract, mf.uses_external_data
     renamed = mf.contract_from != "metadata"
     if renamed:  # a file from another exporter: packed as an edgernn file, its contract in the metadata
         model = mf.stamped()
@@ -276,9 +290,9 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     files = [ort_path.name, config_path.name]
     if copy_onnx:
         target = staging / f"{name}.onnx"
-        if not (external or renamed):
+        if not (external or renamed or mf.path is None):
             shutil.copyfile(src, target)
-        else:  # weights were in external files, or the states were renamed: the model packed
+        else:  # weights were in external files, the states were renamed or inputs fixed: the model packed
             target.write_bytes(data)
             if external:
                 notes.append(f"{src.name} keeps its weights in external files; {target.name} holds them inline")
@@ -309,7 +323,7 @@ def _pack_ort(mf: ModelFile, name: str, staging: Path, out: Path, *, optimizatio
     sizes = {f: (staging / f).stat().st_size for f in files}
     report = PackReport(
         target="ort", source=str(src), output_dir=str(out), ort_path=str(out / ort_path.name),
-        config_path=str(out / config_path.name), onnx_bytes=src.stat().st_size, ort_bytes=sizes[ort_path.name],
+        config_path=str(out / config_path.name), onnx_bytes=mf.size_bytes, ort_bytes=sizes[ort_path.name],
         config_bytes=sizes[config_path.name], files=sizes, ops=ops, optimization=optimization,
         type_reduction=type_reduction, onnxruntime_version=ort.__version__, ort_format_version=format_version,
         contract=contract, contract_from=mf.contract_from, metadata_kept=kept, build_command=build, parity=parity,

@@ -141,8 +141,8 @@ class StreamingSession:
 
         from edgernn.runtimes import providers as eps
 
-        #: what a call does with NaN or infinity in its inputs or carried state: raise, reset or ignore
-        self.nonfinite: str = check_policy(nonfinite)
+        self._bound: BoundStates | None = None
+        self._nonfinite = check_policy(nonfinite)
         #: calls run and streams reset for NaN (``nonfinite="reset"``)
         self.stats = StreamStats()
         self._frame = 0  # frames fed to the current streams before this call
@@ -188,6 +188,18 @@ class StreamingSession:
     @property
     def mode(self) -> str:
         return self.contract.mode
+
+    @property
+    def nonfinite(self) -> str:
+        """What a call does with NaN or infinity in its inputs or carried state: ``raise``,
+        ``reset`` or ``ignore`` (may be changed between calls)."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, policy: str) -> None:
+        self._nonfinite = check_policy(policy)
+        if self._bound is not None:
+            self._bound.check = policy != "ignore"
 
     @property
     def frame_multiples(self) -> dict[str, int]:

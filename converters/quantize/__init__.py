@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 
@@ -60,7 +60,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
              data: str | os.PathLike | None = None, per_channel: bool = False, exclude: Sequence[str] = (),
              max_error: float | None = None, min_agreement: float | None = None, steps: int = 10_000,
              chunk: int | None = None, state_pairs: Mapping[str, str] | None = None, write: bool = True,
-             progress: Callable[[str], None] | None = None) -> QuantizeReport:
+             fix: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> QuantizeReport:
     """Quantize an edgernn (or other stateful) ONNX file and check it against the float model.
 
     Args:
@@ -79,6 +79,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         steps: frames per synthetic stream (default 10,000).
         chunk: frames per call in the accuracy check (default 1 in step mode, 100 otherwise).
         state_pairs: input -> output names of the states, for files without edgernn metadata.
+        fix: input name -> value (e.g. ``{"sr": 16000}``): quantize the graph specialised for
+            those values (:func:`edgernn.converters.specialize.specialize`: an ``If`` on them keeps
+            its taken branch, whose weights become constants to quantize); the inputs leave the
+            quantized file, and sizes compare with the specialised float graph.
+
+    Without ``data`` or ``calibration`` the accuracy check makes up streams, which needs every
+    data input's size fixed but on its batch and time axes; else :class:`QuantizeError` asks for
+    ``data`` before anything is quantized.
     """
     from edgernn.converters.quantize import accuracy
 
@@ -88,7 +96,16 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         raise QuantizeError(f"--steps must be at least 1, got {steps}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise QuantizeError(f"--min-agreement must lie in [0, 1], got {min_agreement}")
-    mf = _open(model, state_pairs)
+    mf = _open(model, None if fix else state_pairs)
+    spec = None
+    if fix:
+        from edgernn.converters.specialize import open_fixed
+
+        file_size = mf.size_bytes
+        try:
+            mf, spec = open_fixed(mf, fix, state_pairs=state_pairs)
+        except EdgernnError as e:  # a --fix that does not fit the file
+            raise QuantizeError(str(e)) from None
     float_model, source, size_before = mf.proto, mf.source, mf.size_bytes
     target = None
     if write and (output is not None or source != "the model"):
@@ -114,6 +131,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         stamped = onnx.ModelProto.FromString(float_model.SerializeToString())
     float_bytes = stamped.SerializeToString()
     notes = [foreign_note] if foreign_note else []
+    if spec is not None:
+        notes.insert(0, spec.note())
+        notes.append(f"sizes compare with the specialised float graph ({size_before:,} bytes; the file has "
+                     f"{file_size:,})")
 
     def step(name: str) -> None:
         if progress:
@@ -130,6 +151,19 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         eval_streams, eval_source = calib_streams, calib_source
     synthetic = f"synthetic data ({steps} frames of AR(1) noise per stream; pass --data for real data)"
     calib_chunk = chunk or (1 if contract.mode == "step" else 100)
+    if "edgernn.tree" not in contract.extra and (eval_streams is None or (method == "static" and calib_streams is None)):
+        try:  # before anything runs: made-up frames of an input without a fixed size would not fit it
+            accuracy.check_synthesizable(contract, source)
+        except EdgernnError as e:
+            raise QuantizeError(f"{e}; nothing was written") from None
+    if spec is not None and eval_streams is not None:
+        from edgernn.converters.specialize import verify_on_data
+
+        try:
+            verify_on_data(spec, mf.contract, eval_streams[0], whole_scalars=False)
+        except EdgernnError as e:
+            raise QuantizeError(str(e)) from None
+        notes[0] = spec.note()
 
     if "edgernn.tree" in contract.extra and method != "dynamic":
         raise QuantizeError(f"{source} is a tree-network file: only --method dynamic is supported for it (static "

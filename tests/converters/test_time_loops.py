@@ -330,7 +330,8 @@ def test_an_output_without_a_time_axis_comes_from_the_last_frame() -> None:
     session = StreamingSession(report.model.SerializeToString())
     out = session.stream(x.numpy(), chunk=7)
     assert_close(out["y.0"], y.numpy(), "y.0")
-    assert_close(out["y.1"], summary.numpy(), "y.1 (the last call's, from its last frame)")
+    assert out["y.1"].shape == (3, 2, 3)  # no time axis: one row per call (3 calls of 7 frames), stacked
+    assert_close(out["y.1"][-1], summary.numpy(), "y.1 (the last call's, from its last frame)")
     assert_close(session.state["hx"], h.numpy(), "hx")
 
 

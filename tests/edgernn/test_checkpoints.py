@@ -256,10 +256,12 @@ def test_torchscript_relu_rnn_keeps_its_nonlinearity(tmp_path):
     np.testing.assert_array_equal(_torch_out(loaded.module, x), _torch_out(original, x))
 
 
-def test_torchscript_of_another_model_is_refused(tmp_path):
+def test_torchscript_of_another_model_stays_scripted(tmp_path):
+    """Exported by the TorchScript exporter (tests/converters/test_torchscript.py), not rebuilt."""
     torch.jit.save(torch.jit.script(FrameClassifier(4, 5, 2)), str(tmp_path / "fc.ts.pt"))
-    with pytest.raises(CheckpointError, match="is a TorchScript archive of FrameClassifier; torch.export"):
-        load(tmp_path / "fc.ts.pt")
+    loaded = load(tmp_path / "fc.ts.pt")
+    assert loaded.kind == "torchscript" and isinstance(loaded.module, torch.jit.ScriptModule)
+    assert loaded.description == "TorchScript archive of FrameClassifier" and not loaded.module.training
     with pytest.raises(CheckpointError, match="drop --class"):
         load(tmp_path / "fc.ts.pt", class_path="pkg:Model")
 

@@ -128,6 +128,7 @@ def test_fixed_choices_are_the_librarys():
     from converters.tree import STRATEGIES as TREE_STRATEGIES
     from edgernn.contract import MODES
     from runtimes.pack import OPTIMIZATIONS, TARGETS
+    from runtimes.session import NONFINITE_POLICIES
     from runtimes.triton import INSTANCE_KINDS, STRATEGIES
 
     library = {("export", "--mode"): MODES, ("export", "--state-layout"): STATE_LAYOUTS,
@@ -135,7 +136,7 @@ def test_fixed_choices_are_the_librarys():
                ("export", "--nonlinearity"): ("tanh", "relu"), ("bench", "--nonlinearity"): ("tanh", "relu"),
                ("quantize", "--method"): METHODS, ("pack", "--target"): tuple(TARGETS),
                ("pack", "--optimization"): OPTIMIZATIONS, ("serve", "--strategy"): STRATEGIES,
-               ("serve", "--kind"): tuple(INSTANCE_KINDS)}
+               ("serve", "--kind"): tuple(INSTANCE_KINDS), ("run", "--nonfinite"): NONFINITE_POLICIES}
     cli = {(name, opt): values for name, command in COMMANDS.items()
            for opt, values in option_choices(command).items() if opt.startswith("--")}
     assert cli.keys() == library.keys()
@@ -168,6 +169,8 @@ USAGE_ERRORS = [  # (id, args, what the one sentence says)
     ("run chunk zero", ["run", "m.onnx", "-d", "x.npy", "--chunk", "0"], "Invalid value for '--chunk'"),
     ("run threads zero", ["run", "m.onnx", "-d", "x.npy", "--threads", "0"], "Invalid value for '--threads'"),
     ("run's old --input", ["run", "m.onnx", "--input", "x.npy"], "No such option: --input"),
+    ("bad nonfinite policy", ["run", "m.onnx", "-d", "x.npy", "--nonfinite", "zero"],
+     "'zero' is not one of 'raise', 'reset', 'ignore'"),
     ("bad method", ["quantize", "m.onnx", "--method", "int4"],
      "'int4' is not one of 'dynamic', 'static', 'fp16', 'mixed'"),
     ("agreement above 1", ["quantize", "m.onnx", "--min-agreement", "2"], "Invalid value for '--min-agreement'"),

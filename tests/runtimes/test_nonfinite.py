@@ -213,3 +213,17 @@ def test_quantize_refuses_nonfinite_data(files, tmp_path) -> None:
         assert "holds NaN at index [1, 17, 3] (frame 17); give finite data" in r.output
         assert "Traceback" not in r.output
     assert listing(tmp_path) == before
+
+
+def test_run_follows_the_policy_given(files, tmp_path) -> None:
+    data = _frames(np.random.default_rng(9), 12, batch=1)
+    data[0, 5, 0] = np.nan
+    np.save(tmp_path / "x.npy", data)
+    r = invoke("run", files["gru_step"], "-d", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert r.exit_code == 1 and "input 'x' holds NaN at frame 5 of the stream (batch entry 0)" in r.stderr
+    assert not (tmp_path / "y.npy").exists()
+    r = invoke("run", files["gru_step"], "-d", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--nonfinite", "reset")
+    assert r.exit_code == 0 and "1 stream started over from the start state" in r.output, r.output
+    y = np.load(tmp_path / "y.npy")
+    fresh = StreamingSession(files["gru_step"]).stream(data[:, 6:])["y"]  # after the NaN frame: a new stream
+    np.testing.assert_allclose(y[:, 6:], fresh, atol=1e-6)

@@ -22,6 +22,7 @@ import { concrete, size } from './arrays.js';
 import { EdgernnError } from './errors.js';
 import { chunkFrames, inputTensor, joinFrames, namedInputs } from './feeds.js';
 import { ModelFile, contractFromPairs } from './model-file.js';
+import { NON_FINITE_POLICIES, along, firstNonFinite, nonFiniteName, nonFiniteStreams, union } from './nonfinite.js';
 import { TYPED_ARRAYS as TYPED } from './onnx-file.js';
 import { isNode } from './platform.js';
 import { givenStates, startStates, withStreamReset } from './states.js';
@@ -60,6 +61,26 @@ export { isOrtFormat, readOrtMetadata } from './ort-file.js';
  *   file without edgernn metadata (or to override it)
  * @property {Contract} [contract] the whole contract, given yourself (checked as the metadata is)
  * @property {string} [name] how errors name the model (default: its path or URL)
+ * @property {NonFinite} [nonFinite] what a call does when its float inputs, or the state carried into
+ *   it, hold NaN or infinity (default "raise"; see {@link NonFinite})
+ */
+
+/**
+ * What a call does when its float inputs, or the state carried into it, hold NaN or infinity; both
+ * are checked before the run. "raise": an EdgernnError naming the input or state and the frame of the
+ * stream, and nothing runs (the state stays as it was). "reset": the streams affected start over from
+ * their start values, counted in `stats.nonFiniteResets`: a state holding NaN is reset before the call
+ * runs; a frame holding NaN runs as given (its outputs are what onnxruntime makes of it) and the state
+ * after it is reset. "ignore": nothing is checked.
+ * @typedef {"raise" | "reset" | "ignore"} NonFinite
+ */
+
+/**
+ * Counts kept by a session since it was created (`reset()` leaves them).
+ * @typedef {object} SessionStats
+ * @property {number} calls runs of the model (a `chunk()` of a step-mode file runs it once per frame)
+ * @property {number} nonFiniteResets streams put back to their start values because their input or
+ *   state held NaN or infinity (`nonFinite: "reset"`)
  */
 
 /** The onnxruntime module to use when none is given. */
@@ -107,9 +128,10 @@ export class StreamingSession {
   /**
    * @param {any} ort @param {any} session @param {Contract} contract @param {ContractFrom} contractFrom
    * @param {Record<string, any>} stored @param {number} batch @param {string} source
+   * @param {NonFinite} nonFinite
    * @private
    */
-  constructor(ort, session, contract, contractFrom, stored, batch, source) {
+  constructor(ort, session, contract, contractFrom, stored, batch, source, nonFinite) {
     /** the onnxruntime module in use */
     this.ort = ort;
     /** the underlying onnxruntime InferenceSession */
@@ -124,6 +146,14 @@ export class StreamingSession {
     this.contractFrom = contractFrom;
     /** how errors name the model */
     this.source = source;
+    /**
+     * what a call does with NaN or infinity in its float inputs or carried state: "raise", "reset"
+     * or "ignore" (see {@link NonFinite})
+     * @readonly @type {NonFinite}
+     */
+    this.nonFinite = nonFinite;
+    /** @type {SessionStats} */
+    this.stats = { calls: 0, nonFiniteResets: 0 };
     /** @private */
     this._stored = stored;
     /** @private @type {Record<string, Tensor>} */
@@ -132,6 +162,8 @@ export class StreamingSession {
     this._batch = batch;
     /** @private @type {Promise<any>} calls run one after another, in the order they were made */
     this._queue = Promise.resolve();
+    /** @private frames the streams have run since create() or reset(), for error messages */
+    this._frame = 0;
     this.reset(batch);
   }
 
@@ -148,6 +180,11 @@ export class StreamingSession {
     const source = options.name ?? (model instanceof Uint8Array || model instanceof ArrayBuffer ? 'the model' : String(model));
     const batch = options.batch ?? 1;
     if (!Number.isInteger(batch) || batch < 1) throw new EdgernnError(`batch must be a whole number of streams, at least 1; got ${batch}`);
+    const nonFinite = options.nonFinite ?? 'raise';
+    if (!NON_FINITE_POLICIES.includes(nonFinite)) {
+      const got = typeof nonFinite === 'string' ? `'${nonFinite}'` : String(nonFinite);
+      throw new EdgernnError(`nonFinite must be one of ${NON_FINITE_POLICIES.join(', ')}; got ${got}`);
+    }
     const ort = options.ort ?? (await defaultOrt());
     const file = await ModelFile.open(model, source);
     const found = await file.contract({ contract: options.contract, states: options.states });
@@ -171,7 +208,8 @@ export class StreamingSession {
       checkIO(session, contract, source);
       checkTiming(contract, source);
       const stored = await file.startValues(contract);
-      return new StreamingSession(ort, session, contract, found?.from ?? 'inferred', stored, batch, source);
+      if (nonFinite !== 'ignore') checkStored(contract, stored, source);
+      return new StreamingSession(ort, session, contract, found?.from ?? 'inferred', stored, batch, source, nonFinite);
     } catch (e) {
       await session.release().catch(() => {});  // nothing is left open when create() throws
       throw e;
@@ -236,6 +274,7 @@ export class StreamingSession {
 
   /**
    * Replaces the carried state: every state by name, as Tensors or flat arrays of the right size.
+   * (A state holding NaN or infinity is taken; the next call finds it, as `nonFinite` says.)
    * @param {Record<string, Tensor | ArrayLike<number> | ArrayLike<bigint>>} values
    */
   set state(values) {
@@ -243,7 +282,8 @@ export class StreamingSession {
   }
 
   /**
-   * Starts new streams: every state back to its start value (zeros, or the value stored in the file).
+   * Starts new streams: every state back to its start value (zeros, or the value stored in the file);
+   * error messages count frames from 0 again.
    * @param {number} [batch] a new number of streams (default: keep the current one)
    */
   reset(batch) {
@@ -252,6 +292,7 @@ export class StreamingSession {
       this._batch = batch;
     }
     this._state = startStates(this.ort, this.states, this._stored, this._batch);
+    this._frame = 0;
     // the common call, one typed array of exactly one frame for a model with one input, skips the
     // general checks: its dims at this batch and the length that passes them are known now
     const only = this.inputs.length === 1 ? this.inputs[0] : null;
@@ -289,7 +330,7 @@ export class StreamingSession {
   step(frame) {
     const fast = this._fast;
     if (fast && frame instanceof fast.type && /** @type {ArrayLike<number>} */ (frame).length === fast.length) {
-      return this._enqueue({ [fast.name]: new this.ort.Tensor(fast.dtype, frame, fast.dims) });
+      return this._enqueue({ [fast.name]: new this.ort.Tensor(fast.dtype, frame, fast.dims) }, 1);
     }
     const feeds = namedInputs(this.ort, this.inputs, frame, 'step');
     const strided = this.inputs.find((t) => (t.frame_multiple ?? 1) > 1);
@@ -300,7 +341,7 @@ export class StreamingSession {
     /** @type {Record<string, Tensor>} */
     const tensors = {};
     for (const spec of this.inputs) tensors[spec.name] = inputTensor(this.ort, spec, feeds[spec.name], this._batch, 1, 'frame');
-    return this._enqueue(tensors);
+    return this._enqueue(tensors, 1);
   }
 
   /**
@@ -330,7 +371,7 @@ export class StreamingSession {
         const axis = /** @type {number} */ (spec.time_axis ?? 0);
         tensors[spec.name] = joinFrames(this.ort, spec.dtype, parts.map((t) => t.data), parts[0].dims, axis, spec.time_axis === null);
       }
-      return this._enqueue(tensors);
+      return this._enqueue(tensors, count);
     }
     /** @type {Record<string, Tensor[]>} */
     const pieces = {};
@@ -361,24 +402,94 @@ export class StreamingSession {
   // ---------------------------------------------------------------------------------------------
 
   /**
-   * Runs one call after the calls before it, and carries its state outputs forward.
-   * @private @param {Record<string, Tensor>} tensors
+   * Runs one call of `frames` frames after the calls before it, and carries its state outputs
+   * forward; first checks its float inputs and the state carried into it, as `nonFinite` says.
+   * @private @param {Record<string, Tensor>} tensors @param {number} frames
    */
-  _enqueue(tensors) {
+  _enqueue(tensors, frames) {
     const run = async () => {
+      const fed = this.nonFinite === 'ignore' ? null : this._checkNonFinite(tensors);
       const feeds = tensors;  // each caller builds a fresh object: the states are added to it
       for (const s of this.states) feeds[s.input] = this._state[s.name];
       const results = await this.session.run(feeds);
       /** @type {Record<string, Tensor>} */
-      const next = {};
+      let next = {};
       for (const s of this.states) next[s.name] = results[s.output];
+      if (fed) next = this._restart(next, fed);  // the state made from a frame with NaN is not carried
       this._state = next;
+      this._frame += frames;
+      this.stats.calls += 1;
       /** @type {Record<string, Tensor>} */
       const out = {};
       for (const spec of this.outputs) out[spec.name] = results[spec.name];
       return out;
     };
     return this._serial(run);
+  }
+
+  /**
+   * Checks a call's float inputs and the state carried into it for NaN and infinity (one scan each,
+   * src/nonfinite.js). "raise": the first found throws, naming the input or state and the frame.
+   * "reset": streams whose carried state holds one start over now, before the run, and the streams
+   * whose inputs hold one are returned, to start over after it (null: none).
+   * @private @param {Record<string, Tensor>} tensors
+   * @returns {Set<number> | "all" | null}
+   */
+  _checkNonFinite(tensors) {
+    /** @type {Set<number> | "all" | null} */
+    let fed = null;
+    for (const spec of this.inputs) {
+      const t = tensors[spec.name];
+      const i = firstNonFinite(t.data);
+      if (i < 0) continue;
+      // chunk() stacks the frames of an input without a time axis on a new leading one
+      const stacked = t.dims.length === spec.shape.length + 1;
+      const time = stacked ? 0 : spec.time_axis;
+      const batch = stacked && spec.batch_axis !== null ? spec.batch_axis + 1 : spec.batch_axis;
+      if (this.nonFinite === 'raise') {
+        const frame = this._frame + (along(i, t.dims, time) ?? 0);
+        throw new EdgernnError(`input '${spec.name}' holds ${nonFiniteName(/** @type {number} */ (t.data[i]))} at frame ` +
+          `${frame} of ${this._streamName(along(i, t.dims, batch))}; clean the data, or open the session with ` +
+          "nonFinite: 'reset' to start such streams over (or 'ignore')");
+      }
+      fed = union(fed, nonFiniteStreams(/** @type {ArrayLike<number>} */ (t.data), t.dims, batch));
+    }
+    /** @type {Set<number> | "all" | null} */
+    let carried = null;
+    for (const s of this.states) {
+      const t = this._state[s.name];
+      const i = firstNonFinite(t.data);
+      if (i < 0) continue;
+      if (this.nonFinite === 'raise') {
+        throw new EdgernnError(`state '${s.name}' holds ${nonFiniteName(/** @type {number} */ (t.data[i]))} going into ` +
+          `frame ${this._frame} of ${this._streamName(along(i, t.dims, s.batch_axis))}; the model made it, or it was set ` +
+          "so: reset() the stream, or open the session with nonFinite: 'reset' (or 'ignore')");
+      }
+      carried = union(carried, nonFiniteStreams(/** @type {ArrayLike<number>} */ (t.data), t.dims, s.batch_axis));
+    }
+    if (carried) this._state = this._restart(this._state, carried);
+    return fed;
+  }
+
+  /**
+   * `state` with streams `streams` back to their start values (every stream when a state has no batch
+   * axis), counted in `stats.nonFiniteResets`.
+   * @private @param {Record<string, Tensor>} state @param {Set<number> | "all"} streams
+   * @returns {Record<string, Tensor>}
+   */
+  _restart(state, streams) {
+    if (streams === 'all' || streams.size === this._batch || this.states.some((s) => s.batch_axis === null)) {
+      this.stats.nonFiniteResets += this._batch;
+      return startStates(this.ort, this.states, this._stored, this._batch);
+    }
+    for (const b of streams) state = withStreamReset(this.ort, this.states, state, this._stored, this._batch, b);
+    this.stats.nonFiniteResets += streams.size;
+    return state;
+  }
+
+  /** "the stream", "stream 2" or "the streams" (a value shared by all). @private @param {number | null} stream */
+  _streamName(stream) {
+    return this._batch === 1 ? 'the stream' : stream === null ? 'the streams' : `stream ${stream}`;
   }
 
   /**
@@ -389,6 +500,21 @@ export class StreamingSession {
     const p = this._queue.then(fn);
     this._queue = p.catch(() => {});
     return p;
+  }
+}
+
+/**
+ * A stream cannot start from a stored start value that holds NaN or infinity.
+ * @param {Contract} contract @param {Record<string, any>} stored @param {string} source
+ */
+function checkStored(contract, stored, source) {
+  for (const s of contract.states) {
+    const start = stored[s.name];
+    const i = start ? firstNonFinite(start.data) : -1;
+    if (i >= 0) {
+      throw new EdgernnError(`${source} stores a start value for state '${s.name}' that holds ` +
+        `${nonFiniteName(start.data[i])} (value ${i}); a stream cannot start from it (nonFinite: 'ignore' skips this check)`);
+    }
   }
 }
 

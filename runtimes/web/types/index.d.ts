@@ -21,6 +21,7 @@ export class StreamingSession {
     /**
      * @param {any} ort @param {any} session @param {Contract} contract @param {ContractFrom} contractFrom
      * @param {Record<string, any>} stored @param {number} batch @param {string} source
+     * @param {NonFinite} nonFinite
      * @private
      */
     private constructor();
@@ -38,6 +39,14 @@ export class StreamingSession {
     contractFrom: ContractFrom;
     /** how errors name the model */
     source: string;
+    /**
+     * what a call does with NaN or infinity in its float inputs or carried state: "raise", "reset"
+     * or "ignore" (see {@link NonFinite})
+     * @readonly @type {NonFinite}
+     */
+    readonly nonFinite: NonFinite;
+    /** @type {SessionStats} */
+    stats: SessionStats;
     /** @private */
     private _stored;
     /** @private @type {Record<string, Tensor>} */
@@ -46,6 +55,8 @@ export class StreamingSession {
     private _batch;
     /** @private @type {Promise<any>} calls run one after another, in the order they were made */
     private _queue;
+    /** @private frames the streams have run since create() or reset(), for error messages */
+    private _frame;
     /** "step", "chunk" or "sequence" @returns {Contract["mode"]} */
     get mode(): Contract["mode"];
     /** The data inputs. @returns {TensorSpec[]} */
@@ -72,6 +83,7 @@ export class StreamingSession {
     get batch(): number;
     /**
      * Replaces the carried state: every state by name, as Tensors or flat arrays of the right size.
+     * (A state holding NaN or infinity is taken; the next call finds it, as `nonFinite` says.)
      * @param {Record<string, Tensor | ArrayLike<number> | ArrayLike<bigint>>} values
      */
     set state(values: Record<string, Tensor | ArrayLike<number> | ArrayLike<bigint>>);
@@ -81,7 +93,8 @@ export class StreamingSession {
      */
     get state(): Record<string, Tensor>;
     /**
-     * Starts new streams: every state back to its start value (zeros, or the value stored in the file).
+     * Starts new streams: every state back to its start value (zeros, or the value stored in the file);
+     * error messages count frames from 0 again.
      * @param {number} [batch] a new number of streams (default: keep the current one)
      */
     reset(batch?: number): void;
@@ -117,10 +130,29 @@ export class StreamingSession {
     /** Frees onnxruntime's session. */
     release(): Promise<void>;
     /**
-     * Runs one call after the calls before it, and carries its state outputs forward.
-     * @private @param {Record<string, Tensor>} tensors
+     * Runs one call of `frames` frames after the calls before it, and carries its state outputs
+     * forward; first checks its float inputs and the state carried into it, as `nonFinite` says.
+     * @private @param {Record<string, Tensor>} tensors @param {number} frames
      */
     private _enqueue;
+    /**
+     * Checks a call's float inputs and the state carried into it for NaN and infinity (one scan each,
+     * src/nonfinite.js). "raise": the first found throws, naming the input or state and the frame.
+     * "reset": streams whose carried state holds one start over now, before the run, and the streams
+     * whose inputs hold one are returned, to start over after it (null: none).
+     * @private @param {Record<string, Tensor>} tensors
+     * @returns {Set<number> | "all" | null}
+     */
+    private _checkNonFinite;
+    /**
+     * `state` with streams `streams` back to their start values (every stream when a state has no batch
+     * axis), counted in `stats.nonFiniteResets`.
+     * @private @param {Record<string, Tensor>} state @param {Set<number> | "all"} streams
+     * @returns {Record<string, Tensor>}
+     */
+    private _restart;
+    /** "the stream", "stream 2" or "the streams" (a value shared by all). @private @param {number | null} stream */
+    private _streamName;
     /**
      * Runs `fn` after every call made before it (a failed call does not stop the ones after it).
      * @private @template T @param {() => T | Promise<T>} fn @returns {Promise<T>}
@@ -169,6 +201,34 @@ export type OpenOptions = {
      * how errors name the model (default: its path or URL)
      */
     name?: string | undefined;
+    /**
+     * what a call does when its float inputs, or the state carried into
+     * it, hold NaN or infinity (default "raise"; see {@link NonFinite})
+     */
+    nonFinite?: NonFinite | undefined;
+};
+/**
+ * What a call does when its float inputs, or the state carried into it, hold NaN or infinity; both
+ * are checked before the run. "raise": an EdgernnError naming the input or state and the frame of the
+ * stream, and nothing runs (the state stays as it was). "reset": the streams affected start over from
+ * their start values, counted in `stats.nonFiniteResets`: a state holding NaN is reset before the call
+ * runs; a frame holding NaN runs as given (its outputs are what onnxruntime makes of it) and the state
+ * after it is reset. "ignore": nothing is checked.
+ */
+export type NonFinite = "raise" | "reset" | "ignore";
+/**
+ * Counts kept by a session since it was created (`reset()` leaves them).
+ */
+export type SessionStats = {
+    /**
+     * runs of the model (a `chunk()` of a step-mode file runs it once per frame)
+     */
+    calls: number;
+    /**
+     * streams put back to their start values because their input or
+     * state held NaN or infinity (`nonFinite: "reset"`)
+     */
+    nonFiniteResets: number;
 };
 export { FORMAT_VERSION, contractFromJson, contractFromMetadata } from "./contract.js";
 export { readInitializers, readMetadata } from "./onnx-file.js";
