@@ -65,6 +65,12 @@ def state_output_name(name: str) -> str:
     return STATE_OUT + name
 
 
+def shown(name: object) -> str:
+    """A name or symbol as a message shows it: as it is, or quoted with escapes when it holds a line
+    break or another unprintable character (so that a message stays one line)."""
+    return name if isinstance(name, str) and name.isprintable() else repr(name)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -211,6 +217,9 @@ class Contract:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "the model") -> Contract:
         """Parse ``metadata_props``; raise :class:`ContractError` naming what is missing or bad."""
+        bad = next((k for k, v in props.items() if not (isinstance(k, str) and isinstance(v, str))), None)
+        if bad is not None:  # protobuf hands over a string field that is not UTF-8 as bytes
+            raise ContractError(f"{source} has a metadata_props entry {bad!r} whose key or value is not UTF-8 text")
         extra = {k: v for k, v in props.items() if k.startswith("edgernn.") and k not in _CORE_KEYS}
         return cls.from_json(decoded_metadata(props, source), source, extra)
 
@@ -279,6 +288,8 @@ def decoded_metadata(props: Mapping[str, str], source: str = "the model") -> dic
             value = json.loads(props[f"edgernn.{key}"])
         except ValueError as e:
             raise ContractError(f"{source} has edgernn.{key} that is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ContractError(f"{source} has edgernn.{key} with JSON nested too deeply to read") from None
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ContractError(f"{source} has edgernn.{key} of type {type(value).__name__}; "
                                 "expected a JSON list of objects")
@@ -352,6 +363,8 @@ def read_contract_json(path: str | Path, source: str | None = None) -> Contract:
         raise ContractError(f"{p} does not exist or cannot be read") from None
     except ValueError as e:
         raise ContractError(f"{name} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ContractError(f"{name} holds JSON nested too deeply to read") from None
     return Contract.from_json(d, name)
 
 

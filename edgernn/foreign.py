@@ -67,6 +67,7 @@ from edgernn.contract import (
     StateSpec,
     TensorSpec,
     dtype_of,
+    shown,
 )
 
 INFERRED_KEY = "edgernn.inferred"
@@ -145,11 +146,15 @@ class _Value:
     dims: Dims | None  # None: rank unknown
 
     def describe(self) -> str:
-        shape = "?" if self.dims is None else "[" + ", ".join(UNKNOWN if d is None else str(d) for d in self.dims) + "]"
+        shape = "?" if self.dims is None else "[" + ", ".join(UNKNOWN if d is None else shown(d) for d in self.dims) + "]"
         return f"{self.dtype} {shape}"
 
 
 def _value(v: Any, source: str, what: str) -> _Value:
+    if not isinstance(v.name, str):  # protobuf hands over a string field that is not UTF-8 as bytes
+        raise ContractError(f"{source} has {what} {v.name!r} whose name is not UTF-8 text")
+    if not v.name:  # a contract names each tensor (and an unnamed state would take the name state_in.)
+        raise ContractError(f"{source} has an {what} without a name; edgernn streams named tensors only")
     t = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
         raise ContractError(f"{source} has {what} {v.name!r} that is not a tensor; edgernn streams tensors only")
@@ -160,6 +165,8 @@ def _value(v: Any, source: str, what: str) -> _Value:
     if not t.HasField("shape"):
         return _Value(v.name, dtype, None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in t.shape.dim)
+    if any(isinstance(d, bytes) for d in dims):
+        raise ContractError(f"{source} has {what} {v.name!r} with a dimension name that is not UTF-8 text")
     return _Value(v.name, dtype, dims)
 
 
@@ -223,7 +230,7 @@ def _given_pairs(pairs: Mapping[str, str], inputs: list[_Value], outputs: list[_
     used: dict[str, str] = {}
     result = []
     for i, o in pairs.items():
-        flag = f"--state-pair {i}={o}"
+        flag = f"--state-pair {shown(i)}={shown(o)}"
         if i not in ins:
             raise ContractError(f"{source} has no graph input {i!r} ({flag}); its inputs are {_names(inputs)}")
         if o not in outs:
@@ -242,7 +249,7 @@ def _given_pairs(pairs: Mapping[str, str], inputs: list[_Value], outputs: list[_
 
 
 def _names(values: list[_Value]) -> str:
-    return ", ".join(v.name for v in values) if values else "none"
+    return ", ".join(shown(v.name) for v in values) if values else "none"
 
 
 # ---------------------------------------------------------------- axes

@@ -27,7 +27,14 @@ def validate_forest(children: Any, roots: Any, n_nodes: int) -> None:
     unless ``children [n_nodes, K]`` and ``roots [trees]`` form a forest: indices in range, every
     child before its parent (which rules out cycles), at most one parent per node, roots that are
     nobody's child, and every node in some root's tree. Numpy only, without loops over nodes."""
-    ch, rt = np.asarray(children), np.asarray(roots)  # numpy arrays or CPU tensors
+    arrays = []
+    for name, a in (("children", children), ("roots", roots)):
+        try:
+            arrays.append(np.asarray(a))  # numpy arrays or CPU tensors
+        except (TypeError, ValueError):
+            raise ForestError(f"{name} cannot be made an array (rows of different lengths?); expected "
+                              "integer node indices") from None
+    ch, rt = arrays
     if ch.ndim != 2 or ch.shape[0] != n_nodes:
         raise ForestError(f"children has shape {list(ch.shape)}; expected [{n_nodes}, max_children] "
                           f"(one row per node)")
@@ -36,6 +43,7 @@ def validate_forest(children: Any, roots: Any, n_nodes: int) -> None:
     for name, a in (("children", ch), ("roots", rt)):
         if a.size and not np.issubdtype(a.dtype, np.integer):
             raise ForestError(f"{name} has dtype {a.dtype}; expected integer node indices (int64)")
+    ch = ch if ch.size else ch.astype(np.int64)  # [[], []] (leaves only) reads as float64
     if n_nodes == 0:
         raise ForestError("the forest has no nodes; a tree has at least one (a single leaf)")
     if rt.size == 0:

@@ -57,8 +57,10 @@ class Forest:
 
     def validate(self) -> None:
         """Raise :class:`~edgernn.runtimes.tree.ForestError` unless the arrays form a forest."""
-        if len(self.x_or_tokens) != self.n_nodes:
-            raise ForestError(f"x_or_tokens has {len(self.x_or_tokens)} rows but children has {self.n_nodes}")
+        rows = np.shape(self.x_or_tokens)[:1]  # () for a 0-d array
+        if rows != (self.n_nodes,):
+            have = f"{rows[0]} rows" if rows else "no rows (a 0-d array)"
+            raise ForestError(f"x_or_tokens has {have} but children has {self.n_nodes}")
         validate_forest(self.children, self.roots, self.n_nodes)
 
     def torch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,18 +117,28 @@ class Forest:
 def _node_values(values: list[Any], vocab: Mapping[Hashable, int] | None) -> np.ndarray:
     """Token ids [nodes] (int64) or features [nodes, F] (float32) from the nodes' values."""
     if vocab is not None:
-        missing = next((v for v in values if v not in vocab), None)
-        if missing is not None:
-            raise ForestError(f"node value {missing!r} is not in the vocabulary ({len(vocab)} entries)")
-        return np.asarray([vocab[v] for v in values], dtype=np.int64)
+        for v in values:
+            try:
+                known = v in vocab
+            except TypeError:  # an unhashable value (a list) is no label
+                known = False
+            if not known:
+                raise ForestError(f"node value {v!r} is not in the vocabulary ({len(vocab)} entries)")
+        try:
+            return np.asarray([vocab[v] for v in values], dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise ForestError("vocab maps a label to something that is not an int64 token id") from None
     is_token = [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values]
     if all(is_token):
-        return np.asarray(values, dtype=np.int64)
+        try:
+            return np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            raise ForestError("a token id is outside the int64 range (-2**63 to 2**63 - 1)") from None
     if any(is_token):
         raise ForestError("some nodes hold token ids and others feature vectors; a forest holds one kind")
     try:
         feats = [np.asarray(v, dtype=np.float32) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ForestError("node values must be token ids, feature vectors or labels in `vocab`") from None
     sizes = {f.shape for f in feats}
     if len(sizes) != 1 or len(next(iter(sizes))) != 1:
