@@ -1,8 +1,9 @@
 """The optimize pass: onnxscript's optimizer (constant folding, rewrites, dead code) on the lowered graph.
 
-It runs on an onnx-ir model, with two fixes after it: the stored start values
-(``state_init.<name>``, read by runtimes, not by nodes) are put back, and weights that only one
-subgraph reads go back into that subgraph.
+It runs on an onnx-ir model, with three fixes after it: the stored start values
+(``state_init.<name>``, read by runtimes, not by nodes) are put back, weights that only one
+subgraph reads go back into that subgraph, and a ``Scan`` body output that the body itself reads
+gets its own ``Identity`` again (:func:`scan_outputs_apart`).
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ class Optimize:
         if [v.name for v in model.graph.inputs] != [i.name for i in ctx.onnx_model.graph.input]:
             return PassResult.unchanged("skipped: the optimizer changed graph inputs")
         moved = initializers_into_subgraphs(model.graph)
-        changed = moved > 0 or _layout(model.graph) != layout
+        apart = scan_outputs_apart(model.graph)
+        changed = moved > 0 or apart > 0 or _layout(model.graph) != layout
         ctx.onnx_model = ir.serde.serialize_model(model)
         return PassResult(changed, f"{before} -> {len(model.graph)} nodes" + (
-            f", {moved} weights kept in the subgraphs that read them" if moved else ""))
+            f", {moved} weights kept in the subgraphs that read them" if moved else "") + (
+            f", {apart} Scan output{'s' if apart != 1 else ''} given {'their' if apart != 1 else 'its'} own Identity"
+            if apart else ""))
 
 
 def _exactly(value: ir.Value | None, scalar: float) -> bool:
@@ -134,4 +138,29 @@ def initializers_into_subgraphs(graph: ir.Graph) -> int:
     return moved
 
 
-__all__ = ["Optimize", "initializers_into_subgraphs", "exact_no_op_rules"]
+def scan_outputs_apart(graph: ir.Graph) -> int:
+    """Give each per-frame output of a ``Scan`` body that the body also reads its own ``Identity``
+    (``y_t = Identity(h)`` where the body computes ``h_next`` from ``h``), as the lowering wrote
+    it before the optimizer folded the ``Identity`` away. Valid ONNX either way, but tract (0.23)
+    adds the scan axis to such a value in place and then fails on the body's other reader
+    ("Impossible to unify Sym(batch) with Val(1)"), e.g. the masked Scan of a recurrent layer after
+    a 'same'-padded convolution. Returns how many outputs it gave one (onnxruntime drops them)."""
+    done = 0
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.op_type != "Scan" or node.domain not in ("", "ai.onnx"):
+            continue
+        body = node.attributes["body"].as_graph()
+        scanned = node.attributes["num_scan_inputs"].as_int()
+        states = len(node.inputs) - scanned
+        for k in range(states, len(body.outputs)):
+            v = body.outputs[k]
+            if not any(user.graph is body for user, _ in v.uses()):
+                continue
+            out = ir.Value(name=f"{v.name}@out", type=v.type, shape=v.shape)
+            body.append(ir.node("Identity", [v], outputs=[out], name=f"{v.name}/scan_output"))
+            body.outputs[k] = out
+            done += 1
+    return done
+
+
+__all__ = ["Optimize", "initializers_into_subgraphs", "exact_no_op_rules", "scan_outputs_apart"]

@@ -130,7 +130,7 @@ class StreamingSession:
     PyTorch propagates a NaN through the recurrence, but onnxruntime's recurrent kernels (the ONNX
     ``GRU``/``LSTM`` ops) can turn a NaN input into finite numbers, so a stream that meets one NaN
     would carry a wrong state for the rest of its life, silently. On the CPU the check is one dot
-    product over the state and the frame (about 0.5 us a call, docs/streaming.md).
+    product over the state and the frame (0.7-1 us a call, docs/performance.md).
     """
 
     def __init__(self, model: str | Path | bytes | ModelFile, *, threads: int | None = 1,
