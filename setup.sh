@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs edgernn with its test tools; installs the JavaScript
+# Creates .venv (if missing) and installs edgernn with its test tools and the OpenVINO and tract
+# runtimes (edgernn check); installs the JavaScript
 # runtime's npm packages and (as root, with apt) Debian's Chromium for its browser tests.
 # torch is installed first, pinned to the CPU build, so that pip does not resolve the
 # project's torch range to a multi-GB CUDA build. Set EDGERNN_TORCH to choose another.
@@ -11,7 +12,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "${EDGERNN_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,openvino,tract]"  # the other runtimes edgernn check runs
+[ -x .venv/tritonserver/pytriton/tritonserver/bin/tritonserver ] || .venv/bin/python -m pip install -q --no-deps --target .venv/tritonserver "nvidia-pytriton==0.7.0"  # tritonserver with the Python backend (55 MB, a few seconds), for the live Triton tests; --no-deps: the wheel pins numpy<2
 
 # The JavaScript runtime (runtimes/web): its npm packages, and Debian's Chromium for its browser tests.
 # onnxruntime-node's install script would fetch CUDA binaries from NuGet: skipped, the CPU binaries ship in the package.

@@ -36,6 +36,7 @@ from torch.utils import _pytree as pytree
 
 from edgernn.contract import state_input_name, state_output_name
 from edgernn.converters import timeloop, torchscript
+from edgernn.converters.io import BoundForward, fresh
 from edgernn.converters.pass_api import PassResult
 from edgernn.converters.probe import TRACE_BATCH, TRACE_TIME, time_dimension, trace_time
 from edgernn.converters.recurrent import RecurrentLayerSpec
@@ -259,16 +260,25 @@ class StateLifter(nn.Module):
     """``forward(*data, *explicit_states, *lifted_states) -> (*outputs, *new_explicit, *new_lifted)``.
 
     ``explicit`` describes the state arguments the model already takes: their forward-argument
-    names and the pytree structure of each (a tensor, or a tuple of tensors).
+    names and the pytree structure of each (a tensor, or a tuple of tensors). With
+    ``returns_state``, the model's forward returns its new states alone (``nn.GRUCell``'s ``h'``,
+    ``nn.LSTMCell``'s ``(h', c')``): they are its outputs and its new explicit states both.
+
+    Run eagerly, the lifter copies what it is given before the model sees it (``io.fresh``), so
+    that a forward that updates its state arguments in place cannot change the caller's tensors,
+    and returns outputs that share no memory with the new states (``copies``; off only where a
+    benchmark copies outside its clock, :func:`uncopied`). Traced or exported, it copies nothing.
     """
 
     def __init__(self, model: nn.Module, n_data: int, explicit: Sequence[tuple[str, Any]],
-                 lifted: Sequence[LiftedState]) -> None:
+                 lifted: Sequence[LiftedState], returns_state: bool = False) -> None:
         super().__init__()
         self.model = model
         self.n_data = n_data
         self.explicit = list(explicit)  # (arg name, treespec)
         self.lifted = list(lifted)
+        self.returns_state = returns_state
+        self.copies = True
         self.output_spec: Any = None
 
     @property
@@ -276,6 +286,8 @@ class StateLifter(nn.Module):
         return sum(spec.num_leaves for _, spec in self.explicit)
 
     def forward(self, *flat: torch.Tensor):
+        if self.copies:
+            flat = fresh(flat)
         data = list(flat[: self.n_data])
         rest = list(flat[self.n_data:])
         state_args = []
@@ -297,12 +309,31 @@ class StateLifter(nn.Module):
             for st in self.lifted:
                 st.wrapper.lifted = None
         leaves, self.output_spec = pytree.tree_flatten(out)
+        if self.returns_state:  # the new state alone: the data outputs, then the new explicit states
+            leaves = [*leaves, *(fresh(leaves) if self.copies else leaves)]
         new_lifted = []
         for st, final in zip(self.lifted, finals):
             if final is None:
                 raise ExportError(f"recurrent layer {st.wrapper.path!r} was not called in forward; cannot lift its state")
             new_lifted.append(final[st.part])
         return (*leaves, *new_lifted)
+
+
+@contextlib.contextmanager
+def uncopied(lifter: StateLifter) -> Iterator[StateLifter]:
+    """``lifter`` and the model's bound forward (``io.BoundForward``) copying nothing, for a timing
+    loop that copies each call's tensors outside its clock."""
+    bound = lifter.model.__dict__.get("forward")
+    before = lifter.copies, getattr(bound, "copies", None)
+    lifter.copies = False
+    if isinstance(bound, BoundForward):
+        bound.copies = False
+    try:
+        yield lifter
+    finally:
+        lifter.copies = before[0]
+        if isinstance(bound, BoundForward):
+            bound.copies = before[1]
 
 
 @contextlib.contextmanager

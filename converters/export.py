@@ -55,7 +55,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
            inputs: Sequence[InputSpec | str] = (), state_args: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, verify: bool = True, tolerance: float = 1e-5,
            tree_strategy: str = "levels", all_nodes: bool = False, cells: str = "auto",
-           state_layout: str = "native", progress: Callable[[str], None] | None = None) -> ExportReport:
+           state_layout: str = "native", keep_debug_info: bool = False,
+           progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``model`` to ONNX with explicit state I/O and check it against PyTorch.
 
     Args:
@@ -77,7 +78,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         verify: run the parity check (on by default).
         tolerance: largest allowed error relative to each tensor's scale.
         tree_strategy: for tree networks (TreeRNN, Child-Sum Tree-LSTM): ``nodes`` (a Loop over
-            nodes) or ``levels`` (a Loop over depth levels; the file takes a ``levels`` input).
+            each level's nodes) or ``levels`` (a Loop over depth levels, each level one block; the graph orders
+            the nodes by level itself, so the file takes only the forest).
         all_nodes: for tree networks, also output every node's state (``node.h``, ``node.c``).
         cells: step mode: ``auto`` (ONNX GRU/LSTM ops, MatMul cells for Elman RNN: the fastest
             measured on onnxruntime CPU) or ``matmul`` (MatMul cells only, for runtimes without
@@ -88,6 +90,8 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
             first, such as Triton's sequence batcher with implicit state. The graph transposes at
             its state inputs and outputs; the contract's ``batch_axis`` says where the batch is.
             Tree networks have no state pairs: the option changes nothing there.
+        keep_debug_info: keep torch.onnx's per-node debug metadata (stack traces, module names,
+            class hierarchies) in the file; by default it is dropped (node names stay).
         progress: called with each pass's name as it starts.
 
     Raises:
@@ -116,6 +120,10 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         model = RecurrentLayer(model)
     options.inputs = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     ctx = run_pipeline(ExportContext(model, options), PIPELINE, progress)
+    if not keep_debug_info:
+        from edgernn.converters.optimize import strip_debug_info
+
+        strip_debug_info(ctx.onnx_model)  # after verification: it changes no number
     data = ctx.onnx_model.SerializeToString()
     report = ExportReport(ctx.contract, ctx.parity, None, len(data), ctx.records, ctx.notes, ctx.onnx_model)
     return write_if_passed(report, target, data, "the export")

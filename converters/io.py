@@ -4,6 +4,9 @@
 ``B`` (or ``batch``) marks the batch axis and ``T`` (or ``time``) the time axis; other entries
 are fixed sizes. If no ``B`` is given, axis 0 is the batch axis (axis 1 when ``T`` is axis 0)
 and the number written there is only the size used for tracing.
+
+How the passes call the model's forward is here too (:func:`bind_forward`): data inputs and states
+by name wherever they sit in the signature, every tensor a copy of the caller's.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from edgernn.contract import BATCH, TIME, TensorSpec
 from edgernn.converters import torchscript
@@ -111,16 +116,89 @@ def parse_input(text: str) -> InputSpec:
 
 
 def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
-    """Positional parameters of ``model.forward`` (without ``self``); of a TorchScript model, its
-    compiled forward's schema."""
+    """The parameters of ``model.forward`` a caller can fill, in signature order: positional and
+    keyword-only ones, without ``self``, ``*args`` or ``**kwargs``; of a TorchScript model, its
+    compiled forward's schema. Once :func:`bind_forward` has run, the order the passes call in."""
     if torchscript.is_scripted(model):
         return torchscript.forward_parameters(model)
     try:
         sig = inspect.signature(model.forward)
     except (TypeError, ValueError):
         return []
-    return [p for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def fresh(values: Any) -> Any:
+    """``values`` (a tensor, or tuples, lists and dicts of them) with every tensor copied, so that a
+    forward that updates its arguments in place (``state.copy_(new)``, ``buf[..., :-1] = ...``)
+    cannot change the caller's tensors. Inside a trace or an export nothing is copied."""
+    if tracing():
+        return values
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, values)
+
+
+def tracing() -> bool:
+    """True while torch.export / dynamo or ``torch.jit.trace`` runs the model (no copies then: the
+    graph is functional)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+class BoundForward:
+    """``model.forward`` as the passes call it: the fed data inputs, then the state arguments, by
+    position (``forward(*data, *states)``), passed on to the model's own forward by name, so that a
+    state argument may sit anywhere in the signature (before, between or after the data inputs,
+    keyword-only, with a default) and data arguments with defaults may sit between them. Each
+    tensor is copied on the way in (:func:`fresh`), so that no caller shares a tensor with a forward
+    that updates its arguments in place. Installed by :func:`bind_forward`, on the exporter's
+    private copy of the model; ``inspect.signature`` of it gives the calling order."""
+
+    def __init__(self, method: Any, order: Sequence[str], params: Sequence[inspect.Parameter]) -> None:
+        self.method = method  # the model's own bound forward
+        self.order = list(order)
+        self.params = list(params)  # the model's own forward's, in its order
+        self.copies = True
+        by_name = {p.name: p for p in params}
+        self.__signature__ = inspect.Signature(
+            [by_name[n].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in order],
+            __validate_parameters__=False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(self.order):
+            raise TypeError(f"forward takes {len(self.order)} arguments ({', '.join(self.order)}), "
+                            f"{len(args)} were given")
+        if self.copies:
+            args, kwargs = fresh(args), fresh(kwargs)
+        named = dict(zip(self.order, args), **kwargs)
+        positional = []
+        for p in self.params:
+            if p.kind is not p.POSITIONAL_ONLY:
+                break
+            if p.name in named:
+                positional.append(named.pop(p.name))
+            elif p.default is not p.empty:
+                positional.append(p.default)
+            else:
+                break
+        return self.method(*positional, **named)
+
+
+def bind_forward(model: nn.Module, order: Sequence[str]) -> None:
+    """Make ``model`` (the exporter's copy) callable as ``model(*args)`` with ``args`` in ``order``
+    (data inputs, then states: names of its forward's parameters), and copy the tensors it is given
+    (:class:`BoundForward`). Again on a bound model, it binds the model's own forward anew. A
+    TorchScript model is called as compiled: its forward must take the data inputs first."""
+    if torchscript.is_scripted(model):
+        names = [p.name for p in torchscript.forward_parameters(model)]
+        if names[: len(order)] != list(order):
+            raise ExportError(f"the TorchScript forward of {torchscript.script_name(model)} takes "
+                              f"({', '.join(names)}); edgernn calls a scripted forward with its data inputs first and "
+                              f"its states after them ({', '.join(order)}): script a forward in that order")
+        return
+    current = model.__dict__.get("forward")
+    method = current.method if isinstance(current, BoundForward) else model.forward
+    params = [p for p in inspect.signature(method).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    model.__dict__["forward"] = BoundForward(method, order, params)
 
 
 def infer_data_input(model: nn.Module, name: str) -> InputSpec:
@@ -134,6 +212,8 @@ def infer_data_input(model: nn.Module, name: str) -> InputSpec:
     first = first_layer(model)
     layer = next((m for m in torchscript.layers(model) if isinstance(m, nn.RNNBase)), None)
     hint = f"pass --input {name}:DTYPE:DIMS (for example {name}:float32:B,T,40)"
+    if first is None and layer is None and size_attribute(model, INPUT_SIZES):  # a cell of bare parameters
+        return InputSpec(name, "float32", (BATCH, size_attribute(model, INPUT_SIZES)))
     if first is None:
         raise ExportError(f"cannot infer the input of {type(model).__name__}: it has no Embedding, Linear, Conv1d or "
                           f"recurrent layer to read sizes from; {hint}")
@@ -153,6 +233,24 @@ def infer_data_input(model: nn.Module, name: str) -> InputSpec:
         return InputSpec(name, "float32", (BATCH, first.in_channels, TIME))
     size = first.in_features if isinstance(first, nn.Linear) else first.input_size
     return InputSpec(name, "float32", (*bt, size))
+
+
+# the attributes third-party cells keep their sizes in (ncps' CfCCell: input_size and hidden_size;
+# LTCCell: sensory_size and state_size), read where no layer tells the size
+INPUT_SIZES = ("input_size", "in_features", "input_dim", "sensory_size", "n_inputs", "in_size")
+STATE_SIZES = ("hidden_size", "state_size", "units", "hidden_dim", "num_units", "n_hidden", "hidden_features")
+
+
+def size_attribute(model: nn.Module, names: Sequence[str]) -> int | None:
+    """The first of ``names`` that ``model`` has as a positive int attribute (a property too)."""
+    for n in names:
+        try:
+            v = getattr(model, n, None)
+        except Exception:  # noqa: BLE001 - a property that fails: not a size
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 def first_layer(model: nn.Module) -> nn.Module | None:

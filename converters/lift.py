@@ -5,20 +5,24 @@ calls each one gets without a state. Those states are *lifted*: ``state_in.<laye
 the initial state and ``state_out.<layer>.<part>`` returns the final one. Probes at two batch sizes
 and lengths then tell the outputs' batch and time axes. Layers on a batch the model reshaped (a
 dual-path block) are carried as ``[layers, batch, K, hidden]`` or, when their batch grows with the
-frames of a call, restart every call.
+frames of a call, restart every call. A forward that returns its new explicit states alone
+(``nn.GRUCell``'s ``h'``) gets a lifter that returns them twice: as the data outputs and as the
+new states (``resolve.returned_state_alone``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from edgernn.converters import capture
+from edgernn.converters.io import bind_forward
 from edgernn.converters.pass_api import PassResult
 from edgernn.converters.probe import FRAME_MULTIPLES, TRACE_BATCH, TRACE_TIME, changed_axis, trace_time
+from edgernn.converters.resolve import returned_state_alone
 from edgernn.errors import ExportError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,8 +38,11 @@ class LiftState:
         model = ctx.model
         if isinstance(model, nn.RNNBase):
             raise ExportError("internal: bare layers are wrapped by edgernn.load before export")
+        # a fresh copy of the model (capture starts again for one frame) is called by name anew
+        bind_forward(model, [s.name for s in ctx.data] + [e.arg for e in ctx.explicit])
         ctx.wrappers = capture.wrap_recurrent_layers(model)
-        time_len, step_multiple = self._first_probe(ctx)
+        time_len, step_multiple, out = self._first_probe(ctx)
+        returns_state = returned_state_alone(out, [e.make(TRACE_BATCH) for e in ctx.explicit])
         own_batch = self._layers_off_batch(ctx, time_len)
         lifted = []
         for w in ctx.wrappers:
@@ -82,7 +89,10 @@ class LiftState:
             lifted += [s for st in ctx.temporal.states for s in st.lifted_states()]
         ctx.lifted = sorted(lifted, key=lambda s: s.name)
         ctx.lifter = capture.StateLifter(model, len(ctx.data), [(e.arg, e.treespec) for e in ctx.explicit],
-                                         ctx.lifted)
+                                         ctx.lifted, returns_state=returns_state)
+        if returns_state and not any("returns its new state alone" in n for n in ctx.notes):
+            ctx.notes.append(f"{type(ctx.original).__name__}.forward returns its new state alone (as nn.GRUCell and "
+                             "nn.LSTMCell do): it is both the data output and the state")
         self._describe_outputs(ctx)
         self._streams_apart(ctx)
         dup = {n for n in ctx.state_names if ctx.state_names.count(n) > 1}
@@ -92,26 +102,26 @@ class LiftState:
         return PassResult.done(", ".join(s.name for s in ctx.lifted) or "no layer called without a state")
 
     @staticmethod
-    def _run(ctx: ExportContext, batch: int, time_len: int, seed: int = 0) -> list[torch.Tensor]:
-        """The model once on random data of ``batch`` and ``time_len`` frames (counters reset first)."""
+    def _run(ctx: ExportContext, batch: int, time_len: int, seed: int = 0) -> Any:
+        """The model once on random data of ``batch`` and ``time_len`` frames (counters reset
+        first); returns what forward returned."""
         gen = torch.Generator().manual_seed(seed)
         data = ctx.example_data(batch, time_len, gen)
         explicit = [e.make(batch) for e in ctx.explicit]
         capture.reset_counters(ctx.wrappers)
         with torch.no_grad():
-            ctx.model(*data, *explicit)
-        return data
+            return ctx.model(*data, *explicit)
 
-    def _first_probe(self, ctx: ExportContext) -> tuple[int, int]:
+    def _first_probe(self, ctx: ExportContext) -> tuple[int, int, Any]:
         """Run the model at the trace length; if it fails there, at lengths that are multiples of
-        2, 4, 8, 16 (the first that runs sets ``ctx.frame_multiple``). Returns the length that ran
-        and, for a step-mode model that needs several frames per call, that multiple (else 0)."""
+        2, 4, 8, 16 (the first that runs sets ``ctx.frame_multiple``). Returns the length that ran,
+        for a step-mode model that needs several frames per call that multiple (else 0), and what
+        forward returned at batch ``TRACE_BATCH``."""
         name = type(ctx.original).__name__
         step = ctx.capture_mode == "step"
         time_len = 1 if step else trace_time(ctx)
         try:
-            self._run(ctx, TRACE_BATCH, time_len)
-            return time_len, 0
+            return time_len, 0, self._run(ctx, TRACE_BATCH, time_len)
         except ExportError:
             raise
         except Exception as e:
@@ -126,7 +136,7 @@ class LiftState:
                 tried.add(multiple)
                 try:
                     for k in (TRACE_TIME + 2, TRACE_TIME):  # two lengths: the last that ran is the trace length
-                        self._run(ctx, TRACE_BATCH, k * multiple)
+                        out = self._run(ctx, TRACE_BATCH, k * multiple)
                 except ExportError:
                     raise
                 except Exception:
@@ -134,11 +144,11 @@ class LiftState:
                 if step and ctx.mode != "step":
                     break  # captured one frame at a time (a loop over time): it must run on one frame
                 if step:
-                    return TRACE_TIME * multiple, multiple
+                    return TRACE_TIME * multiple, multiple, out
                 ctx.notes.append(f"{name} fails on {time_len} frames and runs on multiples of {multiple}: every call "
                                  f"must feed a multiple of {multiple} frames")
                 ctx.frame_multiple = multiple
-                return TRACE_TIME * multiple, 0
+                return TRACE_TIME * multiple, 0, out
         raise failure from None
 
     @staticmethod

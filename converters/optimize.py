@@ -9,6 +9,7 @@ gets its own ``Identity`` again (:func:`scan_outputs_apart`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -49,6 +50,129 @@ class Optimize:
             f", {moved} weights kept in the subgraphs that read them" if moved else "") + (
             f", {apart} Scan output{'s' if apart != 1 else ''} given {'their' if apart != 1 else 'its'} own Identity"
             if apart else ""))
+
+
+FOLD_LIMIT = 1 << 22
+"""Elements of the largest tensor the constant folder reads or writes (onnxscript's defaults, 8,192
+in and 262,144 out, leave an LSTM's gate weights and a chunked weight matrix unfolded)."""
+
+
+def fold_constants(model: ir.Model, *, iterations: int = 2, limit: int = FOLD_LIMIT) -> None:
+    """onnxscript's optimizer on ``model`` (in place) with size limits raised to ``limit``, so that
+    static weight paths (Split, Slice, Transpose, Reshape, Concat, Gather of initializers or
+    ``Constant`` nodes, in If / Loop / Scan bodies too) become initializers; the epsilons kept
+    (:func:`exact_no_op_rules`), stored start values (``state_init.*``) put back, weights that only
+    a subgraph reads moved back into it. ``iterations``: optimizer rounds (each folds one more level
+    of nested ``If`` on a constant). The caller checks parity."""
+
+    starts = [v for name, v in model.graph.initializers.items() if name.startswith(STATE_INIT)]
+    quiet = logging.getLogger("onnxscript.optimizer")  # "Skipping constant folding for op Split": fold_splits does
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        _fold_rounds(model, iterations, limit)
+    finally:
+        quiet.setLevel(level)
+    for v in starts:  # stored start values: read by runtimes, not by nodes, so the optimizer drops them
+        if v.name not in model.graph.initializers:
+            model.graph.initializers.add(v)
+    initializers_into_subgraphs(model.graph)
+
+
+def _fold_rounds(model: ir.Model, iterations: int, limit: int) -> None:
+    import onnxscript.optimizer
+
+    for _ in range(4):  # a Split folded here may feed a Transpose the next round folds
+        with exact_no_op_rules():
+            onnxscript.optimizer.optimize(model, num_iterations=iterations, input_size_limit=limit,
+                                          output_size_limit=limit)
+        if not fold_splits(model.graph, limit):
+            break
+
+
+def fold_splits(graph: ir.Graph, limit: int = FOLD_LIMIT) -> int:
+    """Replace each ``Split`` of a constant (``w.chunk(3)`` in forward), in ``graph`` and its
+    subgraphs, by initializers holding its parts: onnxscript's folder skips ops with several
+    outputs. Returns how many were folded."""
+    done = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(graph)):
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            continue
+        data = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs and node.inputs[0] else None
+        if data is None or data.size > limit:
+            continue
+        array = data.numpy()
+        axis = node.attributes.get_int("axis", 0) % max(array.ndim, 1)
+        sizes = node.attributes.get_ints("split")
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            given = ir.convenience.get_const_tensor(node.inputs[1])
+            if given is None:
+                continue
+            sizes = [int(k) for k in given.numpy().reshape(-1)]
+        if not sizes:  # equal parts (the last one smaller, as num_outputs allows)
+            parts = len(node.outputs)
+            step = -(-array.shape[axis] // parts)
+            sizes = [min(step, array.shape[axis] - k * step) for k in range(parts)]
+        if len(sizes) != len(node.outputs) or sum(sizes) != array.shape[axis]:
+            continue
+        if any(out.is_graph_output() for out in node.outputs):
+            continue
+        pieces = np.split(array, np.cumsum(sizes)[:-1], axis=axis)
+        owner, made = node.graph, []
+        for out, piece in zip(node.outputs, pieces):
+            name, out.name = out.name, None
+            value = ir.Value(name=name, shape=ir.Shape(piece.shape), type=out.type,
+                             const_value=ir.tensor(np.ascontiguousarray(piece), name=name))
+            ir.convenience.replace_all_uses_with(out, value)
+            made.append(value)
+        owner.remove(node, safe=True)
+        for value in made:
+            owner.register_initializer(value)
+        done += 1
+    return done
+
+
+_DEBUG_KEY_PREFIXES = ("pkg.torch.", "namespace", "pkg.onnxscript.")  # written per node by torch.onnx's exporter
+
+
+def strip_debug_info(model) -> int:
+    """Drop per-node debug metadata (``torch.onnx``'s stack traces, module names and class
+    hierarchies in ``metadata_props``, and ``doc_string``) from every node of an
+    ``onnx.ModelProto``, subgraphs included, in place. Node and value names stay, and so does the
+    model's own metadata (the state contract). Returns the bytes dropped."""
+    import onnx
+
+    before = model.ByteSize()
+
+    def graphs(g):
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        yield from graphs(sub)
+
+    for g in graphs(model.graph):
+        for node in g.node:
+            node.doc_string = ""
+            kept = [p for p in node.metadata_props if not p.key.startswith(_DEBUG_KEY_PREFIXES)]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+        for t in g.initializer:
+            kept = [p for p in t.metadata_props if not p.key.startswith(_DEBUG_KEY_PREFIXES)]
+            if len(kept) != len(t.metadata_props):
+                del t.metadata_props[:]
+                t.metadata_props.extend(kept)
+        for v in (*g.input, *g.output, *g.value_info):
+            v.doc_string = ""
+            kept = [p for p in v.metadata_props if not p.key.startswith(_DEBUG_KEY_PREFIXES)]
+            if len(kept) != len(v.metadata_props):
+                del v.metadata_props[:]
+                v.metadata_props.extend(kept)
+    return before - model.ByteSize()
 
 
 def _exactly(value: ir.Value | None, scalar: float) -> bool:
@@ -163,4 +287,5 @@ def scan_outputs_apart(graph: ir.Graph) -> int:
     return done
 
 
-__all__ = ["Optimize", "initializers_into_subgraphs", "exact_no_op_rules", "scan_outputs_apart"]
+__all__ = ["Optimize", "initializers_into_subgraphs", "exact_no_op_rules", "scan_outputs_apart", "fold_constants",
+           "strip_debug_info", "FOLD_LIMIT"]

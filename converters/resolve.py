@@ -1,15 +1,23 @@
 """The resolve-inputs pass: a model's data inputs, and which of its forward arguments are states.
 
-Data inputs come from ``--input`` declarations or are inferred from the model's first layer
-(``io.py``), trying the common layouts until the model runs on one. A forward argument is a state
-when ``state_args`` names it, or else when its name looks like one (:data:`STATE_ARG`); its shape
-comes from the model's ``initial_state(batch)`` hook (:data:`INIT_HOOKS`), an ``--input``
+A forward argument is a state when ``state_args`` names it, or else when its name looks like one
+(:data:`STATE_ARG`; a first argument only by a state's own name, :data:`FIRST_STATE`), wherever it
+sits in the signature: before, between or after the data inputs, keyword-only, with a default. The
+passes then call the model as ``model(*data, *states)`` and it receives each argument by name, as
+a copy (``io.bind_forward``). The other arguments without a default are data inputs: declared with
+``--input``, or inferred: the first from the model's first layer (``io.py``; the layout picked by
+running the model on the common ones), or from a cell's size attributes; further ones (a time step
+``ts``, a mask) as one value per frame and stream, the first shape the model runs on. A state's
+shape comes from the model's ``initial_state(batch)`` hook (:data:`INIT_HOOKS`), an ``--input``
 declaration, the new state the model returns when the argument is left out, or the state of the
-model's first recurrent cell.
+model's first recurrent cell (or of its ``hidden_size`` attribute). A forward may return
+``(outputs..., new states...)`` or its new states alone (``nn.GRUCell``'s ``h'``, ``nn.LSTMCell``'s
+``(h', c')``: :func:`new_states`); then the new state is the data output too (``lift.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -21,8 +29,8 @@ from torch.utils import _pytree as pytree
 
 from edgernn.contract import BATCH, TIME
 from edgernn.converters import torchscript
-from edgernn.converters.io import (InputSpec, describe_layer, first_layer, forward_parameters, infer_data_input,
-                                   input_layouts)
+from edgernn.converters.io import (INPUT_SIZES, STATE_SIZES, InputSpec, bind_forward, describe_layer, first_layer,
+                                   forward_parameters, fresh, infer_data_input, input_layouts, size_attribute)
 from edgernn.converters.pass_api import PassResult
 from edgernn.converters.probe import TRACE_BATCH, TRACE_TIME, at_some_length, changed_axis
 from edgernn.errors import ExportError
@@ -30,7 +38,9 @@ from edgernn.errors import ExportError
 if TYPE_CHECKING:  # pragma: no cover
     from edgernn.converters.passes import ExportContext
 
-STATE_ARG = re.compile(r"(state|hidden|memory|carry|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
+STATE_ARG = re.compile(r"(state|hidden|memory|carry|cache|buffer|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
+# a first argument is a state only by a state's own name (``hidden_states`` is a transformer's data)
+FIRST_STATE = re.compile(r"(h|hx|h0|h_0|c|cx|c0|c_0|state|states|hidden|carry|memory)", re.IGNORECASE)
 INIT_HOOKS = ("initial_state", "init_state", "init_hidden", "zero_state")
 
 
@@ -66,17 +76,19 @@ class ResolveInputs:
                                   f"{type(ctx.original).__name__}.forward ({', '.join(names)})")
             state_args = list(ctx.options.state_args)
         else:
-            state_args = [p.name for p in params[1:] if STATE_ARG.search(p.name)]
+            state_args = state_arguments(params)
         data_params = [p for p in params if p.name not in state_args]
         required = [p for p in data_params if p.default is p.empty or p.name in declared]
         if not required:
             raise ExportError(f"{type(ctx.original).__name__}.forward takes no data input")
-        for p in required:
-            ctx.data.append(declared[p.name] if p.name in declared
-                            else _only_inferred(ctx.model, p.name, len(required)))
-        if len(required) == 1 and required[0].name not in declared:
-            ctx.data[0] = self._pick_layout(ctx, ctx.data[0], state_args, declared)
-        self._explicit(ctx, state_args, declared)
+        # the passes call the model as model(*data, *states); it gets each by name, as a copy
+        bind_forward(ctx.model, [p.name for p in required] + state_args)
+        if [p.name for p in params if p.name in state_args or p in required] != [p.name for p in required] + state_args:
+            ctx.notes.append(f"{type(ctx.original).__name__}.forward takes ({', '.join(names)}): the file's data "
+                             f"inputs are {', '.join(p.name for p in required)} and its states "
+                             f"{', '.join(state_args)}, each passed to forward by name")
+        hypotheses = self._data_hypotheses(ctx, required, declared, state_args)
+        self._resolve(ctx, hypotheses, state_args, declared)
         # bidirectional layers that carry state are refused by lift-state (they need the future);
         # one that restarts in every chunk of the model's own (a dual-path intra-chunk layer) streams
         if not ctx.streams_time and ctx.mode != "step":
@@ -85,6 +97,90 @@ class ResolveInputs:
         if ctx.explicit:
             desc += "; explicit states: " + ", ".join(n for e in ctx.explicit for n in e.leaf_names)
         return PassResult.done(desc)
+
+    def _data_hypotheses(self, ctx: ExportContext, required: Sequence[Any], declared: dict[str, InputSpec],
+                         state_args: list[str]) -> list[list[InputSpec]]:
+        """The data inputs to try, most likely first: declared ones as declared; the first undeclared
+        one inferred from the model's first layer (its layout picked by running the model), or from
+        the cell's ``input_size`` attribute, or from the first Linear less the state's size (a cell
+        that concatenates ``[x, h]`` first); further undeclared ones (a time step ``ts``, a mask)
+        shaped like a per-frame scalar or like the first input (:func:`_extra_inputs`)."""
+        undeclared = [p.name for p in required if p.name not in declared]
+        if not undeclared:
+            return [[declared[p.name] for p in required]]
+        main_name, extras = undeclared[0], undeclared[1:]
+        mains = [infer_data_input(ctx.model, main_name)]
+        if mains[0].time_axis is None and not isinstance(first_layer(ctx.model), nn.Embedding):
+            state_size = size_attribute(ctx.model, STATE_SIZES)
+            for size in (size_attribute(ctx.model, INPUT_SIZES),
+                         mains[0].shape[-1] - state_size if state_size else None):
+                if isinstance(size, int) and size > 0 and all(m.shape != (BATCH, size) for m in mains):
+                    mains.append(InputSpec(main_name, "float32", (BATCH, size)))
+        if len(required) == len(undeclared) == 1:
+            mains[0] = self._pick_layout(ctx, mains[0], state_args, declared, [])
+        elif mains[0].time_axis is not None:
+            mains[0] = self._pick_layout(ctx, mains[0], state_args, declared, extras)
+        out = []
+        for main in mains:
+            for combo in itertools.product(*[_extra_inputs(main, n) for n in extras]):
+                specs = dict(zip(extras, combo), **{main_name: main}, **declared)
+                out.append([specs[p.name] for p in required])
+        return out
+
+    def _resolve(self, ctx: ExportContext, hypotheses: list[list[InputSpec]], state_args: list[str],
+                 declared: dict[str, InputSpec]) -> None:
+        """Take the first data hypothesis on which the states resolve and, when there are several to
+        choose from, the model runs at two batch sizes and returns its new states in a shape that
+        fits. None fits: the first one's failure is raised."""
+        if len(hypotheses) == 1:
+            ctx.data = list(hypotheses[0])
+            self._explicit(ctx, state_args, declared)
+            return
+        failures: list[BaseException] = []
+        notes = len(ctx.notes)
+        for data in hypotheses:
+            ctx.data, ctx.explicit = list(data), []
+            try:
+                self._explicit(ctx, state_args, declared)
+                self._check_runs(ctx)
+            except Exception as e:  # noqa: BLE001 - any failure means "not these inputs"
+                failures.append(e)
+                del ctx.notes[notes:]  # what a rejected guess noted does not hold
+                continue
+            guessed = [s for s in data if s.name not in declared]
+            if guessed:
+                ctx.notes.append("inferred input" + ("s " if len(guessed) > 1 else " ") +
+                                 ", ".join(f"{s.name} {s.dtype} {s.describe()}" for s in guessed) +
+                                 f" (the model runs on {'them' if len(guessed) > 1 else 'it'}); declare with --input "
+                                 "NAME:DTYPE:DIMS to change")
+            return
+        ctx.data, ctx.explicit = list(hypotheses[0]), []
+        first = failures[0]
+        undeclared = [s for s in hypotheses[0] if s.name not in declared]
+        if isinstance(first, ExportError) and len(undeclared) == 1:
+            raise first
+        tried = "; ".join(" and ".join(f"{s.name} {s.describe()}" for s in h if s.name not in declared)
+                          for h in hypotheses[:4])
+        raise ExportError(f"cannot infer the inputs of {type(ctx.original).__name__}.forward: it fails on {tried} "
+                          f"({type(first).__name__}: {(str(first).splitlines() or [''])[0][:200]}); declare each with "
+                          f"--input NAME:DTYPE:DIMS (B marks the batch axis, T the time axis), e.g. "
+                          f"--input {undeclared[-1].name}:float32:B,1") from None
+
+    @staticmethod
+    def _check_runs(ctx: ExportContext) -> None:
+        """Raise unless the model runs on ``ctx.data`` and the explicit states at two batch sizes and
+        returns, for each state, a new one of the same shape (after its outputs, or alone)."""
+        gen = torch.Generator().manual_seed(0)
+        for batch in (TRACE_BATCH + 1, TRACE_BATCH):
+            states = [e.make(batch) for e in ctx.explicit]
+
+            def run(frames: int, batch: int = batch, states: list = states) -> Any:
+                with torch.no_grad():
+                    return ctx.model(*[s.random(batch, frames, gen) for s in ctx.data], *states)
+            out = at_some_length(ctx, run, ctx.streams_time)
+            if states and new_states(out, states) is None:
+                raise ValueError(f"forward returned {_structure(out)} where it should return (outputs..., new "
+                                 f"states...) or the new states alone ({_structure(tuple(states))})")
 
     def _explicit(self, ctx: ExportContext, state_args: list[str], declared: dict[str, InputSpec]) -> None:
         hook = next((getattr(ctx.model, h) for h in INIT_HOOKS if callable(getattr(ctx.model, h, None))), None)
@@ -96,6 +192,7 @@ class ResolveInputs:
                 make = (lambda i: lambda b: _nth_state(hook(b), i, len(state_args), arg))(i)
             else:
                 make = self._probe_state(ctx, i, len(state_args), arg)
+            make = (lambda f: lambda b: fresh(f(b)))(make)  # each start state a tensor of its own (not a view)
             v2, v3 = make(2), make(3)
             leaves2, treespec = pytree.tree_flatten(v2)
             leaves3 = pytree.tree_leaves(v3)
@@ -108,10 +205,11 @@ class ResolveInputs:
             ctx.explicit.append(ExplicitState(arg, treespec, names, axes, make, stored))
 
     def _pick_layout(self, ctx: ExportContext, guess: InputSpec, state_args: list[str],
-                     declared: dict[str, InputSpec]) -> InputSpec:
+                     declared: dict[str, InputSpec], extras: Sequence[str]) -> InputSpec:
         """The inferred input's layout: the guess if the model runs on it, else the first other
         common layout that runs (a Conv1d-first model may take [batch, time, channels] and
-        transpose). The model runs once per layout, batch 2, a few frames, without grad."""
+        transpose). The model runs once per layout, batch 2, a few frames, without grad; further
+        undeclared inputs (``extras``) are fed in their first shape for that layout."""
         rnn = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNBase)), None)
         layouts = input_layouts(guess, time_major=rnn is not None and not rnn.batch_first)
         if len(layouts) == 1:
@@ -134,8 +232,10 @@ class ResolveInputs:
             gen = torch.Generator().manual_seed(0)
 
             def run(frames: int, spec: InputSpec = spec, gen: torch.Generator = gen) -> None:
+                data = [spec.random(TRACE_BATCH, frames, gen)]
+                data += [_extra_inputs(spec, n)[0].random(TRACE_BATCH, frames, gen) for n in extras]
                 with torch.no_grad():
-                    ctx.model(spec.random(TRACE_BATCH, frames, gen), *states)
+                    ctx.model(*data, *states)
             try:
                 at_some_length(ctx, run, streams=True)
             except Exception as e:  # noqa: BLE001 - any failure means "not this layout"
@@ -159,8 +259,12 @@ class ResolveInputs:
 
     def _probe_state(self, ctx: ExportContext, index: int, count: int, arg: str) -> Callable[[int], Any]:
         """No init hook and no ``--input``: call the model with the state argument left out (its
-        default) and take the state's structure from the new state it returns. Without a default,
-        the state of the model's first recurrent cell is tried (see :meth:`_cell_state`)."""
+        default) and take the state's structure from the new state it returns: after its outputs
+        (``(y, h_new)``), or alone, where forward returns only its new state (``nn.GRUCell``'s
+        ``h'``, ``nn.LSTMCell``'s ``(h', c')``). With one state argument and a tuple returned, both
+        readings are tried on the model (at batch 3) and the first that fits is kept. Without a
+        default, the state of the model's first recurrent cell, or of the sizes the cell keeps as
+        attributes, is tried (see :meth:`_cell_state`)."""
         params = {p.name: p for p in forward_parameters(ctx.model)}
         if params[arg].default is params[arg].empty:
             make, flag = self._cell_state(ctx, index, count, arg)
@@ -172,63 +276,175 @@ class ResolveInputs:
         gen = torch.Generator().manual_seed(0)
         specs = ctx.data  # the forward's own inputs (scan-over-time later gives ctx.data a time axis)
 
-        def make(batch: int):
+        def returned(batch: int) -> Any:
             def run(frames: int):
                 data = [s.random(batch, frames, gen) for s in specs]
                 with torch.no_grad():
                     return ctx.model(*data)
-            out = at_some_length(ctx, run, ctx.streams_time)
-            if not isinstance(out, tuple) or len(out) <= count:
-                raise ExportError(f"{type(ctx.original).__name__}.forward must return (outputs..., new states...) "
-                                  f"with one new state per state argument; it returned {type(out).__name__}")
-            return pytree.tree_map(torch.zeros_like, out[len(out) - count + index])
+            return at_some_length(ctx, run, ctx.streams_time)
+        out = returned(TRACE_BATCH + 1)
+        readings = []  # (alone, how to pick this state from what forward returns)
+        if isinstance(out, tuple) and len(out) > count:
+            readings.append((False, lambda o: o[len(o) - count + index]))  # (outputs..., new states...)
+        if count == 1 and _tensors(out):
+            readings.append((True, lambda o: o))  # the new state alone (a tensor, or (h, c) as nn.LSTMCell's)
+        elif isinstance(out, tuple) and len(out) == count:
+            readings.append((True, lambda o: o[index]))  # the new states alone, one per state argument
+        if not readings:
+            raise ExportError(f"{type(ctx.original).__name__}.forward must return (outputs..., new states...) "
+                              f"or its new states alone, one per state argument; it returned {_structure(out)}")
+        alone, pick = readings[0]
+        if len(readings) > 1:
+            zeros = [pytree.tree_map(torch.zeros_like, r[1](out)) for r in readings]
+            alone, pick = next((r for r, z in zip(readings, zeros) if self._fits(ctx, arg, z)), readings[0])
+        if alone:
+            n = len(pytree.tree_leaves(out))
+            what = "a tensor" if isinstance(out, torch.Tensor) else f"a tuple of {n} tensors"
+            ctx.notes.append(f"{type(ctx.original).__name__}.forward returns its new state alone ({what}, as "
+                             f"nn.GRUCell and nn.LSTMCell do): it is both the data output and the state {arg!r}")
+
+        def make(batch: int) -> Any:
+            return pytree.tree_map(torch.zeros_like, pick(returned(batch)))
         return make
+
+    @staticmethod
+    def _fits(ctx: ExportContext, arg: str, value: Any) -> bool:
+        """Whether the model runs with ``value`` as state argument ``arg`` (the others left out) and
+        returns a new state like it (after its outputs, or alone)."""
+        gen = torch.Generator().manual_seed(0)
+
+        def run(frames: int) -> Any:
+            data = [s.random(TRACE_BATCH + 1, frames, gen) for s in ctx.data]
+            with torch.no_grad():
+                return ctx.model(*data, **{arg: value})
+        try:
+            out = at_some_length(ctx, run, ctx.streams_time)
+        except Exception:  # noqa: BLE001 - the reading does not fit this model
+            return False
+        return new_states(out, [value]) is not None
 
     def _cell_state(self, ctx: ExportContext, index: int, count: int, arg: str
                     ) -> tuple[Callable[[int], Any] | None, str | None]:
         """A state argument without a default or hook, in a model with an ``nn.GRUCell`` /
         ``nn.RNNCell`` (state ``[batch, hidden]``) or ``nn.LSTMCell`` (``(h, c)``, or ``h`` and
-        ``c`` as two arguments): the first cell's state, if the model runs on zeros of that shape
-        and returns a new state of the same shape. Returns ``(make or None, --input text or None)``."""
+        ``c`` as two arguments), or without one but with its state size as an attribute
+        (``hidden_size``, ``state_size``, ``units``: :data:`~edgernn.converters.io.STATE_SIZES`; then
+        ``[batch, size]``, else ``(h, c)`` of that shape): the first of these the model runs on
+        (zeros, batch 2) and returns a new state of the same shape for, after its outputs or alone.
+        Returns ``(make or None, --input text or None)``."""
         cell = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNCellBase)), None)
         if cell is None:
             layer = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNBase)), None)
             if layer is not None and not isinstance(layer, nn.LSTM) and count == 1:
                 dirs = 2 if layer.bidirectional else 1
                 return None, f"{arg}:float32:{layer.num_layers * dirs},B,{layer.hidden_size}"
-            return None, None
-        hidden, lstm = cell.hidden_size, isinstance(cell, nn.LSTMCell)
-        if lstm and count == 1:
-            def make(batch: int) -> Any:
-                return torch.zeros(batch, hidden), torch.zeros(batch, hidden)
-            flag = None  # a tuple: --input declares one tensor
-        elif count == 1 or (lstm and count == 2):
-            def make(batch: int) -> Any:
-                return torch.zeros(batch, hidden)
-            flag = f"{arg}:float32:B,{hidden}"
+            hidden = size_attribute(ctx.model, STATE_SIZES) if layer is None else None
+            if hidden is None:
+                return None, None
+            attr = next(n for n in STATE_SIZES if size_attribute(ctx.model, (n,)) == hidden)
+            what = f"{type(ctx.original).__name__}.{attr}"
+            shapes = [False, True] if count == 1 else [False]  # a tensor, else (h, c)
         else:
-            return None, None
+            hidden, what = cell.hidden_size, describe_layer(cell) + "'s state"
+            lstm = isinstance(cell, nn.LSTMCell)
+            if not (count == 1 or (lstm and count == 2)):
+                return None, None
+            shapes = [lstm and count == 1]
+        flag = f"{arg}:float32:B,{hidden}"
         gen = torch.Generator().manual_seed(0)
+        for pair in shapes:
+            def make(batch: int, pair: bool = pair) -> Any:
+                return (torch.zeros(batch, hidden), torch.zeros(batch, hidden)) if pair else torch.zeros(batch, hidden)
 
-        def run(frames: int) -> Any:
-            data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
-            with torch.no_grad():
-                return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
-        try:
-            out = at_some_length(ctx, run, ctx.streams_time)
-        except Exception:  # noqa: BLE001 - the guess does not fit this model
-            return None, flag
-        want = make(TRACE_BATCH)
-        if not isinstance(out, tuple) or len(out) <= count:
-            return None, flag
-        new = out[len(out) - count + index]
-        new_leaves, new_spec = pytree.tree_flatten(new)
-        want_leaves, want_spec = pytree.tree_flatten(want)
-        if new_spec != want_spec or [getattr(t, "shape", None) for t in new_leaves] != [t.shape for t in want_leaves]:
-            return None, flag
-        ctx.notes.append(f"state argument {arg!r} has the shape of {describe_layer(cell)}'s state "
-                         f"({'(h, c), each ' if lstm and count == 1 else ''}[batch, {hidden}])")
-        return make, flag
+            def run(frames: int, make: Callable[[int], Any] = make) -> Any:
+                data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
+                with torch.no_grad():
+                    return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
+            try:
+                out = at_some_length(ctx, run, ctx.streams_time)
+            except Exception:  # noqa: BLE001 - the guess does not fit this model
+                continue
+            if new_states(out, [make(TRACE_BATCH) for _ in range(count)]) is None:
+                continue
+            ctx.notes.append(f"state argument {arg!r} has the shape of {what} "
+                             f"({'(h, c), each ' if pair else ''}[batch, {hidden}])")
+            return make, None if pair else flag
+        return None, None if any(shapes) and cell is not None else flag
+
+
+def state_arguments(params: Sequence[Any]) -> list[str]:
+    """The forward arguments that are states by their names (:data:`STATE_ARG`), wherever they sit:
+    after the first argument (the data input), or first where the name is a state's own
+    (:data:`FIRST_STATE`: ``forward(h, x)``) and another argument is not a state's."""
+    found = [p.name for p in params[1:] if STATE_ARG.search(p.name)]
+    if params and FIRST_STATE.fullmatch(params[0].name) and any(
+            p.name not in found and p.default is p.empty for p in params[1:]):
+        found.insert(0, params[0].name)
+    return found
+
+
+def new_states(out: Any, states: Sequence[Any]) -> list[Any] | None:
+    """The new states in what forward returned, for ``states`` (the state arguments' values, in
+    order): its last values (``(outputs..., new states...)``), or everything it returned when that
+    is the new states alone (``nn.GRUCell``'s ``h'``, ``nn.LSTMCell``'s ``(h', c')``, one value per
+    state argument); each of their structure and shapes. None when neither reading fits."""
+    n = len(states)
+    if n and isinstance(out, tuple) and len(out) > n and all(_like(v, s) for v, s in zip(out[-n:], states)):
+        return list(out[-n:])
+    return state_only(out, states)
+
+
+def returned_state_alone(out: Any, states: Sequence[Any]) -> bool:
+    """Whether forward returned its new states alone (:func:`state_only`) and not ``(outputs...,
+    new states...)``: then the new state is the data output too."""
+    n = len(states)
+    after_outputs = isinstance(out, tuple) and len(out) > n and all(_like(v, s) for v, s in zip(out[-n:], states))
+    return bool(n) and not after_outputs and state_only(out, states) is not None
+
+
+def state_only(out: Any, states: Sequence[Any]) -> list[Any] | None:
+    """``out`` as the new states alone (one per state argument, each like it), or None."""
+    if len(states) == 1 and _like(out, states[0]):
+        return [out]
+    if len(states) > 1 and isinstance(out, (tuple, list)) and len(out) == len(states) and all(
+            _like(v, s) for v, s in zip(out, states)):
+        return list(out)
+    return None
+
+
+def _like(value: Any, state: Any) -> bool:
+    """Same pytree structure as ``state``, tensors of the same shapes."""
+    a, spec_a = pytree.tree_flatten(value)
+    b, spec_b = pytree.tree_flatten(state)
+    return spec_a == spec_b and all(isinstance(x, torch.Tensor) and x.shape == y.shape for x, y in zip(a, b))
+
+
+def _tensors(value: Any) -> bool:
+    leaves = pytree.tree_leaves(value)
+    return bool(leaves) and all(isinstance(t, torch.Tensor) for t in leaves)
+
+
+def _structure(value: Any) -> str:
+    """What forward returned, in words: ``Tensor[2, 6]``, ``(Tensor[2, 6], Tensor[2, 6])``."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_structure(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return type(value).__name__
+
+
+def _extra_inputs(main: InputSpec, name: str) -> list[InputSpec]:
+    """Shapes to try for a further data input (a time step ``ts``, a mask), given the first input:
+    one value per frame and stream (``[batch, 1]``, ``[batch]``; with a time axis ``[batch, time]``
+    and ``[batch, time, 1]`` in the first input's order of the two), then the first input's shape."""
+    if main.time_axis is None:
+        shapes: list[tuple] = [(BATCH, 1), (BATCH,)]
+    else:
+        bt = (TIME, BATCH) if main.time_axis < main.batch_axis else (BATCH, TIME)
+        shapes = [bt, (*bt, 1)]
+    shapes.append(main.shape)
+    return [InputSpec(name, "float32", shape) for shape in dict.fromkeys(shapes)]
 
 
 def _key_name(path) -> str:
@@ -269,11 +485,5 @@ def _nth_state(value: Any, i: int, count: int, arg: str) -> Any:
     return value[i]
 
 
-def _only_inferred(model: nn.Module, name: str, n_required: int) -> InputSpec:
-    if n_required > 1:
-        raise ExportError(f"{type(model).__name__}.forward takes {n_required} data inputs; declare each with "
-                          f"--input NAME:DTYPE:DIMS (missing: {name})")
-    return infer_data_input(model, name)
-
-
-__all__ = ["INIT_HOOKS", "STATE_ARG", "ExplicitState", "ResolveInputs"]
+__all__ = ["FIRST_STATE", "INIT_HOOKS", "STATE_ARG", "ExplicitState", "ResolveInputs", "new_states", "returned_state_alone",
+           "state_arguments", "state_only"]

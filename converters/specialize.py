@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from edgernn.converters.optimize import FOLD_LIMIT  # the folder's size limit, defined with it
 from edgernn.errors import EdgernnError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,9 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 FIXED_KEY = "edgernn.fixed"
 """``metadata_props`` key of a specialised file: JSON ``{input name: value}`` of the inputs fixed."""
 
-FOLD_LIMIT = 1 << 22
-"""Elements of the largest tensor the constant folder reads or writes (onnxscript's defaults, 8,192
-in and 262,144 out, leave an LSTM's gate weights unfolded)."""
 
 TOLERANCE = 1e-4  # relative to max(1, |output|): folding regroups nothing, it evaluates constants in numpy
 _MAX_ITERATIONS = 8  # optimizer rounds: each one folds one more level of nested If
@@ -208,11 +206,10 @@ def specialize(model: str | Any, fix: Mapping[str, Any], *, source: str | None =
     """
     import onnx
     import onnx_ir as ir
-    import onnxscript.optimizer
 
     from edgernn.contract import Contract
     from edgernn.converters.describe import STATE_INIT
-    from edgernn.converters.optimize import exact_no_op_rules, initializers_into_subgraphs
+    from edgernn.converters.optimize import fold_constants
     from edgernn.modelfile import ModelFile
 
     mf = ModelFile.open(model, source=source) if not hasattr(model, "with_weights") else model
@@ -238,15 +235,9 @@ def specialize(model: str | Any, fix: Mapping[str, Any], *, source: str | None =
         m.graph.inputs.remove(value)
         value.const_value = ir.tensor(fixed[value.name], name=value.name)
         m.graph.register_initializer(value)
-    starts = [v for name, v in m.graph.initializers.items() if name.startswith(STATE_INIT)]
-    with exact_no_op_rules():  # as the export's optimize pass runs it
-        onnxscript.optimizer.optimize(m, num_iterations=_MAX_ITERATIONS, input_size_limit=FOLD_LIMIT,
-                                      output_size_limit=FOLD_LIMIT)
-    for v in starts:  # stored start values: read by runtimes, not by nodes, so the optimizer drops them
-        if v.name not in m.graph.initializers:
-            m.graph.initializers.add(v)
-    _drop_unread(m.graph, keep={v.name for v in starts})
-    initializers_into_subgraphs(m.graph)  # as the export leaves them (see there)
+    starts = {name for name in m.graph.initializers if name.startswith(STATE_INIT)}
+    fold_constants(m, iterations=_MAX_ITERATIONS, limit=FOLD_LIMIT)  # start values kept, subgraph weights moved back
+    _drop_unread(m.graph, keep=starts)
     ifs_after, nodes_after = _count(m.graph)
     kept_inputs = [n for n in inputs if n not in fixed]
     if [v.name for v in m.graph.inputs] != kept_inputs:

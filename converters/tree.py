@@ -4,24 +4,43 @@ that takes the tree as input, so that any tree shape runs through the same file.
 A trace unrolls one tree shape; these graphs are written by hand from the model's weights
 instead. The forest (a batch of trees) is flattened: node features ``x [nodes, F]`` (or token ids
 ``tokens [nodes]``), ``children [nodes, K]`` (child indices, -1 padded, every child before its
-parent) and ``roots [trees]``. Two strategies, chosen by ``strategy``:
+parent; K = 2 for a TreeRNN: column 0 is the left child) and ``roots [trees]``. Nothing else goes
+in: the graph schedules the forest itself.
 
-``levels``  (default) a ``Loop`` over depth levels, all nodes of a level at once; it takes one
-            more input, ``levels [depth, width]`` (node indices per level, -1 padded), which
-            :func:`~edgernn.runtimes.tree.forest_levels` computes.
-``nodes``   an ONNX ``Loop`` over the nodes in order; each iteration gathers the node's children
-            from the state table, applies the cell, and writes the node's row (``ScatterND``).
-            onnxruntime copies the loop-carried table every iteration, so the time per node grows
-            with the forest (measured: 4.6 us/node at 500 nodes, 311 us/node at 7,000 nodes,
-            against 7.8 us/node for ``levels``): use it for small single trees only.
+**The schedule** (nodes before the loop, O(nodes log nodes)). Every node gets a level counted down
+from the top: the roots of all trees share the top level and every child sits exactly one level
+below its parent (``level = depth - 1 - edges from the node up to its root``; the distances come
+from pointer jumping, log2(depth) rounds of a small Loop). The nodes are sorted by level
+(``TopK``), so each level is one contiguous block and the children of a level are all in the block
+just below it. PyTorch's forward computes a node as soon as its children are done; computing it as
+late as its parent allows does the same work in the same number of levels.
+
+**The loop** over levels carries only the previous level's states ``[width, hidden]`` (and cells):
+each iteration gathers its nodes' children from that block (row 0 is a zero row for missing
+children), applies the cell and hands its own block on; the last block holds the roots. So a level
+costs what its nodes cost, and nothing grows with the forest (the loop this replaces scattered
+into a table of all nodes, which onnxruntime copied every iteration: nodes x depth). Two
+strategies, chosen by ``strategy``:
+
+``levels``  (default) all nodes of a level at once: one MatMul per level.
+``nodes``   one node per iteration, in a Loop over the level's nodes inside the level loop; the
+            node states leave it as scan outputs, so nothing is copied per node either and the
+            cost per node stays flat, but every node pays the per-iteration cost of a dozen small
+            ops: about 10-30 µs a node, 4-9x ``levels`` on forests and 1.5-3x on chains
+            (``benchmarks/tree_scaling.py``, docs/performance.md). It is never the faster one;
+            it stays for comparison and as the form closest to a hand-written recursion.
 
 Input projections of all nodes (``U x + b``, ``W_iou x + b``, ``W_f x + b``) run once, before the
-loop, as one MatMul each. Row ``nodes`` of the state table is a zero row that padded child
-indices read; row ``nodes + 1`` is where padded level entries write.
+loop, as one MatMul each, on the nodes in level order. With ``all_nodes`` each level's block also
+leaves the loop as a scan output padded to the widest level, from which ``node.h`` (and
+``node.c``) are gathered back into node order. That costs depth x widest level x hidden floats:
+about the forest itself for chains and for forests of similar trees, but far more for a batch
+that mixes one very deep tree with many others (a chain of 2,001 nodes with 500 single leaves:
+1,001 levels x 501 rows for 2,501 nodes). ``y`` and ``root.h`` need none of it.
 
-What the graph assumes (and :func:`edgernn.architectures.tree.validate_forest` checks before
-running from Python): indices in range, children before parents, one parent per node, roots
-that are nobody's child.
+What the graph assumes (and :func:`edgernn.runtimes.tree.validate_forest` checks before running
+from Python): indices in range, children before parents, one parent per node, roots that are
+nobody's child, every parentless node a root.
 """
 
 from __future__ import annotations
@@ -40,6 +59,8 @@ from edgernn.errors import ExportError
 from edgernn.runtimes.tree import forest_levels
 
 STRATEGIES = ("nodes", "levels")
+_END = 2 ** 62  # Slice end: to the end of the axis
+_MAX_JUMPS = 64  # pointer-jumping rounds: enough for any depth below 2**64
 
 
 @dataclass
@@ -70,31 +91,155 @@ def read_weights(model) -> TreeWeights:
     return TreeWeights(kind, hidden, features, arrays, embed, sd.get("head.weight"), sd.get("head.bias"))
 
 
-def _node_cell(g: GraphBuilder, w: TreeWeights, proj: list[str], idx: str, children: str, H: str,
-               C: str | None, proj_idx: str | None = None) -> tuple[str, str | None]:
-    """The cell for the nodes ``idx`` ([n] indices): returns their h (and c), each [n, hidden].
-    ``proj_idx`` reads the input projections (defaults to ``idx``; padding must point at a real row)."""
-    proj_idx = proj_idx or idx
+def _cell(g: GraphBuilder, w: TreeWeights, hk: str, ck: str | None, px: list[str]) -> tuple[str, str | None]:
+    """The cell for ``n`` nodes from their children's states ``hk`` (and cells ``ck``), each
+    [n, K, hidden] (zeros for missing children), and their input projections ``px`` (rows of the
+    ``_projections``): their h (and c), each [n, hidden]."""
     n_h = w.hidden
-    ch = g.op1("Gather", [children, proj_idx], axis=0)  # [n, K]; padded child entries point at the zero row
-    hk = g.op1("Gather", [H, ch], axis=0)  # [n, K, hidden]
-    if w.kind == "tree_rnn":
-        flat = g.op1("Reshape", [hk, g.ints("n_2h", [-1, 2 * n_h])])
-        pre = g.op1("Add", [g.op1("MatMul", [flat, g.const("W.T", w.arrays["W"].T.copy())]),
-                            g.op1("Gather", [proj[0], proj_idx], axis=0)])
-        return g.op1("Tanh", [pre]), None
     a = w.arrays
+    if w.kind == "tree_rnn":
+        flat = g.op1("Reshape", [hk, g.ints("n_2h", [0, 2 * n_h])])  # [n, 2H]: h_left; h_right (K must be 2)
+        return g.op1("Tanh", [g.op1("Add", [g.op1("MatMul", [flat, g.const("W.T", a["W"].T.copy())]), px[0]])]), None
     h_sum = g.op1("ReduceSum", [hk, g.ints("axis1", [1])], keepdims=0)  # [n, hidden]
-    iou = g.op1("Add", [g.op1("Gather", [proj[0], proj_idx], axis=0),
-                        g.op1("MatMul", [h_sum, g.const("U_iou.T", a["U_iou.weight"].T.copy())])])
+    iou = g.op1("Add", [px[0], g.op1("MatMul", [h_sum, g.const("U_iou.T", a["U_iou.weight"].T.copy())])])
     i, o, u = g.op("Split", [iou, g.ints("split_iou", [n_h] * 3)], 3, axis=-1)
     i, o, u = g.op1("Sigmoid", [i]), g.op1("Sigmoid", [o]), g.op1("Tanh", [u])
-    wf_x = g.op1("Unsqueeze", [g.op1("Gather", [proj[1], proj_idx], axis=0), g.ints("axis1", [1])])  # [n, 1, hidden]
+    wf_x = g.op1("Unsqueeze", [px[1], g.ints("axis1", [1])])  # [n, 1, hidden]
     f = g.op1("Sigmoid", [g.op1("Add", [wf_x, g.op1("MatMul", [hk, g.const("U_f.T", a["U_f.weight"].T.copy())])])])
-    ck = g.op1("Gather", [C, ch], axis=0)
     fc = g.op1("ReduceSum", [g.op1("Mul", [f, ck]), g.ints("axis1", [1])], keepdims=0)
     c = g.op1("Add", [g.op1("Mul", [i, u]), fc])
     return g.op1("Mul", [o, g.op1("Tanh", [c])]), c
+
+
+def _projections(g: GraphBuilder, w: TreeWeights, x: str) -> list[str]:
+    """Input projections of the nodes ``x [nodes, F]``: ``[U x + b]`` or ``[W_iou x + b, W_f x + b]``."""
+    a = w.arrays
+    pairs = ([("U", a["U"], a["U_b"])] if w.kind == "tree_rnn" else
+             [("W_iou", a["W_iou.weight"], a["W_iou.bias"]), ("W_f", a["W_f.weight"], a["W_f.bias"])])
+    return [g.op1("Add", [g.op1("MatMul", [x, g.const(f"{name}.T", m.T.copy())]), g.const(f"{name}.b", bias)])
+            for name, m, bias in pairs]
+
+
+def _schedule(g: GraphBuilder, all_nodes: bool) -> dict[str, str]:
+    """Graph nodes that order the forest by level (the module docstring). Returns the names of
+    ``order [nodes]`` (the node at each position), ``bounds [depth + 1]`` (each level's first
+    position, then ``nodes``), ``depth`` (a scalar), ``reads [nodes, K]`` (per position, each
+    child's row in the block of the level below plus one; 0, the zero row, for no child) and
+    ``root_pos [trees]`` (each root's row in the top block); with ``all_nodes`` also ``width [1]``
+    (the widest level) and ``slot [nodes]`` (each node's row in the padded per-level output)."""
+    zero, one = g.scalar("zero", 0), g.scalar("one", 1)
+    shape = g.op1("Shape", ["children"])
+    n1 = g.op1("Slice", [shape, g.ints("start", [0]), g.ints("stop", [1])])  # [1]
+    n = g.op1("Squeeze", [n1, g.ints("axis0", [0])])
+    # each node's parent, n for none: padded entries write (and later read) the sink row n
+    flat = g.op1("Reshape", ["children", g.ints("flat", [-1])])
+    ids = g.op1("Reshape", [g.op1("Expand", [g.op1("Unsqueeze", [g.op1("Range", [zero, n, one]), g.ints("axis1", [1])]),
+                                             shape]), g.ints("flat", [-1])])
+    pad = g.op1("Less", [flat, zero])
+    none = g.op1("Expand", [n, g.op1("Add", [n1, g.ints("one", [1])])])  # [nodes + 1], all n
+    parent = g.op1("ScatterElements", [none, g.op1("Where", [pad, n, flat]), g.op1("Where", [pad, n, ids])],
+                   reduction="min")
+    # pointer jumping: dist[i] counts the edges from i to up[i]; each round doubles the jump
+    jump = GraphBuilder("tree/jump")
+    jump.op("Add", ["dist_in", jump.op1("Gather", ["dist_in", "up_in"], axis=0)], outputs=["dist_out"])
+    jump.op("Gather", ["up_in", "up_in"], outputs=["up_out"], axis=0)
+    jump.op("Less", [jump.op1("ReduceMin", ["up_out"], keepdims=0), n], outputs=["jump_cond_out"])
+    ivec = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, ["nodes_1"])  # noqa: E731
+    body = helper.make_graph(jump.nodes, "tree_jump", [
+        helper.make_tensor_value_info("round", TensorProto.INT64, []),
+        helper.make_tensor_value_info("jump_cond_in", TensorProto.BOOL, []), ivec("dist_in"), ivec("up_in")],
+        [helper.make_tensor_value_info("jump_cond_out", TensorProto.BOOL, []), ivec("dist_out"), ivec("up_out")],
+        initializer=jump.initializers)
+    dist0 = g.op1("Cast", [g.op1("Less", [parent, n])], to=TensorProto.INT64)
+    more = g.op1("Less", [g.op1("ReduceMin", [parent], keepdims=0), n])
+    dist_all, _ = g.op("Loop", [g.scalar("max_jumps", _MAX_JUMPS), more, dist0, parent], 2, body=body)
+    dist = g.op1("Slice", [dist_all, g.ints("start", [0]), n1])
+    top = g.op1("ReduceMax", [dist], keepdims=0)
+    levels, order = g.op("TopK", [g.op1("Sub", [top, dist]), n1], 2, largest=0, sorted=1)  # ties: lower index first
+    # every level from 0 to top has nodes, so the levels start where the sorted levels change
+    changed = g.op1("Not", [g.op1("Equal", [g.op1("Slice", [levels, g.ints("start", [1]), g.ints("end", [_END])]),
+                                            g.op1("Slice", [levels, g.ints("start", [0]), g.ints("end", [-1])])])])
+    starts = g.op1("Add", [g.op1("Reshape", [g.op1("NonZero", [changed]), g.ints("flat", [-1])]), one])
+    bounds = g.op1("Concat", [g.ints("start", [0]), starts, n1], axis=0)
+    pos = g.op1("ScatterElements", [order, order, g.op1("Range", [zero, n, one])])  # pos[order[p]] = p
+    below = g.op1("Gather", [bounds, g.op1("Max", [g.op1("Sub", [levels, one]), zero])], axis=0)
+    kids = g.op1("Gather", ["children", order], axis=0)  # [nodes, K] in level order
+    real = g.op1("Not", [g.op1("Less", [kids, zero])])
+    rows = g.op1("Sub", [g.op1("Gather", [pos, g.op1("Where", [real, kids, zero])], axis=0),
+                         g.op1("Unsqueeze", [below, g.ints("axis1", [1])])])
+    out = {"order": order, "bounds": bounds, "depth": g.op1("Add", [top, one]),
+           "reads": g.op1("Where", [real, g.op1("Add", [rows, one]), zero]),
+           "root_pos": g.op1("Sub", [g.op1("Gather", [pos, "roots"], axis=0),
+                                     g.op1("Gather", [bounds, top], axis=0)])}
+    if all_nodes:
+        widths = g.op1("Sub", [g.op1("Slice", [bounds, g.ints("start", [1]), g.ints("end", [_END])]),
+                               g.op1("Slice", [bounds, g.ints("start", [0]), g.ints("end", [-1])])])
+        out["width"] = g.op1("ReduceMax", [widths], keepdims=1)
+        rank = g.op1("Sub", [g.op1("Range", [zero, n, one]), g.op1("Gather", [bounds, levels], axis=0)])
+        out["slot"] = g.op1("Gather", [g.op1("Add", [g.op1("Mul", [levels, out["width"]]), rank]), pos], axis=0)
+    return out
+
+
+def _level_body(w: TreeWeights, strategy: str, sched: dict[str, str], proj: list[str], all_nodes: bool
+                ) -> onnx.GraphProto:
+    """One iteration of the level loop: the states of level ``level`` from those of the level
+    below (``h_below``, ``c_below``), all at once (``levels``) or node by node (``nodes``)."""
+    lstm = w.kind == "child_sum_tree_lstm"
+    b = GraphBuilder("tree/level")
+    at = b.op1("Unsqueeze", ["level", b.ints("axis0", [0])])
+    s = b.op1("Gather", [sched["bounds"], at], axis=0)  # [1]: the level's first position
+    e = b.op1("Gather", [sched["bounds"], b.op1("Add", [at, b.ints("one", [1])])], axis=0)
+    zero_row = b.const("zero_row", np.zeros((1, w.hidden), np.float32))
+    h_below = b.op1("Concat", [zero_row, "h_below"], axis=0)  # row 0 reads as a missing child
+    c_below = b.op1("Concat", [zero_row, "c_below"], axis=0) if lstm else None
+    if strategy == "levels":
+        axis0 = b.ints("axis0", [0])
+        rd = b.op1("Slice", [sched["reads"], s, e, axis0])  # [width, K]
+        h, c = _cell(b, w, b.op1("Gather", [h_below, rd], axis=0),
+                     b.op1("Gather", [c_below, rd], axis=0) if lstm else None,
+                     [b.op1("Slice", [p, s, e, axis0]) for p in proj])
+    else:
+        nb = GraphBuilder("tree/node")
+        at_node = nb.op1("Add", [s, nb.op1("Unsqueeze", ["node", nb.ints("axis0", [0])])])  # [1]
+        rd = nb.op1("Gather", [sched["reads"], at_node], axis=0)  # [1, K]
+        hn, cn = _cell(nb, w, nb.op1("Gather", [h_below, rd], axis=0),
+                       nb.op1("Gather", [c_below, rd], axis=0) if lstm else None,
+                       [nb.op1("Gather", [p, at_node], axis=0) for p in proj])
+        nb.op("Identity", ["node_cond_in"], outputs=["node_cond_out"])
+        nb.op("Identity", [hn], outputs=["h_node"])
+        if lstm:
+            nb.op("Identity", [cn], outputs=["c_node"])
+        node_body = helper.make_graph(
+            nb.nodes, "tree_node",
+            [helper.make_tensor_value_info("node", TensorProto.INT64, []),
+             helper.make_tensor_value_info("node_cond_in", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("node_cond_out", TensorProto.BOOL, []),
+             *(helper.make_tensor_value_info(v, TensorProto.FLOAT, [1, w.hidden])
+               for v in ["h_node", *(["c_node"] if lstm else [])])],
+            initializer=nb.initializers)
+        width = b.op1("Squeeze", [b.op1("Sub", [e, s]), b.ints("axis0", [0])])
+        stacked = b.op("Loop", [width, b.const("true", np.asarray(True))], 2 if lstm else 1, body=node_body)
+        h, c = ([b.op1("Reshape", [t, b.ints("rows", [-1, w.hidden])]) for t in stacked] + [None])[:2]  # [width, H]
+    b.op("Identity", ["level_cond_in"], outputs=["level_cond_out"])
+    b.op("Identity", [h], outputs=["h_level"])
+    if lstm:
+        b.op("Identity", [c], outputs=["c_level"])
+    records = []
+    if all_nodes:  # the block, padded to the widest level, as a scan output
+        pads = b.op1("Concat", [b.ints("pads", [0, 0]), b.op1("Sub", [sched["width"], b.op1("Sub", [e, s])]),
+                                b.ints("pads", [0])], axis=0)
+        for name, t in (("h_record", h), ("c_record", c)):
+            if t is not None:
+                b.op("Pad", [t, pads], outputs=[name])
+                records.append(name)
+    vi = lambda n, t=TensorProto.FLOAT, shape=("rows", w.hidden): helper.make_tensor_value_info(n, t, shape)  # noqa: E731
+    states = ["h", *(["c"] if lstm else [])]
+    return helper.make_graph(
+        b.nodes, "tree_level",
+        [vi("level", TensorProto.INT64, []), vi("level_cond_in", TensorProto.BOOL, []), *(vi(f"{v}_below") for v in states)],
+        [vi("level_cond_out", TensorProto.BOOL, []), *(vi(f"{v}_level") for v in states),
+         *(vi(r, shape=("width", w.hidden)) for r in records)],
+        initializer=b.initializers)
 
 
 def build_graph(w: TreeWeights, strategy: str = "levels", all_nodes: bool = False, opset: int = 18
@@ -104,69 +249,22 @@ def build_graph(w: TreeWeights, strategy: str = "levels", all_nodes: bool = Fals
         raise ExportError(f"tree strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
     # GraphBuilder (recurrent.py), not onnx_ir's tape: the one builder of edgernn's hand-written NodeProto graphs
     g = GraphBuilder("tree")
-    inputs = []
-    if w.embed is not None:
-        inputs.append(helper.make_tensor_value_info("tokens", TensorProto.INT64, ["nodes"]))
-        x = g.op1("Gather", [g.const("embed", w.embed), "tokens"], axis=0)
-    else:
-        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["nodes", w.features]))
-        x = "x"
-    inputs.append(helper.make_tensor_value_info("children", TensorProto.INT64, ["nodes", "max_children"]))
-    inputs.append(helper.make_tensor_value_info("roots", TensorProto.INT64, ["trees"]))
-    if strategy == "levels":
-        inputs.append(helper.make_tensor_value_info("levels", TensorProto.INT64, ["depth", "width"]))
-    # input projections of every node, once
-    if w.kind == "tree_rnn":
-        proj = [g.op1("Add", [g.op1("MatMul", [x, g.const("U.T", w.arrays["U"].T.copy())]), g.const("U.b", w.arrays["U_b"])])]
-    else:
-        a = w.arrays
-        proj = [g.op1("Add", [g.op1("MatMul", [x, g.const("W_iou.T", a["W_iou.weight"].T.copy())]),
-                              g.const("W_iou.b", a["W_iou.bias"])]),
-                g.op1("Add", [g.op1("MatMul", [x, g.const("W_f.T", a["W_f.weight"].T.copy())]),
-                              g.const("W_f.b", a["W_f.bias"])])]
-    # state tables [nodes + 2, hidden]: row `nodes` reads as zeros (padding), row `nodes + 1` absorbs writes
-    shape_x = g.op1("Shape", ["children"])
-    n_nodes = g.op1("Slice", [shape_x, g.ints("zero", [0]), g.ints("one", [1])])  # [1]
-    table_shape = g.op1("Concat", [g.op1("Add", [n_nodes, g.ints("two", [2])]), g.ints("hidden", [w.hidden])], axis=0)
-    zeros = helper.make_tensor("zero_f", TensorProto.FLOAT, [1], [0.0])
-    H0 = g.op1("ConstantOfShape", [table_shape], value=zeros)
     lstm = w.kind == "child_sum_tree_lstm"
-    pad_child = g.op1("Where", [g.op1("Less", ["children", g.const("zero_i", np.asarray(0, np.int64))]),
-                                g.op1("Squeeze", [n_nodes, g.ints("ax0", [0])]), "children"])
-    body = GraphBuilder("tree/step")
-    if strategy == "nodes":
-        trip = g.op1("Squeeze", [n_nodes, g.ints("ax0b", [0])])
-        idx = body.op1("Unsqueeze", ["i", body.ints("ax0", [0])])  # [1]
-        write_at = proj_idx = idx
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["nodes"]) if w.embed is not None else
+              helper.make_tensor_value_info("x", TensorProto.FLOAT, ["nodes", w.features]),
+              helper.make_tensor_value_info("children", TensorProto.INT64, ["nodes", "max_children"]),
+              helper.make_tensor_value_info("roots", TensorProto.INT64, ["trees"])]
+    sched = _schedule(g, all_nodes)
+    if w.embed is not None:  # the nodes' inputs in level order
+        x = g.op1("Gather", [g.const("embed", w.embed), g.op1("Gather", ["tokens", sched["order"]], axis=0)], axis=0)
     else:
-        shape_l = g.op1("Shape", ["levels"])
-        trip = g.op1("Squeeze", [g.op1("Slice", [shape_l, g.ints("zero2", [0]), g.ints("one2", [1])]),
-                                 g.ints("ax0c", [0])])
-        lv = body.op1("Gather", ["levels", "i"], axis=0)  # [width]
-        pad = body.op1("Less", [lv, body.const("zero_i", np.asarray(0, np.int64))])
-        idx = body.op1("Where", [pad, body.op1("Squeeze", [n_nodes, body.ints("ax0", [0])]), lv])  # reads: zero row
-        sink = body.op1("Add", [body.op1("Squeeze", [n_nodes, body.ints("ax0s", [0])]),
-                                body.const("one_i", np.asarray(1, np.int64))])
-        write_at = body.op1("Where", [pad, sink, lv])
-        proj_idx = body.op1("Where", [pad, body.const("zero_j", np.asarray(0, np.int64)), lv])
-    h, c = _node_cell(body, w, proj, idx, pad_child, "H_in", "C_in" if lstm else None, proj_idx)
-    where = body.op1("Unsqueeze", [write_at, body.ints("ax1", [1])])  # [n, 1]
-    body.op("ScatterND", ["H_in", where, h], outputs=["H_out"])
-    if lstm:
-        body.op("ScatterND", ["C_in", where, c], outputs=["C_out"])
-    body.op("Identity", ["cond_in"], outputs=["cond_out"])
-    vi = lambda n, t=TensorProto.FLOAT, shape=("rows", w.hidden): helper.make_tensor_value_info(n, t, shape)  # noqa: E731
-    body_graph = helper.make_graph(
-        body.nodes, "tree_step",
-        [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []), vi("H_in"),
-         *([vi("C_in")] if lstm else [])],
-        [vi("cond_out", TensorProto.BOOL, []), vi("H_out"), *([vi("C_out")] if lstm else [])],
-        initializer=body.initializers)
-    true = g.const("true", np.asarray(True))
-    loop_out = g.op("Loop", [trip, true, H0, *([H0] if lstm else [])], 2 if lstm else 1, body=body_graph)
-    H = loop_out[0]
-    node_h = g.op1("Slice", [H, g.ints("z", [0]), n_nodes, g.ints("ax0d", [0])])  # drop the two extra rows
-    root_h = g.op1("Gather", [H, "roots"], axis=0)
+        x = g.op1("Gather", ["x", sched["order"]], axis=0)
+    proj = _projections(g, w, x)
+    body = _level_body(w, strategy, sched, proj, all_nodes)
+    empty = g.const("empty", np.zeros((0, w.hidden), np.float32))  # the level below the leaves
+    loop_out = g.op("Loop", [sched["depth"], g.const("true", np.asarray(True)), empty, *([empty] if lstm else [])],
+                    len(body.output) - 1, body=body)
+    root_h = g.op1("Gather", [loop_out[0], sched["root_pos"]], axis=0)
     outputs = []
     if w.head_w is not None:
         y = g.op1("Add", [g.op1("MatMul", [root_h, g.const("head.T", w.head_w.T.copy())]), g.const("head.b", w.head_b)])
@@ -175,12 +273,11 @@ def build_graph(w: TreeWeights, strategy: str = "levels", all_nodes: bool = Fals
     g.op("Identity", [root_h], outputs=["root.h"])
     outputs.append(helper.make_tensor_value_info("root.h", TensorProto.FLOAT, ["trees", w.hidden]))
     if all_nodes:
-        g.op("Identity", [node_h], outputs=["node.h"])
-        outputs.append(helper.make_tensor_value_info("node.h", TensorProto.FLOAT, ["nodes", w.hidden]))
-        if lstm:
-            g.op("Identity", [g.op1("Slice", [loop_out[1], g.ints("z2", [0]), n_nodes, g.ints("ax0e", [0])])],
-                 outputs=["node.c"])
-            outputs.append(helper.make_tensor_value_info("node.c", TensorProto.FLOAT, ["nodes", w.hidden]))
+        records = loop_out[2 if lstm else 1:]  # [depth, width, hidden] each
+        for name, rec in zip(("node.h", "node.c"), records):
+            rows = g.op1("Reshape", [rec, g.ints("rows", [-1, w.hidden])])
+            g.op("Gather", [rows, sched["slot"]], outputs=[name], axis=0)
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["nodes", w.hidden]))
     graph = helper.make_graph(g.nodes, f"edgernn_{w.kind}", inputs, outputs, initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgernn")
     model.ir_version = min(model.ir_version, 10)
@@ -188,10 +285,10 @@ def build_graph(w: TreeWeights, strategy: str = "levels", all_nodes: bool = Fals
         "edgernn.tree": json.dumps({
             "kind": w.kind, "strategy": strategy, "hidden_size": w.hidden,
             "node_states": [o.name for o in outputs if o.name.startswith("node.")],
-            "assumes": "children[i] lists node i's children (-1 padded) and every child index is smaller than "
-                       "its parent's; each node has at most one parent; roots are nobody's child"
-                       + ("; levels[d] lists the nodes of depth level d (leaves first), -1 padded"
-                          if strategy == "levels" else ""),
+            "assumes": "children[i] lists node i's children (-1 padded"
+                       + (", 2 columns: left, right" if w.kind == "tree_rnn" else "")
+                       + ") and every child index is smaller than its parent's; each node has at most one parent; "
+                         "roots are nobody's child and every node without a parent is a root",
         })})
     write_metadata(model, contract)
     return model

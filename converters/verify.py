@@ -4,6 +4,11 @@ Never trust one exporter: every export is run at batch sizes and lengths other t
 ones, from the file's own init state and from a nonzero state PyTorch reached on random frames,
 in calls of several sizes that carry state, and compared with PyTorch on the whole sequence. The error of a tensor is ``max|onnx - torch|``
 divided by ``max(1, max|torch|)`` (error relative to the output's scale, floored at 1).
+
+PyTorch and onnxruntime never share a tensor: every reference call gets copies of its inputs and
+states and returns copies (:func:`_reference`), and onnxruntime is fed arrays of its own, so a
+model that updates its arguments in place (``state.copy_(new)``, slice assignment into a
+convolution buffer) is compared on the same frames and start states as the file.
 """
 
 from __future__ import annotations
@@ -136,12 +141,12 @@ def verify_parity(ctx) -> ParityReport:
             frames = [ctx.example_data(batch, 1, gen) for _ in range(total)]
             ref, how = _reference_frames(ctx, frames, init), "frame by frame"
         if random_init:
-            session.reset(state={n: t.numpy() for n, t in zip(ctx.state_names, init)})
+            session.reset(state={n: _array(t) for n, t in zip(ctx.state_names, init)})
         else:
             session.reset(batch)  # the file's own start values (zeros or stored) must equal PyTorch's
         pieces: list[list[np.ndarray]] = [[] for _ in range(n_out)]
         for frame in frames:
-            out = session.step(*[t.numpy() for t in frame])
+            out = session.step(*[_array(t) for t in frame])
             for k, name in enumerate(ctx.output_names):
                 pieces[k].append(out[name])
         for k, name in enumerate(ctx.output_names):
@@ -171,7 +176,7 @@ def _reached_state(ctx, batch: int, gen: torch.Generator, frames: int = 4) -> li
     if ctx.streams_time and not ctx.frame_model:
         try:
             length = frames * ctx.frame_multiple
-            return _jitter(ctx.run_lifter(ctx.example_data(batch, length, gen), states)[n_out:], gen)
+            return _jitter(_reference(ctx, ctx.example_data(batch, length, gen), states)[n_out:], gen)
         except Exception:
             if ctx.capture_mode != "step" or ctx.time_loop:  # a loop over time runs on any length
                 raise
@@ -181,7 +186,7 @@ def _reached_state(ctx, batch: int, gen: torch.Generator, frames: int = 4) -> li
             frame = [t.select(0, 0) for t in frame]
         elif ctx.streams_time:
             pass  # a one-frame call of a step-mode model
-        states = ctx.run_lifter(frame, states)[n_out:]
+        states = _reference(ctx, frame, states)[n_out:]
     return _jitter(states, gen)
 
 
@@ -195,7 +200,7 @@ def _reference_sequence(ctx, data, init, total) -> tuple[list[np.ndarray], str]:
         frames = [[t.select(0, k) for t in data] for k in range(total)]
         return _reference_frames(ctx, frames, init), "frame by frame"
     try:  # a forward that loops over time in Python (ctx.time_loop) runs here too: the real model, full length
-        out = ctx.run_lifter(data, init)
+        out = _reference(ctx, data, init)
         return [t.numpy() for t in out], "on the whole sequence"
     except Exception:
         if ctx.mode != "step":
@@ -216,12 +221,25 @@ def _reference_frames(ctx, frames, init, stack: bool = True) -> list:
     states = list(init)
     outs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
     for frame in frames:
-        res = ctx.run_lifter(frame, states)
+        res = _reference(ctx, frame, states)
         for k in range(n_out):
             outs[k].append(res[k].numpy())
         states = res[n_out:]
     merged = [np.stack(o, axis=0) for o in outs] if stack else outs
     return merged + [s.numpy() for s in states]
+
+
+def _reference(ctx, data: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """PyTorch on copies of ``data`` and ``states``; copies of what it returns. A forward that
+    writes into its arguments (or returns a view of one, or the same tensor as output and state)
+    then changes nothing that a later reference call or the onnxruntime feeds read."""
+    out = ctx.run_lifter([t.clone() for t in data], [t.clone() for t in states])
+    return [t.detach().clone() for t in out]
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A numpy array of ``t``'s values that shares no memory with it (onnxruntime's feed)."""
+    return t.detach().numpy().copy()
 
 
 def _spans(chunks: Sequence[int]):

@@ -10,6 +10,7 @@ Public API::
     edgernn.save(model, "gru.pt")                              # edgernn's own checkpoint
     q = edgernn.quantize("gru.onnx", method="dynamic")        # int8, with an accuracy report
     f = edgernn.ModelFile.open("gru.onnx")                     # a file and its resolved contract
+    r = edgernn.check("gru.onnx", runtimes="ort,openvino,tract")  # the same frames in every runtime
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgernn.converters.quantize import QuantizeReport, quantize
     from edgernn.converters.export import ExportReport, export
     from edgernn.modelfile import ModelFile
+    from edgernn.runtimes.check import CheckReport, check
     from edgernn.runtimes.session import StreamingSession
 
 _LAZY = {
@@ -38,6 +40,8 @@ _LAZY = {
     "quantize": ("edgernn.converters.quantize", "quantize"),
     "QuantizeReport": ("edgernn.converters.quantize", "QuantizeReport"),
     "ModelFile": ("edgernn.modelfile", "ModelFile"),
+    "check": ("edgernn.runtimes.check", "check"),
+    "CheckReport": ("edgernn.runtimes.check", "CheckReport"),
 }
 
 
@@ -59,4 +63,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["export", "ExportReport", "quantize", "QuantizeReport", "StreamingSession", "open", "load", "save", "LoadedModel", "info", "run",
-           "export_file", "ModelFile", "__version__"]
+           "export_file", "ModelFile", "check", "CheckReport", "__version__"]

@@ -33,7 +33,9 @@ Target = Literal["ort"]  # runtimes.pack.TARGETS
 Optimization = Literal["all", "extended", "basic"]  # runtimes.pack.OPTIMIZATIONS
 BatcherStrategy = Literal["oldest", "direct"]  # runtimes.triton.STRATEGIES
 InstanceKind = Literal["cpu", "gpu", "auto"]  # runtimes.triton.INSTANCE_KINDS
+TritonBackend = Literal["onnxruntime", "python"]  # runtimes.triton.BACKENDS
 NonFinite = Literal["raise", "reset", "ignore"]  # runtimes.session.NONFINITE_POLICIES
+CHECK_RUNTIMES = ("ort", "openvino", "tract", "node", "web")  # runtimes.check.RUNTIMES (a comma list, not a Literal)
 
 
 # ---------------------------------------------------------------- structured values
@@ -95,6 +97,18 @@ def check_named_data(items: Optional[List[str]]) -> Optional[List[str]]:
     return items
 
 
+def check_runtimes(text: Optional[str]) -> Optional[str]:
+    """``check --runtimes``: a comma-separated list of :data:`CHECK_RUNTIMES`."""
+    if text is None:
+        return text
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in CHECK_RUNTIMES]
+    if not names or unknown:
+        given = f"unknown runtime {unknown[0]!r}" if unknown else "no runtime given"
+        raise typer.BadParameter(f"{given}; choose from {', '.join(CHECK_RUNTIMES)} (comma-separated)")
+    return ",".join(names)
+
+
 def split_names(text: Optional[str]) -> Optional[list[str]]:
     """``cuda,cpu`` -> ``["cuda", "cpu"]`` (``None`` stays ``None``)."""
     return [part.strip() for part in text.split(",")] if text else None
@@ -150,6 +164,9 @@ Fixes = Annotated[Optional[List[Fix]], typer.Option(
     help="Fold graph input NAME to the constant VALUE (a number, a list 1,2 or JSON [[1,2]]) and simplify the graph "
          "for it: an If on it keeps only its taken branch, and the input leaves the file's inputs (e.g. sr=16000 for "
          "silero-vad). Repeatable.")]
+KeepDebugInfo = Annotated[bool, typer.Option(
+    "--keep-debug-info", help="Keep the exporter's per-node debug metadata (stack traces, module names) in the file "
+                              "written; by default it is dropped (node names stay).")]
 Threads = Annotated[int, typer.Option(
     "--threads", min=1, help="Intra-op threads of onnxruntime (and of PyTorch, for bench --against).")]
 Providers = Annotated[Optional[str], typer.Option(
@@ -207,8 +224,8 @@ def load_options(class_path: str | None, config: Path | None, allow_pickle: bool
 
 __all__ = [
     "UsageError", "Mode", "StateLayout", "Cells", "TreeStrategy", "Nonlinearity", "Method", "Target", "Optimization",
-    "BatcherStrategy", "InstanceKind", "StatePair", "parse_state_pair", "state_pairs", "check_named_data",
+    "BatcherStrategy", "InstanceKind", "TritonBackend", "StatePair", "parse_state_pair", "state_pairs", "check_named_data",
     "split_names", "check_input_declarations", "OnnxModel", "TorchModel", "output_option", "chunk_option", "Json",
     "StatePairs", "Threads", "Providers", "AllowFallback", "Overwrite", "ClassPath", "ConfigFile", "AllowPickle",
-    "NonFinite", "Fix", "parse_fix", "check_fixes", "fixes", "Fixes", "BatchFirst", "NonlinearityOption", "option_choices", "load_options",
+    "NonFinite", "CHECK_RUNTIMES", "check_runtimes", "Fix", "parse_fix", "check_fixes", "fixes", "Fixes", "BatchFirst", "NonlinearityOption", "option_choices", "load_options",
 ]

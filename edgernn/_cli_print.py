@@ -184,7 +184,13 @@ def print_quantize(report) -> None:
         for name, e in acc.state_errors.items():
             a.add_row(escape(f"{name} (final state)"), f"{e:.3g}", "", "", "", "")
         out.print(a)
-    _line(f"size: {size(report.size_before)} -> {size(report.size_after)} ({report.size_ratio:.2f}x)")
+    sizes = report.sizes
+    split = (f" (graph {size(sizes.graph_before)} -> {size(sizes.graph_after)}, weights {size(sizes.weights_before)} "
+             f"-> {size(sizes.weights_after)})" if sizes else "")
+    _line(f"size: {size(report.size_before)} -> {size(report.size_after)} ({report.size_ratio:.2f}x){split}")
+    if acc is not None and acc.latency_ratio is not None:
+        _line(f"latency per call (p50 in the accuracy check, side by side): float {acc.float_call_us:.1f} us, "
+              f"{report.method} {acc.quantized_call_us:.1f} us ({acc.latency_ratio:.2f}x)")
     _notes(report.notes)
     if report.path:
         _line(f"wrote {escape(report.path)}")
@@ -212,6 +218,37 @@ def print_bench(report, plotted) -> None:
         _line(f"wrote {escape(str(plotted))}")
 
 
+def print_check(report) -> None:
+    torch = report.against is not None
+    columns = ("runtime", "status", "max diff", *(("vs pytorch",) if torch else ()), "p50 us", "p99 us")
+    t = _table(f"edgernn check {escape(report.model)} ({report.mode} mode): {report.calls} calls of {report.chunk} "
+               f"frame(s) x {report.batch} stream(s), {report.threads} thread(s), {report.rounds} interleaved rounds; "
+               "max diff: largest |difference| from onnxruntime CPU", *columns, right=columns[2:])
+    colors = {"reference": "green", "ok": "green", "reported": "yellow", "differs": "red", "failed": "red",
+              "not installed": "yellow"}
+    dev = lambda v: "-" if v is None else f"{v:.2g}"  # noqa: E731
+    us = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in report.runtimes:
+        t.add_row(r.name, f"[{colors.get(r.status, 'white')}]{r.status}[/]", dev(r.max_deviation),
+                  *((dev(r.pytorch_deviation),) if torch else ()), us(r.p50_us), us(r.p99_us))
+    out.print(t)
+    _line(f"data: {escape(report.data_source)}")
+    for r in report.runtimes:
+        if r.ran:
+            where = (f"; largest difference in {escape(r.deviation_at)} ({r.relative_deviation:.2g} relative to max(1, "
+                     "|value|))" if r.max_deviation and r.deviation_at else "")
+            _line(f"{r.name}: {escape(r.label)}{where}")
+        else:
+            _line(f"{r.name}: {escape(r.reason or '')}")
+            if r.install:
+                _line(f"  install: {escape(r.install)}")
+        if r.hint:
+            _line(f"  what avoids it: {escape(r.hint)}")
+        for note in r.notes:
+            _line(f"  {escape(note)}")
+    _notes(report.notes)
+
+
 def print_pack(report) -> None:
     t = _table(f"edgernn pack --target {report.target}: {escape(report.output_dir)}", "file", "size", right=("size",))
     for name, n in report.files.items():
@@ -230,12 +267,14 @@ def print_pack(report) -> None:
 
 
 def print_serve(report) -> None:
+    kept = "implicit state" if report.backend == "onnxruntime" else "Python backend, states kept by CORRID"
     t = _table(f"Triton model {escape(report.name)} (version {report.version}, max_batch_size "
-               f"{report.max_batch_size}, {report.strategy} sequence batcher): implicit state",
+               f"{report.max_batch_size}, {report.strategy} sequence batcher): {kept}",
                "input", "output", "type", "dims", "start")
     for st in report.states:
         init = st["initial_state"]
-        start = "zeros" if init.get("zero_data") else f"file {init.get('data_file')}"
+        start = "zeros" if init.get("zero_data") else f"file {init['data_file']}" if init.get("data_file") else \
+            "the file's start value"
         t.add_row(escape(st["input_name"]), escape(st["output_name"]), st["data_type"], fmt_shape(st["dims"]),
                   escape(start))
     out.print(t)

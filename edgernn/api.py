@@ -23,7 +23,8 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
                 nonlinearity: str | None = None, batch_first: bool | None = None, inputs: Sequence[str] = (),
                 state_args: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                 verify: bool = True, tolerance: float = 1e-5, tree_strategy: str = "levels", all_nodes: bool = False,
-                cells: str = "auto", state_layout: str = "native", progress: Callable[[str], None] | None = None):
+                cells: str = "auto", state_layout: str = "native", keep_debug_info: bool = False,
+                progress: Callable[[str], None] | None = None):
     """Load ``model_path`` (see :func:`edgernn.load`), export it to ``output`` (default: the model
     path with suffix ``.onnx``) and return the :class:`~edgernn.ExportReport` (with load notes).
     ``state_layout``: ``native`` or ``batch-major`` (see :func:`edgernn.export`)."""
@@ -51,7 +52,8 @@ def export_file(model_path: str | os.PathLike, output: str | os.PathLike | None 
         raise EdgernnError(f"cannot write {target}: folder {target.parent} does not exist")
     report = export(loaded.module, target, mode=mode, opset=opset, inputs=inputs, state_args=state_args,
                     output_names=output_names, verify=verify, tolerance=tolerance, tree_strategy=tree_strategy,
-                    all_nodes=all_nodes, cells=cells, state_layout=state_layout, progress=progress)
+                    all_nodes=all_nodes, cells=cells, state_layout=state_layout, keep_debug_info=keep_debug_info,
+                    progress=progress)
     report.notes[:0] = [f"loaded {loaded.description}", *loaded.notes]
     return report
 

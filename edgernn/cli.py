@@ -25,8 +25,8 @@ from typer.core import TyperGroup
 from edgernn._cli_options import (
     AllowFallback, AllowPickle, BatchFirst, BatcherStrategy, Cells, ClassPath, ConfigFile, InstanceKind, Json, Method,
     Mode, NonFinite, NonlinearityOption, OnnxModel, Optimization, Overwrite, Providers, StateLayout, StatePairs, Target, Threads,
-    TorchModel, TreeStrategy, UsageError, check_input_declarations, check_named_data, chunk_option, fixes, load_options,
-    output_option, split_names, state_pairs, Fixes,
+    TorchModel, TreeStrategy, TritonBackend, UsageError, check_input_declarations, check_named_data, check_runtimes, chunk_option,
+    fixes, load_options, output_option, split_names, state_pairs, Fixes, KeepDebugInfo,
 )
 
 
@@ -119,10 +119,11 @@ def export(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help=(
         "Largest error allowed, relative to max(1, |output|)."))] = 1e-5,
     tree_strategy: Annotated[TreeStrategy, typer.Option("--tree-strategy", help=(
-        "Tree networks: levels (a Loop over depth levels; the file takes a levels input) or nodes (a Loop over "
-        "nodes)."))] = "levels",
+        "Tree networks: levels (a Loop over depth levels, each level one block; the fastest) or nodes (a Loop "
+        "over each level's nodes)."))] = "levels",
     all_nodes: Annotated[bool, typer.Option("--all-nodes", help=(
         "Tree networks: also output every node's state."))] = False,
+    keep_debug_info: KeepDebugInfo = False,
     as_json: Json = False,
 ) -> None:
     """Export MODEL to ONNX with explicit state inputs/outputs, verify it against PyTorch, and report.
@@ -137,7 +138,7 @@ def export(
                              allow_pickle=allow_pickle, nonlinearity=nonlinearity, batch_first=batch_first,
                              inputs=inputs or (), state_args=states or None, output_names=split_names(output_names),
                              verify=verify, tolerance=tolerance, tree_strategy=tree_strategy, all_nodes=all_nodes,
-                             cells=cells, state_layout=state_layout,
+                             cells=cells, state_layout=state_layout, keep_debug_info=keep_debug_info,
                              progress=progress and (lambda name: progress(f"export: {name}")))
     _show(report, as_json, print_export)
 
@@ -226,6 +227,10 @@ def quantize(
     chunk: QuantizeChunk = None,
     state_pair: StatePairs = None,
     fix: Fixes = None,
+    min_size: Annotated[int, typer.Option("--min-size", min=0, metavar="N", help=(
+        "int8: weights of fewer elements stay float (their quantize/dequantize nodes would cost more than int8 "
+        "saves); 0 quantizes every weight."))] = 128,
+    keep_debug_info: KeepDebugInfo = False,
     as_json: Json = False,
 ) -> None:
     """Quantize MODEL (int8 dynamic or static, fp16, mixed) and check it against the float model.
@@ -239,7 +244,8 @@ def quantize(
         report = quantize_fn(model, output, method=method, calibration=calibration, data=data,
                              per_channel=per_channel, exclude=exclude or (), max_error=max_error,
                              min_agreement=min_agreement, steps=frames, chunk=chunk,
-                             state_pairs=state_pairs(state_pair), fix=fixes(fix), progress=progress)
+                             state_pairs=state_pairs(state_pair), fix=fixes(fix), min_size=min_size,
+                             keep_debug_info=keep_debug_info, progress=progress)
     _show(report, as_json, print_quantize)
 
 
@@ -291,6 +297,63 @@ def bench(
                               **load_options(class_path, config, allow_pickle, batch_first, nonlinearity))
         plotted = plot_fn(report, plot) if plot is not None else None
     _show(report, as_json, print_bench, plotted, plot=str(plotted) if plotted else None)
+
+
+CheckChunk = chunk_option("Frames per call.", "1; the file's frame multiple; the whole stream in sequence mode")
+
+
+@app.command()
+def check(
+    model: OnnxModel,
+    runtimes: Annotated[Optional[str], typer.Option(
+        "--runtimes", metavar="NAME,...", callback=check_runtimes, show_default="all",
+        help="Runtimes to run, comma-separated: ort (onnxruntime CPU, the reference, always run), openvino, tract, "
+             "node (edgernn-web on onnxruntime-node), web (edgernn-web on onnxruntime-web in headless Chromium).")
+    ] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", "-d", help=".npy/.npz streams in the model's input layout (the stream along the time axis; one "
+                             "array per input by name in a .npz) to stream instead of random frames.")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames streamed.",
+                                                  show_default="200, or the whole --data stream")] = None,
+    chunk: CheckChunk = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help=(
+        "Interleaved timing rounds; each streams every call once per runtime."))] = 3,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help=(
+        "Largest difference from onnxruntime allowed, relative to max(1, |value|), for a float32 file."))] = 1e-4,
+    against: Annotated[Optional[Path], typer.Option("--against", help=(
+        "The PyTorch model file it was exported from: run too, and every runtime compared with it."))] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help=(
+        "Intra-op threads of every runtime (and of PyTorch, with --against)."))] = 1,
+    state_pair: StatePairs = None,
+    class_path: ClassPath = None,
+    config: ConfigFile = None,
+    batch_first: BatchFirst = None,
+    nonlinearity: NonlinearityOption = None,
+    allow_pickle: AllowPickle = False,
+    as_json: Json = False,
+) -> None:
+    """Stream the same frames through MODEL in every runtime it will meet and compare them side by side.
+
+    Reports, per runtime, whether it ran (or why not, or how to install it), the
+    largest difference from onnxruntime CPU (and from PyTorch with --against) over
+    every call's outputs and the final states, and the p50/p99 latency per call,
+    timed in interleaved rounds. Exits 1 if a runtime's numbers differ beyond
+    --tolerance on a float32 file.
+    """
+    from edgernn._cli_print import print_check, print_error, status, user_errors
+    from edgernn.runtimes.check import check as check_fn
+
+    with user_errors(), status(_interactive(as_json), "checking...") as progress:
+        report = check_fn(model, runtimes=runtimes, frames=frames, chunk=chunk, data=data, against=against,
+                          threads=threads, rounds=rounds, tolerance=tolerance, state_pairs=state_pairs(state_pair),
+                          progress=progress, **load_options(class_path, config, allow_pickle, batch_first,
+                                                            nonlinearity))
+    _show(report, as_json, print_check)
+    if not report.passed:
+        worst = report.differing[0]
+        print_error(f"{worst.name} differs from onnxruntime by up to {worst.max_deviation:.3g} ({worst.deviation_at}), "
+                    f"over the tolerance of {report.tolerance:g} relative to max(1, |value|)")
+        raise typer.Exit(1)
 
 
 PackOutput = output_option("Folder to write.", "MODEL-ort next to the model")
@@ -350,15 +413,22 @@ def serve(
     kind: Annotated[InstanceKind, typer.Option("--kind", help="Instance kind: cpu, gpu or auto.")] = "cpu",
     controls: Annotated[bool, typer.Option("--controls/--no-controls", help=(
         "Add START/END/READY/CORRID control inputs to the model (START resets the state in the graph)."))] = True,
+    backend: Annotated[TritonBackend, typer.Option("--backend", help=(
+        "Triton backend: onnxruntime (Triton keeps the states as implicit state) or python (Triton's Python "
+        "backend runs StreamBatcher, which keeps each sequence's state by CORRID; any state layout)."))] = "onnxruntime",
     overwrite: Overwrite = False,
     state_pair: StatePairs = None,
     as_json: Json = False,
 ) -> None:
-    """Write a Triton Inference Server model repository entry for MODEL, its states as implicit state.
+    """Write a Triton Inference Server model repository entry that streams MODEL, state carried.
 
-    The model and a config.pbtxt whose sequence batcher keeps every state pair as
-    implicit state. Every state needs its batch axis first (export with
-    --state-layout batch-major), unless --max-batch-size 0.
+    --backend onnxruntime: the model and a config.pbtxt whose sequence batcher keeps
+    every state pair as implicit state. Every state needs its batch axis first (export
+    with --state-layout batch-major), unless --max-batch-size 0.
+
+    --backend python: the model, a model.py that streams it through StreamBatcher in
+    Triton's Python backend, and a config.pbtxt with the sequence batcher's controls.
+    The model keeps each sequence's state (any layout), keyed by its correlation id.
     """
     from edgernn._cli_print import print_serve, status, user_errors
     from edgernn.runtimes.triton import triton_repository
@@ -367,7 +437,8 @@ def serve(
         report = triton_repository(model, triton, name=name, version=model_version, max_batch_size=max_batch_size,
                                    strategy=strategy, max_sequence_idle_microseconds=idle_us,
                                    instance_count=instances, instance_kind=kind, controls=controls,
-                                   overwrite=overwrite, state_pairs=state_pairs(state_pair), progress=progress)
+                                   overwrite=overwrite, state_pairs=state_pairs(state_pair), backend=backend,
+                                   progress=progress)
     _show(report, as_json, print_serve)
 
 

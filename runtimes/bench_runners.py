@@ -165,7 +165,13 @@ class LayerRunner(Runner):
 
 
 class LifterRunner(Runner):
-    """Any other model, through the exporter's state lifter: ``lifter(*data, *states)``."""
+    """Any other model, through the exporter's state lifter: ``lifter(*data, *states)``.
+
+    The model may update its arguments in place (a convolution buffer shifted with ``copy_``):
+    its pool holds tensors of its own (not views of the arrays onnxruntime is fed), each timed
+    call gets fresh copies of its data, made before the clock starts (the lifter's own copying is
+    off while timing, :func:`~edgernn.converters.capture.uncopied`), and ``forward`` (the parity
+    check) copies what it is given and what it returns."""
 
     name = EAGER
 
@@ -180,7 +186,7 @@ class LifterRunner(Runner):
     def pool(self, pool):
         import torch
 
-        tensors = [tuple(torch.from_numpy(a) for a in p) for p in pool]
+        tensors = [tuple(torch.from_numpy(a.copy()) for a in p) for p in pool]
         if self.frame_model:  # one frame per forward: split each call's data along its time axis 0
             return [[tuple(t.select(0, f) for t in p) for f in range(p[0].shape[0])] for p in tensors]
         return tensors
@@ -193,12 +199,14 @@ class LifterRunner(Runner):
     def run(self, pool, start, n, out) -> None:
         import torch
 
+        from edgernn.converters.capture import uncopied
+
         lifter, states, clock, size = self.lifter, self.states, time.perf_counter_ns, len(pool)
         n_states = len(states)
-        with torch.inference_mode():
+        with torch.inference_mode(), uncopied(lifter):
             if self.frame_model:
                 for k in range(start, start + n):
-                    frames = pool[k % size]
+                    frames = [tuple(t.clone() for t in frame) for frame in pool[k % size]]
                     t0 = clock()
                     for frame in frames:
                         res = lifter(*frame, *states)
@@ -206,7 +214,7 @@ class LifterRunner(Runner):
                     out.append(clock() - t0)
             else:
                 for k in range(start, start + n):
-                    data = pool[k % size]
+                    data = tuple(t.clone() for t in pool[k % size])
                     t0 = clock()
                     res = lifter(*data, *states)
                     states = res[len(res) - n_states:]
@@ -216,7 +224,7 @@ class LifterRunner(Runner):
     def forward(self, inputs):
         import torch
 
-        data = [torch.from_numpy(a) for a in inputs]
+        data = [torch.from_numpy(np.array(a, copy=True)) for a in inputs]  # the caller's arrays stay as they are
         n_states = len(self.states)
         with torch.inference_mode():
             if self.frame_model:

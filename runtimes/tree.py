@@ -1,9 +1,11 @@
 """Running tree-network files (``edgernn export`` of a TreeRNN / Child-Sum Tree-LSTM).
 
 A tree file takes a flattened forest: node features ``x [nodes, F]`` (or ``tokens [nodes]``),
-``children [nodes, K]`` (-1 padded) and ``roots [trees]`` (plus ``levels``, computed here, for
-files exported with ``--tree-strategy levels``). :class:`TreeSession` checks the structure with
+``children [nodes, K]`` (-1 padded) and ``roots [trees]``; the graph orders the nodes by level
+itself (``edgernn.converters.tree``). :class:`TreeSession` checks the structure with
 :func:`validate_forest` before running, because the graph itself cannot say what is wrong.
+Files exported before the graph scheduled itself also take ``levels``, which
+:func:`forest_levels` computes here.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def validate_forest(children: Any, roots: Any, n_nodes: int) -> None:
 
 
 def forest_levels(children: np.ndarray) -> np.ndarray:
-    """``levels [depth, width]``: node indices per level (leaves at level 0), -1 padded."""
+    """``levels [depth, width]``: node indices per level (leaves at level 0), -1 padded: the extra
+    input of tree files exported by earlier versions (today's files schedule the forest in the
+    graph). A loop over the nodes in Python: slow on large forests."""
     n = children.shape[0]
     level = np.zeros(n, dtype=np.int64)
     for i in range(n):  # children come first, so one pass in order settles every level
@@ -153,6 +157,9 @@ class TreeSession:
             raise ForestError(f"{self.input_names[0]} has dtype {x_or_tokens.dtype}; expected {np.dtype(want)}")
         if children.shape[1] > 2 and self.info.get("kind") == "tree_rnn":
             raise ForestError(f"children has {children.shape[1]} columns; a binary TreeRNN takes at most 2")
+        columns = 2 if self.info.get("kind") == "tree_rnn" else 1  # the graph reads 2 (TreeRNN), at least 1
+        if children.shape[1] < columns:  # as the PyTorch models do: missing columns are no children
+            children = np.pad(children, ((0, 0), (0, columns - children.shape[1])), constant_values=-1)
         feeds = {self.input_names[0]: x_or_tokens, "children": children, "roots": roots}
         if "levels" in self.input_names:
             feeds["levels"] = forest_levels(children)

@@ -29,6 +29,9 @@ many frames per request, and an output with lookahead (``delay``) is that many f
 model file keeps both in its metadata, the report's entries and notes say them, and the config
 says them in comment lines (Triton itself has no field for them; the client must send such
 requests). A step-mode file with ``frame_multiple`` > 1 is refused.
+
+``backend="python"`` writes a model for Triton's Python backend instead
+(:mod:`edgernn.runtimes.triton_python`): the model keeps each sequence's state itself, by CORRID.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 INITIAL_STATE_DIR = "initial_state"
 STRATEGIES = ("oldest", "direct")
+#: ``onnxruntime``: Triton's ONNX Runtime backend, implicit state; ``python``: Triton's Python
+#: backend running StreamBatcher, the state kept in the model by CORRID (runtimes/triton_python.py)
+BACKENDS = ("onnxruntime", "python")
 #: the control inputs (name, kind, numpy dtype) with ``controls=True``
 CONTROLS = (
     ("START", "CONTROL_SEQUENCE_START", "int32"),
@@ -90,9 +96,10 @@ class TritonReport:
     controls: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    backend: str = "onnxruntime"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "repository": self.repository,
+        return {"name": self.name, "version": self.version, "backend": self.backend, "repository": self.repository,
                 "model_dir": self.model_dir, "model_path": self.model_path, "config_path": self.config_path,
                 "max_batch_size": self.max_batch_size, "strategy": self.strategy, "inputs": self.inputs,
                 "outputs": self.outputs, "states": self.states, "controls": self.controls, "files": self.files,
@@ -104,7 +111,8 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
                       max_sequence_idle_microseconds: int = 5_000_000, max_queue_delay_microseconds: int = 0,
                       max_candidate_sequences: int | None = None, instance_count: int = 1,
                       instance_kind: str = "cpu", controls: bool = True, overwrite: bool = False,
-                      state_pairs: Mapping[str, str] | None = None,
+                      state_pairs: Mapping[str, str] | None = None, backend: str = "onnxruntime",
+                      batch_streams: bool | None = None,
                       progress: Callable[[str], None] | None = None) -> TritonReport:
     """Write a Triton model repository entry that streams ``model`` with implicit state.
 
@@ -132,6 +140,11 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
         controls: declare the control inputs START, END, READY, CORRID and give the model those
             inputs (START resets the state); ``False``: the model file unchanged, no control inputs.
         overwrite: replace an existing ``repo_dir/NAME`` folder (all its versions).
+        backend: ``onnxruntime`` (this module: Triton holds the state) or ``python`` (Triton's
+            Python backend runs StreamBatcher and the model holds each sequence's state:
+            :func:`edgernn.runtimes.triton_python.python_repository`, any state layout).
+        batch_streams: ``python`` only: run the requests of one execute call in one step (default:
+            yes, except for a file that quantizes activations at run time).
         progress: called with the name of each stage.
 
     Raises :class:`TritonError` (one sentence: what does not fit and how to fix it).
@@ -142,6 +155,11 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
     source, stem = mf.source, mf.path.stem if mf.path is not None else None
     _check_options(version, max_batch_size, strategy, max_sequence_idle_microseconds, max_queue_delay_microseconds,
                    max_candidate_sequences, instance_count, instance_kind)
+    if backend not in BACKENDS:
+        raise TritonError(f"Triton backend {backend!r} is unknown; expected onnxruntime or python")
+    if batch_streams is not None and backend != "python":
+        raise TritonError("batch_streams applies to the python backend only; the ONNX Runtime backend runs what "
+                          "Triton batches")
     model_name = _model_name(name, stem)
     repo = Path(repo_dir)
     if repo.exists() and not repo.is_dir():
@@ -150,6 +168,15 @@ def triton_repository(model: str | os.PathLike | Any, repo_dir: str | os.PathLik
     if target.exists() and not overwrite:
         raise TritonError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it, or choose "
                           "another name")
+    if backend == "python":
+        from edgernn.runtimes.triton_python import python_repository
+
+        return python_repository(mf, repo, target, model_name, version=version, max_batch_size=max_batch_size,
+                                 strategy=strategy, max_sequence_idle_microseconds=max_sequence_idle_microseconds,
+                                 max_queue_delay_microseconds=max_queue_delay_microseconds,
+                                 max_candidate_sequences=max_candidate_sequences, instance_count=instance_count,
+                                 instance_kind=instance_kind, controls=controls, overwrite=overwrite,
+                                 batch_streams=batch_streams, say=say)
 
     say("check")
     notes: list[str] = []
@@ -458,4 +485,4 @@ def _write_folder(repo: Path, target: Path, files: dict[str, bytes], overwrite: 
             shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["triton_repository", "TritonReport", "TritonError", "CONTROLS", "TRITON_TYPES", "LAYOUT_FIX"]
+__all__ = ["triton_repository", "TritonReport", "TritonError", "CONTROLS", "TRITON_TYPES", "LAYOUT_FIX", "BACKENDS"]

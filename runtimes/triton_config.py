@@ -89,7 +89,7 @@ def raw_bytes(value: np.ndarray) -> bytes:
     return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
 
 
-def _q(text: str) -> str:
+def quote(text: str) -> str:
     """A protobuf text-format string literal."""
     out = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return '"' + out.replace("\t", "\\t") + '"'
@@ -107,51 +107,16 @@ def config_text(name: str, max_batch_size: int, inputs: list[dict], outputs: lis
     lines = [f"# Triton model configuration written by edgernn {__version__} from {Path(source).name}.",
              "# Each sequence's recurrent state stays in Triton (sequence_batching.state: implicit state).",
              *(f"# {line}" for line in timing_notes(inputs, outputs)),
-             f"name: {_q(name)}", f"platform: {_q(PLATFORM)}", f"max_batch_size: {max_batch_size}"]
+             f"name: {quote(name)}", f"platform: {quote(PLATFORM)}", f"max_batch_size: {max_batch_size}"]
 
-    def tensors(key: str, entries: list[dict]) -> None:
-        lines.append(f"{key} [")
-        for k, e in enumerate(entries):
-            lines.append("  {")
-            lines.append(f"    name: {_q(e['name'])}")
-            lines.append(f"    data_type: {e['data_type']}")
-            lines.append(f"    dims: {_dims(e['dims'])}")
-            lines.append("  }" + ("," if k < len(entries) - 1 else ""))
-        lines.append("]")
-
-    tensors("input", inputs)
-    tensors("output", outputs)
-    lines.append("sequence_batching {")
-    lines.append(f"  max_sequence_idle_microseconds: {idle}")
-    if strategy == "oldest":
-        lines.append("  oldest {")
-        lines.append(f"    max_candidate_sequences: {candidates or max(1, max_batch_size)}")
-    else:
-        lines.append("  direct {")
-    lines.append(f"    max_queue_delay_microseconds: {delay}")
-    lines.append("  }")
-    if controls:
-        lines.append("  control_input [")
-        for k, c in enumerate(controls):
-            lines.append("    {")
-            lines.append(f"      name: {_q(c['name'])}")
-            lines.append("      control [")
-            lines.append("        {")
-            lines.append(f"          kind: {c['kind']}")
-            if c["kind"] == "CONTROL_SEQUENCE_CORRID":
-                lines.append(f"          data_type: {c['data_type']}")
-            else:
-                lines.append("          int32_false_true: [ 0, 1 ]")
-            lines.append("        }")
-            lines.append("      ]")
-            lines.append("    }" + ("," if k < len(controls) - 1 else ""))
-        lines.append("  ]")
+    lines += tensor_lines("input", inputs) + tensor_lines("output", outputs)
+    lines += batcher_lines(max_batch_size, strategy, idle, delay, candidates) + control_lines(controls)
     lines.append("  state [")
     for k, s in enumerate(states):
         init = s["initial_state"]
         lines.append("    {")
-        lines.append(f"      input_name: {_q(s['input_name'])}")
-        lines.append(f"      output_name: {_q(s['output_name'])}")
+        lines.append(f"      input_name: {quote(s['input_name'])}")
+        lines.append(f"      output_name: {quote(s['output_name'])}")
         lines.append(f"      data_type: {s['data_type']}")
         lines.append(f"      dims: {_dims(s['dims'])}")
         lines.append("      initial_state: {")
@@ -160,19 +125,54 @@ def config_text(name: str, max_batch_size: int, inputs: list[dict], outputs: lis
         if init.get("zero_data"):
             lines.append("        zero_data: true")
         else:
-            lines.append(f"        data_file: {_q(init['data_file'])}")
-        lines.append(f"        name: {_q(init['name'])}")
+            lines.append(f"        data_file: {quote(init['data_file'])}")
+        lines.append(f"        name: {quote(init['name'])}")
         lines.append("      }")
         lines.append("    }" + ("," if k < len(states) - 1 else ""))
     lines.append("  ]")
     lines.append("}")
-    lines.append("instance_group [")
-    lines.append("  {")
-    lines.append(f"    count: {instance_count}")
-    lines.append(f"    kind: {INSTANCE_KINDS[instance_kind]}")
-    lines.append("  }")
-    lines.append("]")
+    lines += instance_lines(instance_count, instance_kind)
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PLATFORM", "INSTANCE_KINDS", "TRITON_TYPES", "config_text", "tensor_entry", "state_entry", "timing_notes", "raw_bytes"]
+def tensor_lines(key: str, entries: list[dict]) -> list[str]:
+    """The ``input`` or ``output`` list of a config."""
+    lines = [f"{key} ["]
+    for k, e in enumerate(entries):
+        lines += ["  {", f"    name: {quote(e['name'])}", f"    data_type: {e['data_type']}",
+                  f"    dims: {_dims(e['dims'])}", "  }" + ("," if k < len(entries) - 1 else "")]
+    return lines + ["]"]
+
+
+def batcher_lines(max_batch_size: int, strategy: str, idle: int, delay: int, candidates: int | None) -> list[str]:
+    """The opening of ``sequence_batching``: idle time and strategy (the caller closes the block)."""
+    lines = ["sequence_batching {", f"  max_sequence_idle_microseconds: {idle}"]
+    if strategy == "oldest":
+        lines += ["  oldest {", f"    max_candidate_sequences: {candidates or max(1, max_batch_size)}"]
+    else:
+        lines.append("  direct {")
+    return lines + [f"    max_queue_delay_microseconds: {delay}", "  }"]
+
+
+def control_lines(controls: list[dict]) -> list[str]:
+    """``sequence_batching.control_input``: START, END, READY (int32 0/1) and CORRID (its type)."""
+    if not controls:
+        return []
+    lines = ["  control_input ["]
+    for k, c in enumerate(controls):
+        lines += ["    {", f"      name: {quote(c['name'])}", "      control [", "        {", f"          kind: {c['kind']}"]
+        if c["kind"] == "CONTROL_SEQUENCE_CORRID":
+            lines.append(f"          data_type: {c['data_type']}")
+        else:
+            lines.append("          int32_false_true: [ 0, 1 ]")
+        lines += ["        }", "      ]", "    }" + ("," if k < len(controls) - 1 else "")]
+    return lines + ["  ]"]
+
+
+def instance_lines(instance_count: int, instance_kind: str) -> list[str]:
+    return ["instance_group [", "  {", f"    count: {instance_count}", f"    kind: {INSTANCE_KINDS[instance_kind]}", "  }",
+            "]"]
+
+
+__all__ = ["PLATFORM", "INSTANCE_KINDS", "TRITON_TYPES", "config_text", "tensor_entry", "state_entry", "timing_notes", "raw_bytes",
+           "tensor_lines", "batcher_lines", "control_lines", "instance_lines", "quote"]

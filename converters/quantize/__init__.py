@@ -23,14 +23,19 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 
 from edgernn.contract import Contract, read_metadata, write_metadata
-from edgernn.converters.quantize.graph import work_nodes
-from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport
+from edgernn.converters.optimize import strip_debug_info
+from edgernn.converters.quantize.graph import fold_weights, small_weights, weight_bytes, work_nodes
+from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport, SizeSplit
 from edgernn.errors import EdgernnError
 from edgernn.modelfile import ModelFile, ModelFileError, write_checked
 
 METHODS = ("dynamic", "static", "fp16", "mixed")
 SUFFIX = {"dynamic": ".int8", "static": ".qdq", "fp16": ".fp16", "mixed": ".mixed"}
 CALIBRATION_CALLS = 4000  # calls recorded for static calibration (enough for min/max, bounded memory)
+MIN_SIZE = 128
+"""Weights of fewer elements stay float in int8 methods (``--min-size``): int8 saves 3 bytes an
+element, its quantize/dequantize nodes and scales cost some 400-600 bytes (measured break-even of
+a lone MatMul: about 150-200 elements) and about a microsecond per call (onnxruntime, one CPU thread)."""
 
 
 class QuantizeError(EdgernnError):
@@ -60,7 +65,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
              data: str | os.PathLike | None = None, per_channel: bool = False, exclude: Sequence[str] = (),
              max_error: float | None = None, min_agreement: float | None = None, steps: int = 10_000,
              chunk: int | None = None, state_pairs: Mapping[str, str] | None = None, write: bool = True,
-             fix: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> QuantizeReport:
+             fix: Mapping[str, Any] | None = None, min_size: int = MIN_SIZE, keep_debug_info: bool = False,
+             progress: Callable[[str], None] | None = None) -> QuantizeReport:
     """Quantize an edgernn (or other stateful) ONNX file and check it against the float model.
 
     Args:
@@ -83,6 +89,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
             those values (:func:`edgernn.converters.specialize.specialize`: an ``If`` on them keeps
             its taken branch, whose weights become constants to quantize); the inputs leave the
             quantized file, and sizes compare with the specialised float graph.
+        min_size: ``dynamic`` and ``static``: weights of fewer elements stay float (their
+            quantize/dequantize overhead costs more than int8 saves; :data:`MIN_SIZE`); 0 quantizes all.
+        keep_debug_info: keep the exporter's per-node debug metadata (stack traces, module names)
+            in the quantized file; by default it is dropped (names stay).
+
+    Weights computed from constants in the graph (a weight chunked, sliced or transposed in
+    forward) are folded to constants first (:func:`~edgernn.converters.quantize.graph.fold_weights`),
+    so that they quantize; the accuracy check compares with the unfolded float file.
 
     Without ``data`` or ``calibration`` the accuracy check makes up streams, which needs every
     data input's size fixed but on its batch and time axes; else :class:`QuantizeError` asks for
@@ -94,6 +108,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         raise QuantizeError(f"method {method!r} is unknown; expected one of {', '.join(METHODS)}")
     if steps < 1:
         raise QuantizeError(f"--steps must be at least 1, got {steps}")
+    if min_size < 0:
+        raise QuantizeError(f"--min-size must be at least 0, got {min_size}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise QuantizeError(f"--min-agreement must lie in [0, 1], got {min_agreement}")
     mf = _open(model, None if fix else state_pairs)
@@ -168,11 +184,18 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
     if "edgernn.tree" in contract.extra and method != "dynamic":
         raise QuantizeError(f"{source} is a tree-network file: only --method dynamic is supported for it (static "
                             "calibration needs streams, and the float16 converter cannot type the node Loop's body)")
+    step("fold constant weights")
+    work, fold_note = fold_weights(stamped)  # the float reference stays the file as it was
+    if fold_note:
+        notes.append(fold_note)
+    small = small_weights(work, min_size) if method in ("dynamic", "static") else {}
+    small = {k: v for k, v in small.items() if k not in exclude}
+    exclude = [*exclude, *small]
     step(f"quantize ({method})")
     if method == "dynamic":
         from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
 
-        q, done, kept = quantize_dynamic_int8(stamped, per_channel=per_channel, exclude=exclude,
+        q, done, kept = quantize_dynamic_int8(work, per_channel=per_channel, exclude=exclude,
                                               step=contract.mode == "step" and "edgernn.tree" not in contract.extra)
     elif method == "static":
         from edgernn.converters.quantize.static import quantize_static_int8, stream_feeds
@@ -184,12 +207,18 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         step("calibrate on streams")
         feeds = stream_feeds(float_bytes, calib_streams, calib_chunk, CALIBRATION_CALLS)
         step(f"quantize ({method})")
-        q, done, kept = quantize_static_int8(stamped, feeds, per_channel=per_channel, exclude=exclude)
+        q, done, kept = quantize_static_int8(work, feeds, per_channel=per_channel, exclude=exclude)
         notes.append(f"calibrated on {len(feeds)} calls of {calib_source}, state carried from call to call")
     else:
         from edgernn.converters.quantize.fp16 import to_fp16
 
-        q, done, kept = to_fp16(stamped, mixed=method == "mixed", exclude=exclude)
+        q, done, kept = to_fp16(work, mixed=method == "mixed", exclude=exclude)
+    kept = [NodeDecision(d.name, d.op_type, d.dtype, _small_why(small[d.name], min_size)) if d.name in small else d
+            for d in kept]
+    if not done and small and all(d.name in small for d in kept):
+        raise QuantizeError(f"every weight of {source} is under --min-size {min_size} elements (the largest has "
+                            f"{max(small.values())}): int8 would make the file larger and slower, so it stays float; "
+                            "pass --min-size 0 to quantize it anyway; nothing was written")
     if not done:
         why = "; ".join(sorted({d.why for d in kept})[:3]) or "no node qualified"
         raise QuantizeError(f"{method} quantization changed no node of {source} ({why}); nothing was written")
@@ -202,7 +231,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
             "kept_float": sorted({d.name for d in kept}), "calibration": calib_source}
     write_metadata(q, Contract(contract.mode, contract.inputs, contract.outputs, contract.states,
                                {**contract.extra, "edgernn.quantization": json.dumps(info)}))
+    if not keep_debug_info:
+        strip_debug_info(q)
     q_bytes = q.SerializeToString()
+    sizes = SizeSplit(size_before, weight_bytes(float_model), len(q_bytes), weight_bytes(q))
+    if len(q_bytes) > size_before:
+        notes.append(f"the {method} file is larger than its float file ({len(q_bytes):,} > {size_before:,} bytes): "
+                     "its weights are too small for int8 to pay; keep the float file")
 
     step("accuracy check")
     if "edgernn.tree" in contract.extra:  # tree files take structure arrays: compare on random forests
@@ -210,15 +245,20 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
 
         acc = compare_tree_files(float_bytes, q_bytes)
         return _finish(QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
-                                      min_agreement, notes, q), target, q_bytes)
+                                      min_agreement, notes, q, sizes), target, q_bytes)
     if eval_streams is None:
         eval_streams = accuracy.synthetic_streams(contract, steps, seed=0, model=stamped)
         eval_source = synthetic
     acc: AccuracyReport = accuracy.compare(float_bytes, q_bytes, eval_streams, chunk=chunk,
                                            data_source=eval_source)
     report = QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
-                            min_agreement, notes, q)
+                            min_agreement, [*notes, *acc.notes], q, sizes)
     return _finish(report, target, q_bytes)
+
+
+def _small_why(elements: int, min_size: int) -> str:
+    return (f"its weight has {elements} elements, under --min-size {min_size}: int8 would cost more than it saves "
+            "(quantize/dequantize nodes and scales)")
 
 
 def _finish(report: QuantizeReport, target: Path | None, q_bytes: bytes) -> QuantizeReport:
@@ -228,4 +268,4 @@ def _finish(report: QuantizeReport, target: Path | None, q_bytes: bytes) -> Quan
     return write_checked(report, target, q_bytes, failure)
 
 
-__all__ = ["quantize", "METHODS", "QuantizeReport", "QuantizeError", "NodeDecision", "default_output"]
+__all__ = ["quantize", "METHODS", "MIN_SIZE", "QuantizeReport", "QuantizeError", "NodeDecision", "default_output"]

@@ -27,12 +27,22 @@ Streams = list[dict[str, np.ndarray]]
 # ops that pass integer ids through unchanged on their way to an embedding's Gather
 _ID_PASSTHROUGH = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose"}
 _AR_COEFFICIENT = 0.9  # correlation of neighbouring frames in synthetic float data
-_DEFAULT_CHUNK = {"step": 1, "chunk": 100}  # sequence mode: the whole stream in one call
+_DEFAULT_CHUNK = {"step": 1, "chunk": 100}
+_MAX_STREAMS = 256  # more streams than this, and 8 times more than frames: the axes are swapped
+SEQUENCE_FRAMES = 500
+"""Sequence mode: the longest sequence fed in one call (a stream of 10,000 frames in one call
+asked a stacked xLSTM-like model for 1.6 GB); longer streams go as consecutive sequences."""
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+
+def is_setting(spec: TensorSpec) -> bool:
+    """A rank-0 input (a sample rate, a threshold): in data, one value for every call (a 0-d
+    array) or one per frame (along the stream's time axis), the value of a call's first frame."""
+    return spec.time_axis is None and spec.batch_axis is None and len(spec.shape) == 0
+
 
 def stream_shape(spec: TensorSpec) -> list:
     """The layout of a stream of ``spec``: the input's shape with ``time`` on its time axis (a
@@ -96,11 +106,13 @@ def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: in
     vocab = _embedding_sizes(model) if model is not None else {}
     out: dict[str, np.ndarray] = {}
     for spec in contract.inputs:
-        shape = stream_shape(spec)
+        shape = [] if is_setting(spec) else stream_shape(spec)  # a setting: one value for the whole stream
         concrete = [steps if d == TIME else streams if d == BATCH else d if isinstance(d, int) else 1
                     for d in shape]
         dtype = _numpy_dtype(spec)
-        if dtype.kind == "f":
+        if dtype.kind == "f" and is_setting(spec):
+            out[spec.name] = np.ones((), dtype)
+        elif dtype.kind == "f":
             out[spec.name] = _ar1(rng, concrete, _stream_time_axis(spec)).astype(dtype)
         elif dtype.kind == "b":
             out[spec.name] = rng.integers(0, 2, concrete).astype(dtype)
@@ -190,6 +202,8 @@ def load_streams(path: str | os.PathLike, contract: Contract, what: str = "calib
     for spec in contract.inputs:
         arr = arrays[spec.name]
         _check_stream(what, spec, arr)
+        if arr.ndim == 0:  # a setting given once
+            continue
         lengths[spec.name] = arr.shape[_stream_time_axis(spec)]
         b = _stream_batch_axis(spec)
         if b is not None:
@@ -200,6 +214,14 @@ def load_streams(path: str | os.PathLike, contract: Contract, what: str = "calib
     if len(set(batches.values())) > 1:
         raise EdgernnError(f"{what} arrays hold different numbers of streams ({_pairs(batches)}); "
                            "every input needs the same batch size")
+    frames, streams = next(iter(lengths.values()), 1), next(iter(batches.values()), 1)
+    if streams > _MAX_STREAMS and streams > 8 * frames:
+        name = next(iter(batches))
+        spec = next(t for t in contract.inputs if t.name == name)
+        raise EdgernnError(f"{what} array {name!r} holds {streams} streams of {frames} frame(s) (the contract's batch "
+                           f"axis is axis {_stream_batch_axis(spec)} of the array, its time axis "
+                           f"axis {_stream_time_axis(spec)}): the data's axes contradict the contract; "
+                           f"give the array as {'[' + ', '.join(str(d) for d in stream_shape(spec)) + ']'}")
     if next(iter(lengths.values()), 1) == 0:
         raise EdgernnError(f"{what} array {names[0]!r} has no frames (its time axis has length 0)")
     return [arrays]
@@ -219,9 +241,12 @@ def _check_stream(what: str, spec: TensorSpec, arr: np.ndarray) -> None:
     shown = "[" + ", ".join(str(d) for d in want) + "]"
     if arr.dtype != _numpy_dtype(spec):
         raise EdgernnError(f"{what} array {spec.name!r} has dtype {arr.dtype}; expected {spec.dtype}")
+    if is_setting(spec) and arr.ndim == 0:
+        return
     if arr.ndim != len(want):
         raise EdgernnError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; expected {shown} "
-                           f"({len(want)} axes, time on axis {_stream_time_axis(spec)})")
+                           f"({len(want)} axes, time on axis {_stream_time_axis(spec)}"
+                           + (", or a 0-d array: one value for every call)" if is_setting(spec) else ")"))
     for axis, (got, dim) in enumerate(zip(arr.shape, want)):
         if isinstance(dim, int) and got != dim:
             raise EdgernnError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; expected {shown} "
@@ -320,7 +345,8 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
 
     Both models are paths, serialized bytes or ``onnx.ModelProto``s following the same contract.
     Each stream-batch starts from the init state in both; it is fed ``chunk`` frames per call
-    (default: 1 in step mode, 100 in chunk mode, the whole stream in sequence mode) and each model
+    (default: 1 in step mode, 100 in chunk mode, sequences of at most :data:`SEQUENCE_FRAMES` in
+    sequence mode, the report's notes say so) and each model
     carries its own state. Per output the report holds the max and mean abs error, the scale
     (max |reference|) and, for float outputs, how often the per-frame decision agrees: argmax over
     the last axis when it has more than one entry, else a threshold of 0.5 when the reference lies
@@ -338,17 +364,21 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
     if mode == "step" and chunk not in (None, 1):
         raise EdgernnError(f"the model was exported in step mode and takes one frame per call; "
                            f"use chunk 1, not {chunk}")
-    per_frame = [spec.name for spec in ref.inputs if spec.time_axis is None]
+    per_frame = [spec.name for spec in ref.inputs if spec.time_axis is None and not is_setting(spec)]
     if per_frame and chunk not in (None, 1):
         raise EdgernnError(f"input {per_frame[0]!r} has no time axis, so the model takes one frame per call; "
                            f"use chunk 1, not {chunk}")
     stats = {spec.name: _OutputStats(spec) for spec in ref.outputs}
     state_errors = {s.name: 0.0 for s in ref.states}
-    lengths, total_streams, chunks = [], 0, []
+    lengths, total_streams, chunks, notes = [], 0, [], []
+    times: tuple[list, list] = ([], [])
     for data in streams:
         feeds = _stream_feeds(ref.contract, data)
         total = _length(ref.contract, feeds)
-        size = chunk or (1 if per_frame else _DEFAULT_CHUNK.get(mode, total))
+        size = chunk or (1 if per_frame else _DEFAULT_CHUNK.get(mode, min(total, SEQUENCE_FRAMES)))
+        if mode == "sequence" and chunk is None and total > size and not notes:
+            notes.append(f"sequence mode: each stream of {total:,} frames was fed as consecutive sequences of at most "
+                         f"{size} frames, state carried (bounded memory; --chunk sets the length)")
         multiple = ref.frame_multiple
         if multiple > 1:
             if chunk is not None and chunk % multiple:
@@ -363,14 +393,16 @@ def compare(reference: Any, candidate: Any, streams: Sequence[Mapping[str, np.nd
         total_streams += _batch(ref.contract, feeds)
         ref.reset()
         cand.reset()
-        _run_side_by_side(ref, cand, feeds, total, size, stats)
+        _run_side_by_side(ref, cand, feeds, total, size, stats, times)
         ref_state, cand_state = ref.state, cand.state
         for name in state_errors:
             diff = np.abs(cand_state[name].astype(np.float64) - ref_state[name])
             worst = float(diff.max()) if np.all(np.isfinite(diff)) else float("inf")
             state_errors[name] = max(state_errors[name], worst)
+    p50 = [float(np.median(t)) * 1e6 if t else None for t in times]
     return AccuracyReport(data_source=data_source, steps=max(lengths), streams=total_streams, chunk=max(chunks),
-                          outputs=[s.result() for s in stats.values()], state_errors=state_errors)
+                          outputs=[s.result() for s in stats.values()], state_errors=state_errors,
+                          float_call_us=p50[0], quantized_call_us=p50[1], notes=notes)
 
 
 def whole_calls(size: int, total: int, multiple: int) -> tuple[int, int]:
@@ -399,9 +431,12 @@ def _stream_feeds(contract: Contract, data: Mapping[str, np.ndarray]) -> dict[st
 
 
 def _length(contract: Contract, feeds: Mapping[str, np.ndarray]) -> int:
-    lengths = {spec.name: feeds[spec.name].shape[_stream_time_axis(spec)] for spec in contract.inputs}
+    lengths = {spec.name: feeds[spec.name].shape[_stream_time_axis(spec)] for spec in contract.inputs
+               if feeds[spec.name].ndim}  # a setting given once has no frames
     if len(set(lengths.values())) > 1:
         raise EdgernnError(f"the data's inputs have different stream lengths ({_pairs(lengths)})")
+    if not lengths:
+        raise EdgernnError("the data holds no stream: every input is a single value")
     total = next(iter(lengths.values()))
     if total == 0:
         raise EdgernnError(f"data array {next(iter(lengths))!r} has no frames (its time axis has length 0)")
@@ -420,20 +455,31 @@ _FLUSH = 256  # calls whose outputs are gathered before the statistics are updat
 
 
 def _run_side_by_side(ref, cand, feeds: Mapping[str, np.ndarray], total: int, size: int,
-                      stats: Mapping[str, _OutputStats]) -> None:
+                      stats: Mapping[str, _OutputStats], times: tuple[list, list]) -> None:
+    """Feed both models call by call; ``times`` gathers the seconds of each call of each (the two
+    run alternately, so both see the same machine state)."""
+    import time
+
     specs = ref.contract.inputs
     pending: dict[str, tuple[list, list]] = {name: ([], []) for name in stats}
     for n, start in enumerate(range(0, total, size)):
         call = {}
         for spec in specs:
             arr = feeds[spec.name]
-            if spec.time_axis is None:  # a per-frame model: one frame per call, no time axis
+            if arr.ndim == 0:  # a setting given once
+                call[spec.name] = arr
+            elif spec.time_axis is None:  # a per-frame model (or a setting per frame): the call's first frame
                 call[spec.name] = arr[start]
             else:
                 index = [slice(None)] * arr.ndim
                 index[spec.time_axis] = slice(start, min(start + size, total))
                 call[spec.name] = arr[tuple(index)]
-        out_ref, out_cand = ref.step(**call), cand.step(**call)
+        t0 = time.perf_counter()
+        out_ref = ref.step(**call)
+        t1 = time.perf_counter()
+        out_cand = cand.step(**call)
+        times[0].append(t1 - t0)
+        times[1].append(time.perf_counter() - t1)
         for name, (a, b) in pending.items():
             a.append(out_ref[name])
             b.append(out_cand[name])

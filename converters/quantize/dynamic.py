@@ -6,7 +6,10 @@ LSTM as a one-frame LSTM op). Then LSTM ops go to onnxruntime's DynamicQuantizeL
 kernel); GRU and RNN ops, for which onnxruntime has no int8 kernel, are lowered to MatMul cells
 (``lowering.py``); and onnxruntime's ``quantize_dynamic`` turns every MatMul with a constant weight,
 in the main graph and in Scan bodies, into int8 (MatMulInteger, which onnxruntime's optimizer fuses
-with its scales and bias into DynamicQuantizeMatMul when the session loads).
+with its scales and bias into DynamicQuantizeMatMul when the session loads). Convolutions get int8
+weights, one scale per output channel, that onnxruntime dequantizes once when the session loads
+(``convolution.py``: measured faster than its ConvInteger kernel, which quantizes activations to
+uint8 every call).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Sequence
 
 import onnx
 
+from edgernn.converters.quantize.convolution import HOW as CONV_HOW
+from edgernn.converters.quantize.convolution import int8_conv_weights
 from edgernn.converters.quantize.decisions import decide
 from edgernn.converters.quantize.graph import node_keys, work_nodes
 from edgernn.converters.quantize.lowering import KEPT, RECURRENT_OPS, lower_recurrent_ops
@@ -53,6 +58,7 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
         quantized = onnx.load(dst)
+    quantized, convs = int8_conv_weights(quantized, exclude)  # weight-only: faster than ConvInteger (convolution.py)
     remaining = node_keys(quantized)
 
     fused_done, fused_kept = [], []
@@ -66,11 +72,17 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool = False, 
         fused_done += [NodeDecision(n, t, "int8", f.why(n)) for n, t in f.replaced]
 
     def int8(node) -> tuple[str, str] | None:
+        if node.op_type == "Conv" and (node.name or "") in convs:
+            return "int8", CONV_HOW
         if (node.name, node.op_type) in remaining:
             return None
         kind = INT8_OPS.get(node.op_type, "dynamic int8 MatMul")
         return "int8", f"{kind} (int8 weights, activations quantized at run time)"
 
-    done, kept = decide(candidates, int8, lambda n: not_lowered.get(n.name, "onnxruntime's quantizer left it in float"),
-                        exclude)
+    def why_float(node) -> str:
+        if node.op_type == "Conv":
+            return "its weight is not a float32 tensor of 3 or more axes"
+        return not_lowered.get(node.name, "onnxruntime's quantizer left it in float")
+
+    done, kept = decide(candidates, int8, why_float, exclude)
     return quantized, fused_done + done, fused_kept + kept

@@ -31,6 +31,67 @@ def _has_constant_weight(node: ir.Node) -> bool:
     return weight.is_initializer() or (producer is not None and producer.op_type == "Constant")
 
 
+_NOT_FOLDABLE = {"If", "Loop", "Scan", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                 "Multinomial", "Bernoulli"}
+
+
+def _static(value: ir.Value | None, memo: dict) -> bool:
+    """Whether ``value`` is computed from constants alone (initializers, ``Constant`` nodes, and
+    deterministic ops of them), in any graph."""
+    if value is None:
+        return True
+    if value in memo:
+        return memo[value]
+    memo[value] = False  # a cycle (none in a valid graph) is not static
+    producer = value.producer()
+    if value.is_initializer() or value.const_value is not None:
+        memo[value] = True
+    elif producer is not None and producer.op_type not in _NOT_FOLDABLE and producer.domain in ("", "ai.onnx"):
+        memo[value] = all(_static(v, memo) for v in producer.inputs)
+    return memo[value]
+
+
+def foldable_weights(model: onnx.ModelProto | ir.Model) -> list[ir.Node]:
+    """Work nodes (:func:`work_nodes`) whose weight is not a constant yet but is computed from
+    constants alone: a Split, Slice, Transpose, Reshape, Concat, Gather... of initializers or
+    ``Constant`` nodes (a cell that chunks or indexes its weight in forward), in subgraphs too.
+    Constant folding makes those weights constants a quantizer can read."""
+    memo: dict = {}
+    return [n for n, const in work_nodes(model) if not const and len(n.inputs) > 1 and n.inputs[1] is not None
+            and n.inputs[1].producer() is not None and _static(n.inputs[1], memo)]
+
+
+def fold_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Fold the static weight paths of :func:`foldable_weights` into initializers
+    (:func:`edgernn.converters.optimize.fold_constants`) and check that the folded graph gives the
+    same outputs on random inputs. Returns the model (``model`` itself when nothing is to fold, or
+    when the folded graph differs or loses an input) and a sentence for the report (None when
+    nothing was to fold)."""
+    import onnx_ir as ir
+
+    from edgernn.converters.optimize import fold_constants
+
+    m = ir.from_proto(model)
+    targets = foldable_weights(m)
+    if not targets:
+        return model, None
+    fold_constants(m)
+    folded = ir.to_proto(m)
+    left = {n.name for n in foldable_weights(folded)}
+    done = [n.name for n in targets if n.name not in left]
+    if [i.name for i in folded.graph.input] != [i.name for i in model.graph.input] or \
+            [o.name for o in folded.graph.output] != [o.name for o in model.graph.output]:
+        return model, f"constant folding of {len(targets)} weight path(s) declined: it changed the graph's I/O"
+    parity = compare_on_random(model, folded)
+    if parity is False:
+        return model, f"constant folding of {len(targets)} weight path(s) declined: the folded graph's outputs differ"
+    checked = ("same outputs on random inputs" if parity else
+               "not run on made-up inputs (the accuracy check compares with the unfolded float file)")
+    return folded, (f"constant folding made {len(done)} of {len(targets)} computed weights constants "
+                    f"(Split / Slice / Transpose / ... of initializers; {', '.join(done[:3])}"
+                    f"{', ...' if len(done) > 3 else ''}); {checked}")
+
+
 def all_nodes(model: onnx.ModelProto | ir.Model) -> Iterator[ir.Node]:
     """Every node of the main graph and of its subgraphs (Scan, Loop and If bodies), in order.
     (onnx-ir is imported here, not with the module: it takes half a second.)"""
@@ -108,6 +169,29 @@ def random_feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.
     return feeds
 
 
+def compare_on_random(a: onnx.ModelProto, b: onnx.ModelProto, tolerance: float = TOLERANCE) -> bool | None:
+    """Whether ``b`` gives ``a``'s outputs on random inputs (batch 1 and 2); None when ``a`` does
+    not run on made-up inputs (it needs real data, e.g. a window of a given size)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        sa = ort.InferenceSession(a.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        runs = [(feeds, sa.run(None, feeds)) for feeds in (random_feeds(a, 1, 0), random_feeds(a, 2, 1))]
+    except Exception:
+        return None
+    try:
+        sb = ort.InferenceSession(b.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for feeds, want in runs:
+            for x, y in zip(want, sb.run(None, feeds)):
+                if x.shape != y.shape or not np.allclose(x, y, atol=tolerance, rtol=tolerance, equal_nan=True):
+                    return False
+    except Exception:
+        return False
+    return True
+
+
 def same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, tolerance: float = TOLERANCE) -> bool:
     """Whether ``a`` and ``b`` give the same outputs (within ``tolerance``) on random inputs, batch 1 and 2."""
     import onnxruntime as ort
@@ -122,3 +206,53 @@ def same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, tolerance: float = TOLE
     except Exception:  # the rewrite does not even run: drop it
         return False
     return True
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the model's tensors: initializers and ``Constant`` node values, in the
+    main graph and every subgraph (the rest of a file is its graph: nodes, names, metadata)."""
+
+    def of(graph: onnx.GraphProto) -> int:
+        total = sum(t.ByteSize() for t in graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    total += a.t.ByteSize()
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    total += of(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    total += sum(of(g) for g in a.graphs)
+        return total
+
+    return of(model.graph)
+
+
+def weight_elements(node: ir.Node) -> int:
+    """Elements of a work node's constant weights (a MatMul / Gemm / Conv's second input; a
+    recurrent op's W and R); 0 when they are not constants of known shape."""
+    inputs = node.inputs[1:3] if node.op_type in ONNX_OPS else node.inputs[1:2]
+    total = 0
+    for v in inputs:
+        if v is None:
+            continue
+        tensor = v.const_value
+        producer = v.producer()
+        if tensor is None and producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+            tensor = producer.attributes["value"].as_tensor()
+        if tensor is None:
+            return 0
+        total += int(np.prod(tensor.shape.numpy()))
+    return total
+
+
+def small_weights(model: onnx.ModelProto, min_size: int) -> dict[str, int]:
+    """Name -> weight elements of the work nodes whose constant weights have fewer than
+    ``min_size`` elements: int8 would cost them more than it saves (their quantize/dequantize nodes
+    and scales take some 600 bytes and a microsecond per call on one CPU thread, a 32 x 32 matrix
+    saves 3 KB)."""
+    out = {}
+    for node, const in work_nodes(model):
+        n = weight_elements(node) if const else 0
+        if const and 0 < n < min_size and node.name:
+            out[node.name] = n
+    return out

@@ -43,6 +43,29 @@ class OutputAccuracy:
 
 
 @dataclass
+class SizeSplit:
+    """Bytes of the float and the quantized file, and of their weights (initializers and Constant
+    values, subgraphs included); the rest is graph: nodes, names, metadata."""
+
+    before: int
+    weights_before: int
+    after: int
+    weights_after: int
+
+    @property
+    def graph_before(self) -> int:
+        return self.before - self.weights_before
+
+    @property
+    def graph_after(self) -> int:
+        return self.after - self.weights_after
+
+    def to_json(self) -> dict[str, int]:
+        return {"graph_before": self.graph_before, "weights_before": self.weights_before,
+                "graph_after": self.graph_after, "weights_after": self.weights_after}
+
+
+@dataclass
 class AccuracyReport:
     """Float vs quantized, streamed side by side (state carried in both)."""
 
@@ -52,6 +75,15 @@ class AccuracyReport:
     chunk: int  # frames per call
     outputs: list[OutputAccuracy] = field(default_factory=list)
     state_errors: dict[str, float] = field(default_factory=dict)  # max abs error of the final state
+    float_call_us: float | None = None  # p50 microseconds per call of each model, timed side by side in the check
+    quantized_call_us: float | None = None
+    notes: list[str] = field(default_factory=list)  # how the data was fed (e.g. sequence mode's bounded streams)
+
+    @property
+    def latency_ratio(self) -> float | None:
+        if not self.float_call_us or self.quantized_call_us is None:
+            return None
+        return self.quantized_call_us / self.float_call_us
 
     @property
     def max_error(self) -> float:
@@ -65,7 +97,9 @@ class AccuracyReport:
     def to_json(self) -> dict[str, Any]:
         return {"data_source": self.data_source, "steps": self.steps, "streams": self.streams, "chunk": self.chunk,
                 "outputs": [o.to_json() for o in self.outputs], "state_errors": self.state_errors,
-                "max_error": self.max_error, "min_agreement": self.min_agreement}
+                "max_error": self.max_error, "min_agreement": self.min_agreement,
+                "latency_us": {"float": self.float_call_us, "quantized": self.quantized_call_us,
+                               "ratio": self.latency_ratio}, "notes": self.notes}
 
 
 @dataclass
@@ -84,6 +118,7 @@ class QuantizeReport:
     min_agreement: float | None = None
     notes: list[str] = field(default_factory=list)
     model: Any = field(default=None, repr=False)
+    sizes: SizeSplit | None = None  # graph and weight bytes apart
 
     @property
     def size_ratio(self) -> float:
@@ -121,6 +156,7 @@ class QuantizeReport:
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "source": self.source, "path": self.path, "size_before": self.size_before,
                 "size_after": self.size_after, "size_ratio": self.size_ratio,
+                "sizes": self.sizes.to_json() if self.sizes else None,
                 "quantized": [d.to_json() for d in self.quantized],
                 "kept_float": [d.to_json() for d in self.kept_float], "decided_by": self.decided_by,
                 "accuracy": self.accuracy.to_json() if self.accuracy else None,

@@ -40,6 +40,15 @@ def random_expression(n_leaves: int, rng: np.random.Generator) -> Any:
     return (op, random_expression(split, rng), random_expression(n_leaves - split, rng))
 
 
+def chain_expression(n_leaves: int, rng: np.random.Generator) -> Any:
+    """A left-leaning chain ``((d op d) op d) op ...`` of ``n_leaves`` digits (``2 n - 1`` nodes,
+    depth ``n``): the deepest tree of its size, one level per operator."""
+    tree: Any = DIGITS[int(rng.integers(10))]
+    for _ in range(n_leaves - 1):
+        tree = ("+*"[int(rng.integers(2))], tree, DIGITS[int(rng.integers(10))])
+    return tree
+
+
 def evaluate(tree: Any) -> int:
     """The value of an expression tree, mod 10."""
     if not isinstance(tree, tuple):

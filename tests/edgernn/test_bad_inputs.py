@@ -25,6 +25,7 @@ ONNX_COMMANDS = {  # command -> the arguments it needs besides the model, writin
     "run": ["-d", "{x}", "-o", "{out}/y.npy"],
     "quantize": ["-o", "{out}/q.onnx", "--frames", "20"],
     "bench": ["--calls", "5", "--warmup", "1", "--rounds", "1"],
+    "check": ["--runtimes", "ort", "--frames", "5", "--rounds", "1"],
     "pack": ["-o", "{out}/packed"],
     "serve": ["--triton", "{out}/repo", "--max-batch-size", "0"],
 }
@@ -141,6 +142,14 @@ CASES = [
     ("bench", "good.onnx", ["--calls", "5", "--against", "{d}/missing.pt"], "missing.pt"),
     ("bench", "good.onnx", ["--calls", "5", "--baseline", "{d}/truncated.onnx"], "truncated.onnx"),
     ("bench", "good.onnx", ["--calls", "5", "--plot", "{out}/no/such/p.png"], "does not exist"),
+    ("check", "good.onnx", ["--runtimes", "ort", "-d", "{d}/x_shape.npy"], "axis 2 must be 3"),
+    ("check", "good.onnx", ["--runtimes", "ort", "-d", "{d}/x_nan.npy"], "holds NaN"),
+    ("check", "good.onnx", ["--runtimes", "ort", "-d", "{d}/x_text.npy"], "x_text.npy"),
+    ("check", "good.onnx", ["--runtimes", "ort", "-d", "{d}/nothing.npy"], "nothing.npy"),
+    ("check", "good.onnx", ["--runtimes", "ort", "--chunk", "2"], "step mode"),
+    ("check", "good.onnx", ["--runtimes", "ort", "--frames", "5", "--against", "{d}/text.pt"], "text.pt"),
+    ("check", "good.onnx", ["--runtimes", "ort", "--frames", "5", "--against", "{d}/missing.pt"], "missing.pt"),
+    ("check", "good.onnx", ["--runtimes", "ort", "--frames", "5", "--class", "a.b:C"], "applies only to a PyTorch model file"),
     ("pack", "good.onnx", ["-o", "{d}/x.npy"], "x.npy"),
     ("serve", "good.onnx", ["--triton", "{d}/x.npy"], "x.npy"),
 ]

@@ -129,14 +129,16 @@ def test_fixed_choices_are_the_librarys():
     from edgernn.contract import MODES
     from runtimes.pack import OPTIMIZATIONS, TARGETS
     from runtimes.session import NONFINITE_POLICIES
-    from runtimes.triton import INSTANCE_KINDS, STRATEGIES
+    from runtimes.triton import BACKENDS, INSTANCE_KINDS, STRATEGIES
 
     library = {("export", "--mode"): MODES, ("export", "--state-layout"): STATE_LAYOUTS,
                ("export", "--cells"): CELLS, ("export", "--tree-strategy"): TREE_STRATEGIES,
                ("export", "--nonlinearity"): ("tanh", "relu"), ("bench", "--nonlinearity"): ("tanh", "relu"),
+               ("check", "--nonlinearity"): ("tanh", "relu"),
                ("quantize", "--method"): METHODS, ("pack", "--target"): tuple(TARGETS),
                ("pack", "--optimization"): OPTIMIZATIONS, ("serve", "--strategy"): STRATEGIES,
-               ("serve", "--kind"): tuple(INSTANCE_KINDS), ("run", "--nonfinite"): NONFINITE_POLICIES}
+               ("serve", "--kind"): tuple(INSTANCE_KINDS), ("serve", "--backend"): BACKENDS,
+               ("run", "--nonfinite"): NONFINITE_POLICIES}
     cli = {(name, opt): values for name, command in COMMANDS.items()
            for opt, values in option_choices(command).items() if opt.startswith("--")}
     assert cli.keys() == library.keys()
@@ -146,7 +148,7 @@ def test_fixed_choices_are_the_librarys():
 
 # ---------------------------------------------------------------- malformed command lines: exit 2
 
-READS_ONNX = ["info", "run", "quantize", "bench", "pack", "serve"]
+READS_ONNX = ["info", "run", "quantize", "bench", "check", "pack", "serve"]
 MINIMAL = {"run": ["-d", "x.npy"], "serve": ["--triton", "repo"]}  # what each needs besides MODEL
 
 USAGE_ERRORS = [  # (id, args, what the one sentence says)
@@ -182,6 +184,13 @@ USAGE_ERRORS = [  # (id, args, what the one sentence says)
     ("no rounds", ["bench", "m.onnx", "--rounds", "0"], "Invalid value for '--rounds'"),
     ("negative warmup", ["bench", "m.onnx", "--warmup", "-1"], "Invalid value for '--warmup'"),
     ("bench batch zero", ["bench", "m.onnx", "--batch", "0"], "Invalid value for '--batch'"),
+    ("check: unknown runtime", ["check", "m.onnx", "--runtimes", "ort,tflite"],
+     "Invalid value for '--runtimes': unknown runtime 'tflite'; choose from ort, openvino, tract, node, web"),
+    ("check: no runtime", ["check", "m.onnx", "--runtimes", ","], "no runtime given"),
+    ("check: no frames", ["check", "m.onnx", "--frames", "0"], "Invalid value for '--frames'"),
+    ("check: no rounds", ["check", "m.onnx", "--rounds", "0"], "Invalid value for '--rounds'"),
+    ("check: chunk zero", ["check", "m.onnx", "--chunk", "0"], "Invalid value for '--chunk'"),
+    ("check: negative tolerance", ["check", "m.onnx", "--tolerance", "-1"], "Invalid value for '--tolerance'"),
     ("bad target", ["pack", "m.onnx", "--target", "tflite"], "'tflite' is not one of 'ort'"),
     ("bad optimization", ["pack", "m.onnx", "--optimization", "max"], "'max' is not one of 'all', 'extended', 'basic'"),
     ("bad strategy", ["serve", "m.onnx", "--triton", "repo", "--strategy", "newest"],
@@ -235,7 +244,7 @@ def _modules_after(*args: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], *[[name, "--help"] for name in COMMANDS],
                                   ["quantize", "m.onnx", "--method", "int4"], ["run", "m.onnx", "--state-pair", "h"],
-                                  ["bench", "m.onnx", "--calls", "0"]],
+                                  ["bench", "m.onnx", "--calls", "0"], ["check", "m.onnx", "--runtimes", "tflite"]],
                          ids=" ".join)
 def test_help_and_usage_errors_import_nothing_heavy(args):
     status, heavy = _modules_after(*args)
@@ -245,7 +254,8 @@ def test_help_and_usage_errors_import_nothing_heavy(args):
 
 @pytest.mark.parametrize("args", [["export", "missing.pt"], ["export", "junk.pt"], ["quantize", "missing.onnx"],
                                   ["quantize", "junk.onnx"], ["info", "junk.onnx"], ["run", "missing.onnx", "-d", "x.npy"],
-                                  ["bench", "junk.onnx"], ["pack", "missing.onnx"], ["serve", "junk.onnx", "--triton", "r"]],
+                                  ["bench", "junk.onnx"], ["check", "missing.onnx"], ["check", "junk.onnx"],
+                                  ["pack", "missing.onnx"], ["serve", "junk.onnx", "--triton", "r"]],
                          ids=" ".join)
 def test_a_missing_or_malformed_file_is_said_without_torch(args, tmp_path, monkeypatch):
     """torch takes seconds to import: a command that cannot start says so before it loads."""

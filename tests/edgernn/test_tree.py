@@ -19,6 +19,7 @@ from edgernn.architectures.tree import ChildSumTreeLSTM, Forest, TreeRNN, node_l
 from edgernn.errors import EdgernnError
 
 ATOL = 1e-6
+pytestmark = pytest.mark.usefixtures("one_thread")  # level-by-level forwards: tiny ops, where threads only wait
 TREE_ARITH = Path(__file__).resolve().parents[2] / "examples" / "tree_arith"
 
 
