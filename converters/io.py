@@ -169,15 +169,17 @@ class BoundForward:
         if self.copies:
             args, kwargs = fresh(args), fresh(kwargs)
         named = dict(zip(self.order, args), **kwargs)
+        # positionally up to the last positional parameter given (defaults filling the gaps), the
+        # rest by keyword: a forward whose arguments come in its own order is called as before
+        slots = [p for p in self.params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        last = max((k for k, p in enumerate(slots) if p.name in named), default=-1)
         positional = []
-        for p in self.params:
-            if p.kind is not p.POSITIONAL_ONLY:
-                break
+        for p in slots[: last + 1]:
             if p.name in named:
                 positional.append(named.pop(p.name))
             elif p.default is not p.empty:
                 positional.append(p.default)
-            else:
+            else:  # a required argument not given: let the model's forward say so
                 break
         return self.method(*positional, **named)
 

@@ -38,7 +38,8 @@ from edgernn.errors import ExportError
 if TYPE_CHECKING:  # pragma: no cover
     from edgernn.converters.passes import ExportContext
 
-STATE_ARG = re.compile(r"(state|hidden|memory|carry|cache|buffer|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$)", re.IGNORECASE)
+STATE_ARG = re.compile(r"(state|hidden|memory|carry|cache|buffer|past|^hx$|^cx$|^h0?$|^c0?$|^h_0$|^c_0$"
+                       r"|^[hc]_?(prev|tm1|t_1)$)", re.IGNORECASE)
 # a first argument is a state only by a state's own name (``hidden_states`` is a transformer's data)
 FIRST_STATE = re.compile(r"(h|hx|h0|h_0|c|cx|c0|c_0|state|states|hidden|carry|memory)", re.IGNORECASE)
 INIT_HOOKS = ("initial_state", "init_state", "init_hidden", "zero_state")
@@ -116,6 +117,10 @@ class ResolveInputs:
                          mains[0].shape[-1] - state_size if state_size else None):
                 if isinstance(size, int) and size > 0 and all(m.shape != (BATCH, size) for m in mains):
                     mains.append(InputSpec(main_name, "float32", (BATCH, size)))
+            # a cell looped over time in forward (no recurrent layer tells the layout): frames of any
+            # length, batch-first or time-major, tried after one frame per call
+            mains += [InputSpec(main_name, "float32", shape) for layout in ((BATCH, TIME), (TIME, BATCH))
+                      for shape in [(*layout, m.shape[-1]) for m in list(mains)]]
         if len(required) == len(undeclared) == 1:
             mains[0] = self._pick_layout(ctx, mains[0], state_args, declared, [])
         elif mains[0].time_axis is not None:
@@ -131,40 +136,38 @@ class ResolveInputs:
                  declared: dict[str, InputSpec]) -> None:
         """Take the first data hypothesis on which the states resolve and, when there are several to
         choose from, the model runs at two batch sizes and returns its new states in a shape that
-        fits. None fits: the first one's failure is raised."""
-        if len(hypotheses) == 1:
-            ctx.data = list(hypotheses[0])
-            self._explicit(ctx, state_args, declared)
-            return
-        failures: list[BaseException] = []
-        notes = len(ctx.notes)
-        for data in hypotheses:
-            ctx.data, ctx.explicit = list(data), []
-            try:
-                self._explicit(ctx, state_args, declared)
-                self._check_runs(ctx)
-            except Exception as e:  # noqa: BLE001 - any failure means "not these inputs"
-                failures.append(e)
-                del ctx.notes[notes:]  # what a rejected guess noted does not hold
-                continue
-            guessed = [s for s in data if s.name not in declared]
-            if guessed:
-                ctx.notes.append("inferred input" + ("s " if len(guessed) > 1 else " ") +
-                                 ", ".join(f"{s.name} {s.dtype} {s.describe()}" for s in guessed) +
-                                 f" (the model runs on {'them' if len(guessed) > 1 else 'it'}); declare with --input "
-                                 "NAME:DTYPE:DIMS to change")
-            return
+        fits. When none fits, the first is taken as it is (its failure is then the state resolution's
+        or a later pass's own sentence), except that undeclared further inputs are asked for."""
+        if len(hypotheses) > 1:
+            failures: list[BaseException] = []
+            notes = len(ctx.notes)
+            for k, data in enumerate(hypotheses):
+                ctx.data, ctx.explicit = list(data), []
+                try:
+                    self._explicit(ctx, state_args, declared)
+                    self._check_runs(ctx)
+                except Exception as e:  # noqa: BLE001 - any failure means "not these inputs"
+                    failures.append(e)
+                    del ctx.notes[notes:]  # what a rejected guess noted does not hold
+                    continue
+                guessed = [s for s in data if s.name not in declared]
+                if k or len(guessed) > 1:
+                    ctx.notes.append("inferred input" + ("s " if len(guessed) > 1 else " ") +
+                                     ", ".join(f"{s.name} {s.dtype} {s.describe()}" for s in guessed) +
+                                     f" (the model runs on {'them' if len(guessed) > 1 else 'it'}); declare with "
+                                     "--input NAME:DTYPE:DIMS to change")
+                return
+            undeclared = [s for s in hypotheses[0] if s.name not in declared]
+            if len(undeclared) > 1:
+                first = failures[0]
+                tried = "; ".join(" and ".join(f"{s.name} {s.describe()}" for s in h if s.name not in declared)
+                                  for h in hypotheses[:4]) + ("..." if len(hypotheses) > 4 else "")
+                raise ExportError(f"cannot infer the inputs of {type(ctx.original).__name__}.forward: it fails on "
+                                  f"{tried} ({type(first).__name__}: {(str(first).splitlines() or [''])[0][:200]}); "
+                                  "declare each with --input NAME:DTYPE:DIMS (B marks the batch axis, T the time "
+                                  "axis), e.g. " + " ".join(f"--input {s.flag()}" for s in undeclared)) from None
         ctx.data, ctx.explicit = list(hypotheses[0]), []
-        first = failures[0]
-        undeclared = [s for s in hypotheses[0] if s.name not in declared]
-        if isinstance(first, ExportError) and len(undeclared) == 1:
-            raise first
-        tried = "; ".join(" and ".join(f"{s.name} {s.describe()}" for s in h if s.name not in declared)
-                          for h in hypotheses[:4])
-        raise ExportError(f"cannot infer the inputs of {type(ctx.original).__name__}.forward: it fails on {tried} "
-                          f"({type(first).__name__}: {(str(first).splitlines() or [''])[0][:200]}); declare each with "
-                          f"--input NAME:DTYPE:DIMS (B marks the batch axis, T the time axis), e.g. "
-                          f"--input {undeclared[-1].name}:float32:B,1") from None
+        self._explicit(ctx, state_args, declared)
 
     @staticmethod
     def _check_runs(ctx: ExportContext) -> None:

@@ -211,8 +211,8 @@ def python_repository(mf: ModelFile, repo: Path, target: Path, name: str, *, ver
 
 def couples_streams(proto: Any) -> bool:
     """Whether the graph (or a subgraph) quantizes activations at run time: onnxruntime computes
-    one scale over the whole batch, so batched streams change each other's outputs (by 0.025 for a
-    GRU-32 int8 file at 64 streams, tests/runtimes/test_triton_live.py)."""
+    one scale over the whole batch, so batched streams change each other's outputs (measured: up
+    to 0.025 for a GRU-32 int8 file at 64 streams; tests/runtimes/test_triton_live.py checks it)."""
     return not DYNAMIC_QUANTIZE_OPS.isdisjoint(_op_types(proto.graph))
 
 
@@ -327,6 +327,15 @@ def server_command(repo: str | os.PathLike, *, http_port: int = 8000, grpc_port:
     return argv, env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the process that started it dies (Linux), so that a
+    server never outlives a test run that was killed."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port(address: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the OS's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -341,7 +350,8 @@ class TritonProcess:
     ...     client = tritonclient.grpc.InferenceServerClient(t.grpc_url)
 
     It runs in a process group of its own (the Python backend's stubs are its children), which
-    :meth:`kill` and :meth:`stop` end. Its log goes to ``log`` (a file). The Python backend's shared
+    :meth:`kill` and :meth:`stop` end; on Linux it is also killed when the process that started it
+    dies. Its log goes to ``log`` (a file). The Python backend's shared
     memory regions get a prefix of their own (``shm_prefix``), so that those a killed server
     leaves in ``/dev/shm`` are removed after it.
     """
@@ -359,7 +369,8 @@ class TritonProcess:
                                    server=server, args=args)
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         self.pid: int = self.process.pid
         try:
             self.wait_ready(ready_timeout)

@@ -168,12 +168,17 @@ def test_an_edgernn_file_loses_the_fixed_input_from_its_contract():
 # ---------------------------------------------------------------- quantize
 
 
-def test_without_fix_the_if_file_has_no_constant_weight(files, tmp_path):
+def test_without_fix_the_if_file_quantizes_both_branches(files, tmp_path):
+    """The weights behind the If are Constant chains in each branch: folded before quantization
+    (issue 19), so both branches' LSTMs become int8 and the file keeps its sr input."""
     windows = np.load(files["windows"])
     np.savez(tmp_path / "data.npz", input=windows, sr=np.full(len(windows), 16000))  # sr: one value per call
-    err = _one_sentence(invoke("quantize", files["if_sr"], "-d", tmp_path / "data.npz", "-o", tmp_path / "q.onnx"), 1)
-    assert "dynamic quantization changed no node" in err and "its second input is not a constant weight" in err
-    assert not (tmp_path / "q.onnx").exists()
+    result = invoke("quantize", files["if_sr"], "-d", tmp_path / "data.npz", "-o", tmp_path / "q.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    report = _json(result)
+    assert any(d["op_type"] == "LSTM" and d["dtype"] == "int8" for d in report["quantized"])
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * files["if_sr"].stat().st_size
+    assert "sr" in [t.name for t in ModelFile.open(tmp_path / "q.onnx").contract.inputs]
 
 
 def test_quantize_fix_writes_a_smaller_int8_file_whose_decisions_agree(files, tmp_path, capsys):

@@ -1,17 +1,18 @@
 """Dynamic int8 for convolutions: int8 weights, one scale per output channel, dequantized once.
 
-Measured on onnxruntime 1.32's CPU provider (docs/quantization.md, ``benchmarks/conv_int8.py``),
-three ways to make a ``Conv`` int8 in a file that must stay fast on a CPU:
+Measured on onnxruntime 1.32's CPU provider (docs/quantization.md, ``benchmarks/conv_int8.py``:
+a conv-frontend + GRU export and silero-vad's look-alike, each route against the same int8 file
+with float convolutions), three ways to make a ``Conv`` int8 in a file that must stay fast on a CPU:
 
 * onnxruntime's ``ConvInteger`` (``quantize_dynamic`` with ``Conv`` among its op types): the
   activations are quantized every call (``DynamicQuantizeLinear``, uint8: its only CPU kernel)
-  and the integer convolution is slower than the float one: 1.4x-2.1x the fp32 time per frame;
+  and the integer convolution is slower than the float one: 1.3x-1.5x the per-frame time;
 * the weights as int8 behind a ``DequantizeLinear`` (per output channel): onnxruntime keeps that
-  node (for its QDQ fusions) and dequantizes every call: 1.1x-1.3x;
+  node (for its QDQ fusions) and dequantizes every call: 1.06x-1.24x;
 * the weights as int8 behind ``Cast`` and a ``Mul`` by the per-channel scales (this module):
   constant inputs only, so onnxruntime folds them into a float weight when the session loads and
-  the convolution runs as in the fp32 file (0.96x-0.98x), from a file whose convolution weights
-  take a quarter of the bytes. Activations stay float, so the only error is the weights' rounding.
+  the convolution runs as with float weights (1.0x), from a file whose convolution weights take a
+  quarter of the bytes. Activations stay float, so the only error is the weights' rounding.
 
 The last is what ``quantize --method dynamic`` does to every ``Conv`` with a constant float32 weight
 (main graph and subgraphs), except the excluded ones. The graph is edited with onnx-ir.

@@ -29,9 +29,10 @@ def decide(candidates: Iterable[tuple[Any, bool]], made: Callable[[Any], tuple[s
 
     A candidate is converted when the method converted it: ``made(node)`` returns its new dtype
     and how (``dynamic``: onnxruntime made it int8 with weights quantized ahead and activations per
-    call, a DynamicQuantizeMatMul or DynamicQuantizeLSTM; ``static``: it reads int8 QDQ pairs
-    calibrated on streams; ``fp16``: it runs in float16, or computes in float32 on weights stored
-    as float16). Otherwise it stays float32 for the first reason that holds:
+    call, a DynamicQuantizeMatMul or DynamicQuantizeLSTM, or, for a Conv, int8 weights per
+    output channel that onnxruntime dequantizes once at load, ``convolution.py``; ``static``: it
+    reads int8 QDQ pairs calibrated on streams; ``fp16``: it runs in float16, or computes in
+    float32 on weights stored as float16). Otherwise it stays float32 for the first reason that holds:
 
     1. the user excluded it (``--exclude``; ``fp16`` takes op types too);
     2. its second input is not a constant weight (a MatMul of two activations has nothing to

@@ -502,3 +502,17 @@ def test_state_kept_in_a_module_buffer_does_not_match() -> None:
 
     with pytest.raises(ParityError, match="does not match"):
         edgernn.export(CountsCalls(), mode="step")
+
+
+def test_bench_against_pytorch_copies_what_an_in_place_model_is_fed(tmp_path) -> None:
+    """``edgernn bench --against`` times and checks PyTorch on tensors of its own: the cell that
+    writes into its input and its state deviates from the file by float rounding only."""
+    from edgernn.runtimes.bench import bench
+    from edgernn.runtimes.bench_runners import EAGER
+
+    model, report = exported("inplace_leaky", "step")
+    path, pt = tmp_path / "leaky.onnx", tmp_path / "leaky.pt"
+    path.write_bytes(report.model.SerializeToString())
+    torch.save(model, pt)
+    r = bench(path, against=pt, allow_pickle=True, steps=30, warmup=2, rounds=2, batch=2)
+    assert r.deviations[EAGER] < 1e-5, r.deviations

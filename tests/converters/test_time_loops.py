@@ -418,7 +418,9 @@ def test_a_scan_routed_file_quantizes(method: str, tmp_path) -> None:
     path.write_bytes(report.model.SerializeToString())
     q = quantize(path, method=method, steps=300)
     assert q.accuracy.max_error < (0.05 if method == "dynamic" else 1e-3), q.accuracy.max_error
-    assert q.size_after < q.size_before
+    # a tiny cell: the weights shrink; where the int8 graph's extra nodes outweigh that, the report says so
+    assert q.sizes.weights_after < q.sizes.weights_before
+    assert q.size_after < q.size_before or any("larger than" in n for n in q.notes), q.notes
     if method == "dynamic":
         # the hoisted input projection (MatMul before the Scan) and the two Gemms inside its body
         assert sorted(d.op_type for d in q.quantized) == ["Gemm", "Gemm", "MatMul"]
