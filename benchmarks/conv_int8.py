@@ -14,7 +14,7 @@ Routes, each applied to the same dynamic int8 file (MatMul, Gemm, GRU and LSTM a
 
 - ``convs float``: the convolutions left float32 (what ``quantize --method dynamic`` did before);
 - ``ConvInteger``: onnxruntime's ``quantize_dynamic`` with ``Conv`` in its op types (int8 weights,
-  activations quantized to uint8 every call, its only CPU kernel);
+  activations quantized to uint8 every call by DynamicQuantizeLinear);
 - ``DequantizeLinear``: int8 weights, one scale per output channel, behind a DequantizeLinear;
 - ``weight-only (edgernn)``: what ``quantize --method dynamic`` does now (converters/quantize/
   convolution.py): the same int8 weights behind Cast and Mul, which onnxruntime folds into a float

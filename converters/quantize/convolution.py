@@ -5,8 +5,8 @@ a conv-frontend + GRU export and silero-vad's look-alike, each route against the
 with float convolutions), three ways to make a ``Conv`` int8 in a file that must stay fast on a CPU:
 
 * onnxruntime's ``ConvInteger`` (``quantize_dynamic`` with ``Conv`` among its op types): the
-  activations are quantized every call (``DynamicQuantizeLinear``, uint8: its only CPU kernel)
-  and the integer convolution is slower than the float one: 1.3x-1.5x the per-frame time;
+  activations are quantized every call (``DynamicQuantizeLinear``, which ONNX defines for uint8
+  only) and the integer convolution is slower than the float one: 1.3x-1.5x the per-frame time;
 * the weights as int8 behind a ``DequantizeLinear`` (per output channel): onnxruntime keeps that
   node (for its QDQ fusions) and dequantizes every call: 1.06x-1.24x;
 * the weights as int8 behind ``Cast`` and a ``Mul`` by the per-channel scales (this module):
