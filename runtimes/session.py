@@ -173,7 +173,6 @@ class StreamingSession:
         self._seen_shapes: dict[str, tuple] = {}
         # the bound fast path needs every state's shape known once the batch is: else plain run()
         self._bindable = all(isinstance(d, int) or d == BATCH for s in self.states for d in s.shape)
-        self._bound: BoundStates | None = None
         self._state: dict[str, np.ndarray] = {}  # the plain path's state
         self.batch_size: int | None = None
         self._stored_init = self.file.start_values()

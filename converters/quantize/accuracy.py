@@ -251,12 +251,13 @@ def _check_stream(what: str, spec: TensorSpec, arr: np.ndarray) -> None:
         if isinstance(dim, int) and got != dim:
             raise EdgernnError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; expected {shown} "
                                f"(axis {axis} must be {dim})")
-    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+    from edgernn.runtimes.session import first_nonfinite, kind_of
+
+    at = first_nonfinite(arr)
+    if at is not None:
         # calibration ranges and accuracy figures from NaN or infinity mean nothing, and
         # onnxruntime's recurrent kernels do not propagate NaN as PyTorch does
-        at = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        kind = "NaN" if np.isnan(arr[at]) else "infinity"
-        raise EdgernnError(f"{what} array {spec.name!r} holds {kind} at index {list(at)} (frame "
+        raise EdgernnError(f"{what} array {spec.name!r} holds {kind_of(arr, at)} at index {list(at)} (frame "
                            f"{at[_stream_time_axis(spec)]}); give finite data")
 
 
