@@ -362,11 +362,12 @@ def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], exa
                  dynamic_shapes: Sequence[dict[int, Any]], opset: int) -> onnx.ModelProto:
     """Run ``torch.onnx.export(dynamo=True)`` with the placeholders; return the raw ModelProto."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-    from edgernn.converters.optimize import exact_no_op_rules
+    from edgernn.converters.optimize import exact_no_op_rules, quiet_folding
 
     # exact_no_op_rules: the exporter's own onnxscript optimizer keeps small constants (epsilons)
     with capturing(wrappers), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            exact_no_op_rules():
+            contextlib.redirect_stderr(io.StringIO()), \
+            exact_no_op_rules(), quiet_folding(), _quiet_tracers():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -378,8 +379,30 @@ def export_graph(lifter: StateLifter, wrappers: Sequence[StatefulRecurrent], exa
         except ExportError:
             raise
         except Exception as e:  # the exporter's errors are long; keep the first meaningful line
-            raise ExportError(f"torch.onnx.export could not capture the model: {_first_line(e)}") from e
+            line = _first_line(e)
+            if "data-dependent" in line:
+                raise ExportError("forward branches or loops on the values of a tensor (e.g. `if x.sum() > 0:`), "
+                                  "which one ONNX graph cannot hold: write it with torch.where (or torch.cond), or "
+                                  f"move it out of the model (torch.onnx.export: {line[:200]})") from e
+            raise ExportError(f"torch.onnx.export could not capture the model: {line}") from e
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_tracers():
+    """torch.export's tracers log (and print to stderr) graph dumps when they give up on a model (a
+    branch on data); the failure reaches the user as one ExportError sentence, so the dumps are held
+    back."""
+    loggers = [logging.getLogger(n) for n in ("torch._dynamo", "torch.fx.experimental.symbolic_shapes",
+                                               "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:

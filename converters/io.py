@@ -157,6 +157,7 @@ class BoundForward:
         self.order = list(order)
         self.params = list(params)  # the model's own forward's, in its order
         self.copies = True
+        self.written: list[str] = []  # tensor attributes an earlier call wrote on the model (``self.h = ...``)
         by_name = {p.name: p for p in params}
         self.__signature__ = inspect.Signature(
             [by_name[n].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in order],
@@ -181,7 +182,54 @@ class BoundForward:
                 positional.append(p.default)
             else:  # a required argument not given: let the model's forward say so
                 break
-        return self.method(*positional, **named)
+        owner = getattr(self.method, "__self__", None)
+        if not isinstance(owner, nn.Module) or _tracing():
+            return self.method(*positional, **named)
+        # a forward that writes a tensor onto the model in two calls keeps its state there (a lazy
+        # cache is written once); one that fails after an earlier call wrote one most likely failed on it
+        before = _tensor_attributes(owner)
+        try:
+            out = self.method(*positional, **named)
+        except ExportError:
+            raise
+        except Exception as e:
+            if self.written:
+                raise ExportError(attribute_state_error(type(owner).__name__, f"forward writes {self.written[0]}")
+                                  ) from e
+            raise
+        written = [k for k, v in _tensor_attributes(owner).items() if before.get(k) is not v]
+        again = [k for k in written if k in self.written]
+        if again:
+            raise ExportError(attribute_state_error(type(owner).__name__, f"forward writes {again[0]}"))
+        self.written += [k for k in written if k not in self.written]
+        return out
+
+
+def attribute_state_error(name: str, found: str) -> str:
+    """The sentence for a model that keeps its state on itself (``self.h = ...`` in forward)."""
+    return (f"{name} keeps its state in module attributes ({found}), which an ONNX file cannot carry between "
+            "calls; take the state as a forward argument and return the new one (forward(x, h) -> (y, h_new))")
+
+
+def _tracing() -> bool:
+    """Whether torch.export, dynamo or the TorchScript tracer is running forward (the model is
+    then called on fake or traced tensors; its attributes are checked on real calls)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
+
+
+def _tensor_attributes(model: nn.Module) -> dict[str, Any]:
+    """``self.NAME`` -> value, for the plain attributes of ``model`` and its submodules that hold
+    tensors (not parameters or buffers: nn.Module keeps those apart). edgernn's own wrappers, which
+    hold the lifted states while the exporter runs, are left out."""
+    found = {}
+    for path, m in model.named_modules():
+        if type(m).__module__.startswith("edgernn."):
+            continue
+        for k, v in vars(m).items():
+            leaves = v if isinstance(v, (tuple, list)) else (v,)
+            if leaves and all(isinstance(t, torch.Tensor) for t in leaves):
+                found[f"self.{path + '.' if path else ''}{k}"] = v
+    return found
 
 
 def bind_forward(model: nn.Module, order: Sequence[str]) -> None:
@@ -200,7 +248,10 @@ def bind_forward(model: nn.Module, order: Sequence[str]) -> None:
     method = current.method if isinstance(current, BoundForward) else model.forward
     params = [p for p in inspect.signature(method).parameters.values()
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    model.__dict__["forward"] = BoundForward(method, order, params)
+    bound = BoundForward(method, order, params)
+    if isinstance(current, BoundForward):
+        bound.written = current.written
+    model.__dict__["forward"] = bound
 
 
 def infer_data_input(model: nn.Module, name: str) -> InputSpec:

@@ -34,7 +34,7 @@ class Optimize:
         model = ir.serde.deserialize_model(ctx.onnx_model)
         before, layout = len(model.graph), _layout(model.graph)
         starts = [v for name, v in model.graph.initializers.items() if name.startswith(STATE_INIT)]
-        with exact_no_op_rules():
+        with exact_no_op_rules(), quiet_folding():
             onnxscript.optimizer.optimize(model)  # in place on an ir.Model
         for v in starts:  # the optimizer drops them: no node reads them
             if v.name not in model.graph.initializers:
@@ -57,6 +57,20 @@ FOLD_LIMIT = 1 << 22
 in and 262,144 out, leave an LSTM's gate weights and a chunked weight matrix unfolded)."""
 
 
+@contextlib.contextmanager
+def quiet_folding() -> Iterator[None]:
+    """onnxscript's constant folder warns "Skipping constant folding for op Split with multiple
+    outputs" for every such Split (in its own runs and in the exporter's); :func:`fold_splits`
+    folds them, so the warning is noise to the user."""
+    quiet = logging.getLogger("onnxscript.optimizer")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def fold_constants(model: ir.Model, *, iterations: int = 2, limit: int = FOLD_LIMIT) -> None:
     """onnxscript's optimizer on ``model`` (in place) with size limits raised to ``limit``, so that
     static weight paths (Split, Slice, Transpose, Reshape, Concat, Gather of initializers or
@@ -66,13 +80,8 @@ def fold_constants(model: ir.Model, *, iterations: int = 2, limit: int = FOLD_LI
     of nested ``If`` on a constant). The caller checks parity."""
 
     starts = [v for name, v in model.graph.initializers.items() if name.startswith(STATE_INIT)]
-    quiet = logging.getLogger("onnxscript.optimizer")  # "Skipping constant folding for op Split": fold_splits does
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with quiet_folding():
         _fold_rounds(model, iterations, limit)
-    finally:
-        quiet.setLevel(level)
     for v in starts:  # stored start values: read by runtimes, not by nodes, so the optimizer drops them
         if v.name not in model.graph.initializers:
             model.graph.initializers.add(v)

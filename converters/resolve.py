@@ -64,8 +64,10 @@ class ResolveInputs:
 
     def __call__(self, ctx: ExportContext) -> PassResult:
         params = forward_parameters(ctx.model)
-        declared = {s.name: s for s in ctx.options.inputs}
+        declared: dict[str, Any] = {s.name: s for s in ctx.options.inputs}
         names = [p.name for p in params]
+        trees = _declared_trees(declared, names)  # --input state.0:... --input state.1:...: a tuple state
+        declared = {**{n: s for n, s in declared.items() if n.split(".")[0] not in trees}, **trees}
         for n in declared:
             if n not in names and names:
                 raise ExportError(f"--input {n!r} is not an argument of {type(ctx.original).__name__}.forward "
@@ -78,6 +80,7 @@ class ResolveInputs:
             state_args = list(ctx.options.state_args)
         else:
             state_args = state_arguments(params)
+            state_args += [p.name for p in params if p.name in trees and p.name not in state_args]
         data_params = [p for p in params if p.name not in state_args]
         required = [p for p in data_params if p.default is p.empty or p.name in declared]
         if not required:
@@ -189,8 +192,7 @@ class ResolveInputs:
         hook = next((getattr(ctx.model, h) for h in INIT_HOOKS if callable(getattr(ctx.model, h, None))), None)
         for i, arg in enumerate(state_args):
             if arg in declared:
-                spec = declared[arg]
-                make = (lambda s: lambda b: torch.zeros(s.concrete(b, TRACE_TIME), dtype=s.torch_dtype))(spec)
+                make = (lambda s: lambda b: _declared_state(s, b))(declared[arg])
             elif hook is not None:
                 make = (lambda i: lambda b: _nth_state(hook(b), i, len(state_args), arg))(i)
             else:
@@ -222,8 +224,7 @@ class ResolveInputs:
         states: list[Any] = []
         for i, arg in enumerate(state_args):
             if arg in declared:
-                spec = declared[arg]
-                states.append(torch.zeros(spec.concrete(TRACE_BATCH, TRACE_TIME), dtype=spec.torch_dtype))
+                states.append(_declared_state(declared[arg], TRACE_BATCH))
             elif hook is not None:
                 states.append(_nth_state(hook(TRACE_BATCH), i, len(state_args), arg))
             elif params[arg].default is not params[arg].empty:
@@ -285,7 +286,16 @@ class ResolveInputs:
                 with torch.no_grad():
                     return ctx.model(*data)
             return at_some_length(ctx, run, ctx.streams_time)
-        out = returned(TRACE_BATCH + 1)
+        try:
+            out = returned(TRACE_BATCH + 1)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's forward failed: say on what, and what to declare
+            shapes = ", ".join(f"{s.name} {s.describe()}" for s in specs)
+            raise ExportError(f"{type(ctx.original).__name__}.forward fails when called on {shapes} with state "
+                              f"argument {arg!r} left out ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                              f"); declare the inputs with --input NAME:DTYPE:DIMS (B marks the batch axis, T the "
+                              f"time axis), the state too: --input {arg}:float32:DIMS") from None
         readings = []  # (alone, how to pick this state from what forward returns)
         if isinstance(out, tuple) and len(out) > count:
             readings.append((False, lambda o: o[len(o) - count + index]))  # (outputs..., new states...)
@@ -306,8 +316,17 @@ class ResolveInputs:
             ctx.notes.append(f"{type(ctx.original).__name__}.forward returns its new state alone ({what}, as "
                              f"nn.GRUCell and nn.LSTMCell do): it is both the data output and the state {arg!r}")
 
+        shapes: dict[int, Any] = {}  # batch -> zeros of the returned state's structure
+
         def make(batch: int) -> Any:
-            return pytree.tree_map(torch.zeros_like, pick(returned(batch)))
+            # the model runs only once per batch size: a run without the state would count as a call of
+            # its recurrent layers without a state, and a later run (lift.py) would lift those layers too
+            if batch not in shapes:
+                counters = [(w, w.calls, w.calls_without_state, list(w.batches)) for w in ctx.wrappers]
+                shapes[batch] = pytree.tree_map(torch.zeros_like, pick(returned(batch)))
+                for w, calls, without, batches in counters:
+                    w.calls, w.calls_without_state, w.batches = calls, without, batches
+            return pytree.tree_map(torch.zeros_like, shapes[batch])
         return make
 
     @staticmethod
@@ -343,7 +362,7 @@ class ResolveInputs:
                 return None, f"{arg}:float32:{layer.num_layers * dirs},B,{layer.hidden_size}"
             hidden = size_attribute(ctx.model, STATE_SIZES) if layer is None else None
             if hidden is None:
-                return None, None
+                return (self._linear_state(ctx, arg) if layer is None and count == 1 else None), None
             attr = next(n for n in STATE_SIZES if size_attribute(ctx.model, (n,)) == hidden)
             what = f"{type(ctx.original).__name__}.{attr}"
             shapes = [False, True] if count == 1 else [False]  # a tensor, else (h, c)
@@ -354,20 +373,11 @@ class ResolveInputs:
                 return None, None
             shapes = [lstm and count == 1]
         flag = f"{arg}:float32:B,{hidden}"
-        gen = torch.Generator().manual_seed(0)
         for pair in shapes:
             def make(batch: int, pair: bool = pair) -> Any:
                 return (torch.zeros(batch, hidden), torch.zeros(batch, hidden)) if pair else torch.zeros(batch, hidden)
 
-            def run(frames: int, make: Callable[[int], Any] = make) -> Any:
-                data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
-                with torch.no_grad():
-                    return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
-            try:
-                out = at_some_length(ctx, run, ctx.streams_time)
-            except Exception:  # noqa: BLE001 - the guess does not fit this model
-                continue
-            if new_states(out, [make(TRACE_BATCH) for _ in range(count)]) is None:
+            if not self._runs_with(ctx, make, count):
                 continue
             ctx.notes.append(f"state argument {arg!r} has the shape of {what} "
                              f"({'(h, c), each ' if pair else ''}[batch, {hidden}])")
@@ -375,15 +385,55 @@ class ResolveInputs:
         return None, None if any(shapes) and cell is not None else flag
 
 
+    @staticmethod
+    def _runs_with(ctx: ExportContext, make: Callable[[int], Any], count: int) -> bool:
+        """Whether the model runs on ``make``'s start value for each of its ``count`` state arguments
+        (zeros, batch 2) and returns a new state like it, after its outputs or alone."""
+        gen = torch.Generator().manual_seed(0)
+
+        def run(frames: int) -> Any:
+            data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
+            with torch.no_grad():
+                return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
+        try:
+            out = at_some_length(ctx, run, ctx.streams_time)
+        except Exception:  # noqa: BLE001 - the guess does not fit this model
+            return False
+        return new_states(out, [make(TRACE_BATCH) for _ in range(count)]) is not None
+
+    def _linear_state(self, ctx: ExportContext, arg: str) -> Callable[[int], Any] | None:
+        """A cell with no recurrent layer and no size attribute (``h = tanh(W x) + 0.9 h``): a
+        ``[batch, N]`` state for N the output size of one of its Linear layers, the first the model
+        runs on and returns a state like it for."""
+        sizes = list(dict.fromkeys(m.out_features for m in ctx.model.modules() if isinstance(m, nn.Linear)))
+        for size in sizes:
+            def make(batch: int, size: int = size) -> torch.Tensor:
+                return torch.zeros(batch, size)
+            if self._runs_with(ctx, make, 1):
+                ctx.notes.append(f"state argument {arg!r} is [batch, {size}], the output size of a Linear layer the "
+                                 f"model runs with; declare --input {arg}:float32:DIMS to change")
+                return make
+        return None
+
+
 def state_arguments(params: Sequence[Any]) -> list[str]:
     """The forward arguments that are states by their names (:data:`STATE_ARG`), wherever they sit:
     after the first argument (the data input), or first where the name is a state's own
     (:data:`FIRST_STATE`: ``forward(h, x)``) and another argument is not a state's."""
-    found = [p.name for p in params[1:] if STATE_ARG.search(p.name)]
+    found = [p.name for p in params[1:] if STATE_ARG.search(p.name) and not _flag(p)]
     if params and FIRST_STATE.fullmatch(params[0].name) and any(
             p.name not in found and p.default is p.empty for p in params[1:]):
         found.insert(0, params[0].name)
     return found
+
+
+def _flag(param: Any) -> bool:
+    """A switch, not a state, whatever its name (``use_cache=False``, ``return_next_hidden=True``,
+    ``output_hidden_states: bool``): its default is a bool, number or string, or it is annotated so."""
+    default = param.default
+    if default is not param.empty and isinstance(default, (bool, int, float, str)):
+        return True
+    return param.annotation in (bool, int, float, str, "bool", "int", "float", "str")
 
 
 def new_states(out: Any, states: Sequence[Any]) -> list[Any] | None:
@@ -448,6 +498,39 @@ def _extra_inputs(main: InputSpec, name: str) -> list[InputSpec]:
         shapes = [bt, (*bt, 1)]
     shapes.append(main.shape)
     return [InputSpec(name, "float32", shape) for shape in dict.fromkeys(shapes)]
+
+
+def _declared_trees(declared: dict[str, InputSpec], names: Sequence[str]) -> dict[str, Any]:
+    """Declarations of a tuple or dict state's leaves, named as the contract names them
+    (``--input state.0:... --input state.1:...``, ``--input memory.h:...``): forward argument ->
+    the nested tuple or dict of their specs. Positions must run 0, 1, ... without a gap."""
+    leaves: dict[str, dict[tuple[str, ...], InputSpec]] = {}
+    for name, spec in declared.items():
+        root, *path = name.split(".")
+        if path and name not in names and root in names:
+            leaves.setdefault(root, {})[tuple(path)] = spec
+
+    def build(root: str, items: dict[tuple[str, ...], InputSpec], prefix: tuple[str, ...]) -> Any:
+        if () in items:
+            if len(items) > 1:
+                raise ExportError(f"--input declares {'.'.join((root, *prefix))!r} both as a tensor and as a tuple")
+            return items[()]
+        heads = list(dict.fromkeys(k[0] for k in items))
+        groups = {h: build(root, {k[1:]: v for k, v in items.items() if k[0] == h}, (*prefix, h)) for h in heads}
+        if all(h.isdigit() for h in heads):
+            if sorted(int(h) for h in heads) != list(range(len(heads))):
+                raise ExportError(f"--input declares the parts {', '.join(sorted(heads))} of state "
+                                  f"{'.'.join((root, *prefix))!r}; tuple parts run 0, 1, ... without a gap")
+            return tuple(groups[str(i)] for i in range(len(heads)))
+        return groups
+    return {root: build(root, items, ()) for root, items in leaves.items()}
+
+
+def _declared_state(spec: Any, batch: int) -> Any:
+    """Zeros of a declared state: one tensor, or the tuple / dict of :func:`_declared_trees`."""
+    if isinstance(spec, InputSpec):
+        return torch.zeros(spec.concrete(batch, TRACE_TIME), dtype=spec.torch_dtype)
+    return pytree.tree_map(lambda s: _declared_state(s, batch), spec, is_leaf=lambda s: isinstance(s, InputSpec))
 
 
 def _key_name(path) -> str:
