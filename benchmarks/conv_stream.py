@@ -6,7 +6,7 @@ Model: the shipped CRNN keyword spotter of ``examples/kws_crnn/`` (Conv1d(40, 32
 + BN + ReLU, a causal dilated Conv1d (k3, d2) + BN + ReLU, GRU(32, 48), Linear head), exported
 with ``edgernn.export_file`` in chunk mode: both convolutions carry a context cache as state,
 the output has a delay of 1 frame. Also quantized (``edgernn.quantize``, dynamic int8: the GRU and
-head MatMuls; the convolutions stay float). One stream of ``--frames`` synthetic 40-band frames,
+head MatMuls, and the convolutions' weights, stored int8 and dequantized once at load). One stream of ``--frames`` synthetic 40-band frames,
 batch 1, one thread everywhere (``torch.set_num_threads(1)``; the sessions through
 ``edgernn.open(path, threads=1)``, i.e. ``SessionOptions.intra_op_num_threads = 1``).
 

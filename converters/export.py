@@ -72,8 +72,12 @@ def export(model: nn.Module, output: str | os.PathLike | None = None, *, mode: s
         inputs: data inputs as ``NAME:DTYPE:DIMS`` (e.g. ``"x:float32:B,T,40"``) or
             :class:`InputSpec`; inferred from the model's first layer when empty. A forward
             argument that is a state may be declared the same way to give its shape.
-        state_args: forward arguments that carry state; default: arguments after the first whose
-            names contain state, hidden or memory (see ``docs/state-contract.md``).
+        state_args: forward arguments that carry state, wherever they sit in the signature;
+            default: arguments named like a state (state, hidden, memory, cache, buffer, carry,
+            hx, h0, c0...; the first argument only by a state's own name), except switches
+            whose default is a bool or number (see ``docs/state-contract.md``). A tuple or dict
+            state can be declared part by part in ``inputs`` as its contract names them
+            (``"hidden.0:float32:B,5"``, ``"state.h:float32:B,6"``).
         output_names: names of the data outputs (default ``y`` or ``y.0``, ``y.1``...).
         verify: run the parity check (on by default).
         tolerance: largest allowed error relative to each tensor's scale.

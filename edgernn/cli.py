@@ -107,8 +107,9 @@ def export(
         help="Declare a forward argument as NAME:DTYPE:DIMS, B = batch axis, T = time axis, e.g. x:float32:B,T,40. "
              "Repeatable.")] = None,
     states: Annotated[Optional[List[str]], typer.Option("--state", metavar="NAME", help=(
-        "Forward argument that carries state (default: names with state/hidden/memory, hx, h0, c0). "
-        "Repeatable."))] = None,
+        "Forward argument that carries state, wherever it sits in the signature (default: names like "
+        "state, hidden, memory, cache, buffer, carry, hx, h0, c0, except switches with a bool or number "
+        "default). Repeatable."))] = None,
     output_names: Annotated[Optional[str], typer.Option(
         "--output-names", metavar="NAME,...", help="Comma-separated data output names.")] = None,
     batch_first: BatchFirst = None,
