@@ -357,9 +357,8 @@ class ResolveInputs:
         cell = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNCellBase)), None)
         if cell is None:
             layer = next((m for m in torchscript.layers(ctx.model) if isinstance(m, nn.RNNBase)), None)
-            if layer is not None and not isinstance(layer, nn.LSTM) and count == 1:
-                dirs = 2 if layer.bidirectional else 1
-                return None, f"{arg}:float32:{layer.num_layers * dirs},B,{layer.hidden_size}"
+            if layer is not None:
+                return self._layer_state(ctx, layer, index, count, arg)
             hidden = size_attribute(ctx.model, STATE_SIZES) if layer is None else None
             if hidden is None:
                 return (self._linear_state(ctx, arg) if layer is None and count == 1 else None), None
@@ -385,21 +384,49 @@ class ResolveInputs:
         return None, None if any(shapes) and cell is not None else flag
 
 
+    def _layer_state(self, ctx: ExportContext, layer: nn.RNNBase, index: int, count: int, arg: str
+                     ) -> tuple[Callable[[int], Any] | None, str | None]:
+        """A state argument handed to the model's first ``nn.GRU`` / ``nn.RNN`` (``h0``) or
+        ``nn.LSTM`` (``(h0, c0)`` as one argument, or ``h0`` and ``c0`` as two): the layer's
+        ``[layers * directions, batch, hidden]`` (``proj_size`` for an LSTM's h), if the model runs on it."""
+        rows = layer.num_layers * (2 if layer.bidirectional else 1)
+        h_size = layer.proj_size if isinstance(layer, nn.LSTM) and layer.proj_size else layer.hidden_size
+        flag = f"{arg}:float32:{rows},B,{h_size}"
+        parts = [(rows, h_size), (rows, layer.hidden_size)] if isinstance(layer, nn.LSTM) else [(rows, h_size)]
+
+        def part(k: int) -> Callable[[int], torch.Tensor]:
+            return lambda b: torch.zeros(parts[k][0], b, parts[k][1])
+        if count == 1:
+            makes = [(lambda b: tuple(part(k)(b) for k in range(2))) if len(parts) == 2 else part(0)]
+        elif count == 2 and len(parts) == 2:
+            makes = [part(0), part(1)]
+        else:
+            return None, flag
+        if not self._runs_with(ctx, makes):
+            return None, flag
+        shapes = [f"[{t.shape[0]}, batch, {t.shape[2]}]" for t in pytree.tree_leaves(makes[index](1))]
+        ctx.notes.append(f"state argument {arg!r} has the shape of {describe_layer(layer)}'s state "
+                         f"({'(h, c): ' + ', '.join(shapes) if len(shapes) == 2 else shapes[0]})")
+        return makes[index], None
+
     @staticmethod
-    def _runs_with(ctx: ExportContext, make: Callable[[int], Any], count: int) -> bool:
+    def _runs_with(ctx: ExportContext, make: Callable[[int], Any] | Sequence[Callable[[int], Any]],
+                   count: int = 1) -> bool:
         """Whether the model runs on ``make``'s start value for each of its ``count`` state arguments
-        (zeros, batch 2) and returns a new state like it, after its outputs or alone."""
+        (or on one start value per argument, ``make`` a list; zeros, batch 2) and returns a new state
+        like it, after its outputs or alone."""
         gen = torch.Generator().manual_seed(0)
+        makes = list(make) if isinstance(make, (list, tuple)) else [make] * count
 
         def run(frames: int) -> Any:
             data = [s.random(TRACE_BATCH, frames, gen) for s in ctx.data]
             with torch.no_grad():
-                return ctx.model(*data, *(make(TRACE_BATCH) for _ in range(count)))
+                return ctx.model(*data, *(m(TRACE_BATCH) for m in makes))
         try:
             out = at_some_length(ctx, run, ctx.streams_time)
         except Exception:  # noqa: BLE001 - the guess does not fit this model
             return False
-        return new_states(out, [make(TRACE_BATCH) for _ in range(count)]) is not None
+        return new_states(out, [m(TRACE_BATCH) for m in makes]) is not None
 
     def _linear_state(self, ctx: ExportContext, arg: str) -> Callable[[int], Any] | None:
         """A cell with no recurrent layer and no size attribute (``h = tanh(W x) + 0.9 h``): a

@@ -5,7 +5,8 @@ would call it. Small copies of common shapes: an IndRNN cell, an SRU cell of bar
 (a matrix memory), minGRU (a log-space scan, a ``return_next_prev_hidden`` switch beside its
 state), a QRNN layer (a tuple state declared part by part), RWKV's time mixing (a 4-tuple state),
 a mamba step updating its buffers in place, a forecasting model that hands ``hx=None`` to its
-``nn.GRU``, a dict state, and a cell whose state size only its Linear layer tells.
+``nn.GRU``, ``h0`` and ``c0`` handed to an ``nn.LSTM`` with ``proj_size``, a list and a dict
+state, and a cell whose state size only its Linear layer tells.
 
 Then the verdicts verification must get right: no false "does not match" for in-place updates, and
 a refusal in one sentence for a model that keeps its state on ``self`` or branches on data.
@@ -234,6 +235,31 @@ class InPlaceDecay(nn.Module):  # h decays in place; only its Linear layer tells
         return h
 
 
+class TwoArgsLSTM(nn.Module):  # h0 and c0 as two arguments without defaults, handed to nn.LSTM
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(5, 6, proj_size=3)
+
+    def forward(self, x, h0, c0):
+        y, (h, c) = self.lstm(x, (h0, c0))
+        return y, h, c
+
+
+class StackedCells(nn.Module):  # a list of per-layer states, built when None
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList([nn.GRUCell(5, 6), nn.GRUCell(6, 6)])
+
+    def forward(self, x, hidden=None):
+        if hidden is None:
+            hidden = [x.new_zeros(x.shape[0], 6) for _ in self.cells]
+        new = []
+        for cell, h in zip(self.cells, hidden):
+            x = cell(x, h)
+            new.append(x)
+        return x, new
+
+
 LIBRARY = {  # name: (class, mode, --input declarations the model's code cannot tell)
     "indrnn": (IndRNNCell, "step", ()),
     "sru": (SRUCell, "chunk", ("input:float32:T,B,6",)),
@@ -247,6 +273,8 @@ LIBRARY = {  # name: (class, mode, --input declarations the model's code cannot 
     "forecast_gru": (ForecastGRU, "chunk", ()),
     "dict_state": (DictStateCell, "step", ("state.h:float32:B,6", "state.c:float32:B,6")),
     "inplace_decay": (InPlaceDecay, "step", ()),
+    "two_args_lstm": (TwoArgsLSTM, "chunk", ()),
+    "stacked_cells": (StackedCells, "step", ()),
 }
 
 
@@ -312,6 +340,8 @@ def test_state_declared_part_by_part_and_sizes_from_a_linear_layer() -> None:
     assert [(s.name, s.shape) for s in exported("qrnn")[1].contract.states] == [
         ("hidden.0", ("batch", 5)), ("hidden.1", ("batch", 6))]
     assert [s.name for s in exported("dict_state")[1].contract.states] == ["state.h", "state.c"]
+    assert [(s.name, s.shape) for s in exported("two_args_lstm")[1].contract.states] == [
+        ("h0", (1, "batch", 3)), ("c0", (1, "batch", 6))]  # proj_size for h
     report = exported("inplace_decay")[1]
     assert [(s.name, s.shape) for s in report.contract.states] == [("h", ("batch", 6))]
     assert any("output size of a Linear layer" in n for n in report.notes), report.notes
