@@ -262,6 +262,7 @@ class _Axes:
     fixed_batch: int | None  # the data batch size of a file with fixed sizes
     batch_note: str
     time_note: str
+    sizes_fixed: bool = False  # the batch has a fixed size (``fixed_batch``, or none when it is None)
 
 
 def _find_axes(data: list[_Value], states: list[_Value]) -> _Axes:
@@ -276,7 +277,10 @@ def _find_axes(data: list[_Value], states: list[_Value]) -> _Axes:
         batch = next((s for s in data_syms if s != time and s in state_syms), None)
         note = f"symbol {batch!r} is shared by a data input and a state input"
     non_fixed = [v for v in data if v.dims and any(not _fixed(d) and d != time for d in v.dims)]
-    if batch is None and non_fixed:
+    # a state per stream: when every state has fixed sizes, so has the batch, and a free axis of the
+    # data is a window or sample axis (a VAD taking [samples] or [1, window]), not the batch
+    states_fixed = bool(states) and all(v.dims is not None and all(_fixed(d) for d in v.dims) for v in states)
+    if batch is None and non_fixed and not states_fixed:
         first = next(d for d in non_fixed[0].dims if not _fixed(d) and d != time)
         batch = first if isinstance(first, str) else None
         axis = list(non_fixed[0].dims).index(first)
@@ -287,9 +291,15 @@ def _find_axes(data: list[_Value], states: list[_Value]) -> _Axes:
         return _Axes(batch, time, None, note, time_note)
     first = next((v for v in data if v.dims), None)
     size = first.dims[0] if first is not None else None
+    if size is not None and not _fixed(size):  # [samples]: one stream, no batch axis
+        return _Axes(None, time, None, "the states have fixed sizes and the data input's axis 0 is free "
+                     f"({first.name!r} {size!r}, a window or sample axis): one stream, no batch axis", time_note,
+                     sizes_fixed=True)
     note = ("the file has fixed sizes: axis 0 of data tensors, and for states the axis of size "
             f"{size} (the first data input's axis 0)" if size is not None else "no data input has an axis")
-    return _Axes(None, time, size, note, time_note)
+    if non_fixed:
+        note += "; the states have fixed sizes, so the data's free axes are window or sample axes, not the batch"
+    return _Axes(None, time, size, note, time_note, sizes_fixed=True)
 
 
 def _batch_axis(value: _Value, axes: _Axes, time_axis: int | None, state: bool,
@@ -301,11 +311,14 @@ def _batch_axis(value: _Value, axes: _Axes, time_axis: int | None, state: bool,
         for candidate in (dims, propagated):
             if candidate and axes.batch_symbol in candidate:
                 return list(candidate).index(axes.batch_symbol)
-    if axes.fixed_batch is None:  # symbolic sizes: the first non-fixed axis that is not time
+    if not axes.sizes_fixed:  # symbolic sizes: the first non-fixed axis that is not time
         free = [k for k, d in enumerate(dims) if not _fixed(d) and k != time_axis]
         return free[0] if free else None
-    if not state:  # fixed sizes
-        return 0 if time_axis != 0 else (1 if len(dims) > 1 else None)
+    if axes.fixed_batch is None:
+        return None
+    if not state:  # fixed sizes: axis 0 (1 when time is axis 0), if its size is fixed
+        k = 0 if time_axis != 0 else 1
+        return k if k < len(dims) and _fixed(dims[k]) else None
     matches = [k for k, d in enumerate(dims) if d == axes.fixed_batch]
     if not matches:
         return None

@@ -38,7 +38,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping
 
-from edgernn.contract import Contract, ContractError, read_contract_json, shown
+from edgernn.contract import BATCH, TIME, Contract, ContractError, read_contract_json, shown
 from edgernn.errors import EdgernnError
 
 if TYPE_CHECKING:  # numpy loads with the start values (opening a file does not need it)
@@ -295,7 +295,8 @@ class ModelFile:
 
     def _check_types(self, c: Contract) -> None:
         """Each tensor the contract names has the graph's dtype and rank, and the graph's size on
-        every axis where both give a size (a symbol in the graph takes any size the contract says)."""
+        every axis where both give a size (a symbol in the graph takes any size the contract says; a
+        size in the graph fits any symbol of the contract but its batch and time axes, which vary)."""
         if self.is_ort:  # the ORT format's value types are not read here; onnxruntime checks feeds
             return
         from edgernn.contract import dtype_of
@@ -319,7 +320,7 @@ class ModelFile:
                 raise ContractError(f"{self.source} declares {name!r}{what} with shape {_shown(shape)}, but the graph "
                                     f"has {_shown(dims)} ({len(dims)} axes)")
             for axis, (want, got) in enumerate(zip(shape, dims)):
-                if isinstance(got, int) and (not isinstance(want, int) or want != got):
+                if isinstance(got, int) and (want != got if isinstance(want, int) else want in (BATCH, TIME)):
                     raise ContractError(f"{self.source} declares {name!r}{what} with shape {_shown(shape)}, but the "
                                         f"graph has {_shown(dims)} (axis {axis} is {got})")
 

@@ -324,8 +324,7 @@ def _given(runtimes: str | Sequence[str]) -> list[str]:
 
 def _streams(mf: ModelFile, contract: Contract, data: str | os.PathLike | None,
              frames: int | None) -> tuple[dict[str, np.ndarray], str]:
-    from edgernn.converters.quantize.accuracy import (_stream_time_axis, check_synthesizable, load_streams,
-                                                      synthetic_streams)
+    from edgernn.converters.quantize.accuracy import _stream_time_axis, frame_sizes, load_streams, synthetic_streams
 
     if not contract.inputs:
         raise CheckError(f"{mf.source} has no data inputs to stream")
@@ -337,9 +336,10 @@ def _streams(mf: ModelFile, contract: Contract, data: str | os.PathLike | None,
                        for t in contract.inputs}
             return streams, f"{data} (its first {frames} of {total} frames)"
         return streams, str(data)
-    check_synthesizable(contract, mf.source)
+    free = frame_sizes(contract, mf.proto, mf.source)
     n = frames or DEFAULT_FRAMES
-    return synthetic_streams(contract, n, 1, seed=0, model=mf.proto)[0], f"{n} frames of random data (seed 0)"
+    made = synthetic_streams(contract, n, 1, seed=0, model=mf.proto, free_size=free.size)[0]
+    return made, f"{n} frames of random data (seed 0)" + (f"; {free.note}" if free.note else "")
 
 
 def _calls(mf: ModelFile, contract: Contract, streams: Mapping[str, np.ndarray],

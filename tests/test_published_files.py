@@ -4,8 +4,9 @@ built here) through `--fix` (converters/specialize.py), `quantize`, `run`, `info
 - the If on ``sr`` (silero_vad.onnx, silero_vad_16k_op15.onnx): `--fix sr=16000` inlines the
   16 kHz branch, after which its weights are constants that int8 quantizes; the int8 file is judged
   on the decisions (probability > 0.5) over 2,000 windows of audio-like data;
-- the ifless op18 file: its samples axis has no fixed size, so `quantize` without `--data` refuses
-  with one sentence instead of making up 1-sample frames;
+- the ifless op18 file: its samples axis has no fixed size, so `quantize` without `--data` makes up
+  windows of the first size the model takes (512) and says so; a model that takes none of the sizes
+  tried is refused with one sentence;
 - a time axis on the input (chunk mode): `run` stacks an output without a time axis, one row per call.
 """
 
@@ -212,12 +213,39 @@ def test_quantize_the_ifless_file_on_real_windows(files, tmp_path):
 
 
 @pytest.mark.parametrize("name, fix", [("ifless", []), ("if_sr", ["--fix", "sr=16000"])])
-def test_quantize_without_data_refuses_an_input_without_a_fixed_frame_size(files, tmp_path, name, fix):
+def test_quantize_without_data_makes_up_windows_of_a_size_the_model_takes(files, tmp_path, name, fix):
     out = tmp_path / "q.onnx"
-    err = _one_sentence(invoke("quantize", files[name], *fix, "-o", out), 1)
-    assert ("input 'input' of " in err and "has no fixed size on axis 1 ('samples', neither its batch nor its time "
-            "axis), so the accuracy check cannot make up frames for it; pass --data FILE" in err), err
-    assert "[time, batch, samples]" in err and not out.exists()
+    report = _json(invoke("quantize", files[name], *fix, "--frames", "300", "-o", out, "--json"))
+    assert any("input 'input' has no fixed size on axis 1 ('samples'): made-up frames are 512 long there, the first "
+               "of 512, 256" in n for n in report["notes"]), report["notes"]
+    assert report["accuracy"]["steps"] == 300 and report["accuracy"]["streams"] == 1
+    windows = audio_windows(300, 1, seed=3)[:, :, :512]  # the made-up size, on audio-like data: int8 still agrees
+    want = _outputs(files[name], windows, **({"sr": 16000} if fix else {}))
+    got = _outputs(out, windows)
+    assert np.mean((want > 0.5) == (got > 0.5)) >= MIN_AGREEMENT and np.abs(want - got).max() < 0.1
+
+
+def test_quantize_without_data_refuses_a_window_the_model_takes_in_no_tried_size(tmp_path):
+    """A model that reshapes its samples into rows of 7 takes none of the window sizes tried."""
+    rows = helper.make_node("Reshape", ["x", "shape"], ["r"])
+    mm = helper.make_node("MatMul", ["r", "w"], ["m"])
+    mean = helper.make_node("ReduceMean", ["m"], ["y0"], axes=[0], keepdims=0)
+    add = helper.make_node("Add", ["y0", "h"], ["hn"])
+    out = helper.make_node("Identity", ["hn"], ["y"])
+    graph = helper.make_graph(
+        [rows, mm, mean, add, out], "sevens",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["samples"]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16]),
+         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [16])],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "shape"),
+         numpy_helper.from_array(np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32), "w")])
+    path, q = tmp_path / "sevens.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    err = _one_sentence(invoke("quantize", path, "--min-size", "0", "-o", q), 1)
+    assert ("input 'x' of " in err and "has no fixed size on axis 0 ('samples', neither its batch nor its time axis), "
+            "and the float model takes none of the sizes tried for made-up frames (512, 256" in err), err
+    assert "pass --data FILE" in err and "[time, samples]" in err and not q.exists()
 
 
 # ---------------------------------------------------------------- run and pack

@@ -24,7 +24,7 @@ import onnx
 
 from edgernn.contract import Contract, read_metadata, write_metadata
 from edgernn.converters.optimize import strip_debug_info
-from edgernn.converters.quantize.graph import fold_weights, small_weights, weight_bytes, work_nodes
+from edgernn.converters.quantize.graph import fold_weights, node_weights, small_weights, weight_bytes, work_nodes
 from edgernn.converters.quantize.report import AccuracyReport, NodeDecision, QuantizeReport, SizeSplit
 from edgernn.errors import EdgernnError
 from edgernn.modelfile import ModelFile, ModelFileError, write_checked
@@ -98,9 +98,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
     forward) are folded to constants first (:func:`~edgernn.converters.quantize.graph.fold_weights`),
     so that they quantize; the accuracy check compares with the unfolded float file.
 
-    Without ``data`` or ``calibration`` the accuracy check makes up streams, which needs every
-    data input's size fixed but on its batch and time axes; else :class:`QuantizeError` asks for
-    ``data`` before anything is quantized.
+    Without ``data`` or ``calibration`` the accuracy check makes up streams; an axis of no fixed
+    size but batch and time (a window of samples) takes the first size of
+    :data:`~edgernn.converters.quantize.accuracy.WINDOW_SIZES` the float model takes (the report
+    says which), and when it takes none :class:`QuantizeError` asks for ``data`` before anything
+    is quantized.
     """
     from edgernn.converters.quantize import accuracy
 
@@ -167,11 +169,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         eval_streams, eval_source = calib_streams, calib_source
     synthetic = f"synthetic data ({steps} frames of AR(1) noise per stream; pass --data for real data)"
     calib_chunk = chunk or (1 if contract.mode == "step" else 100)
+    free = accuracy.FrameSizes()
     if "edgernn.tree" not in contract.extra and (eval_streams is None or (method == "static" and calib_streams is None)):
-        try:  # before anything runs: made-up frames of an input without a fixed size would not fit it
-            accuracy.check_synthesizable(contract, source)
+        try:  # before anything runs: made-up frames of an input without a fixed size take a size the model takes
+            free = accuracy.frame_sizes(contract, float_bytes, source)
         except EdgernnError as e:
             raise QuantizeError(f"{e}; nothing was written") from None
+        if free.note:
+            notes.append(free.note)
     if spec is not None and eval_streams is not None:
         from edgernn.converters.specialize import verify_on_data
 
@@ -190,54 +195,74 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         notes.append(fold_note)
     small = small_weights(work, min_size) if method in ("dynamic", "static") else {}
     small = {k: v for k, v in small.items() if k not in exclude}
-    exclude = [*exclude, *small]
-    step(f"quantize ({method})")
-    if method == "dynamic":
-        from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
-
-        q, done, kept = quantize_dynamic_int8(work, per_channel=per_channel, exclude=exclude,
-                                              step=contract.mode == "step" and "edgernn.tree" not in contract.extra)
-    elif method == "static":
-        from edgernn.converters.quantize.static import quantize_static_int8, stream_feeds
-
+    feeds = None
+    if method == "static":
         if calib_streams is None:
-            calib_streams = accuracy.synthetic_streams(contract, min(steps, 2000), seed=1, model=stamped)
+            calib_streams = accuracy.synthetic_streams(contract, min(steps, 2000), seed=1, model=stamped,
+                                                      free_size=free.size)
             calib_source = "synthetic data (no --calibration given)"
             notes.append("static calibration used synthetic data; pass --calibration with real streams")
         step("calibrate on streams")
-        feeds = stream_feeds(float_bytes, calib_streams, calib_chunk, CALIBRATION_CALLS)
-        step(f"quantize ({method})")
-        q, done, kept = quantize_static_int8(work, feeds, per_channel=per_channel, exclude=exclude)
-        notes.append(f"calibrated on {len(feeds)} calls of {calib_source}, state carried from call to call")
-    else:
-        from edgernn.converters.quantize.fp16 import to_fp16
+        from edgernn.converters.quantize.static import stream_feeds
 
-        q, done, kept = to_fp16(work, mixed=method == "mixed", exclude=exclude)
-    kept = [NodeDecision(d.name, d.op_type, d.dtype, _small_why(small[d.name], min_size)) if d.name in small else d
-            for d in kept]
-    if not done and small and all(d.name in small for d in kept):
-        raise QuantizeError(f"every weight of {source} is under --min-size {min_size} elements (the largest has "
-                            f"{max(small.values())}): int8 would make the file larger and slower, so it stays float; "
-                            "pass --min-size 0 to quantize it anyway; nothing was written")
-    if not done:
-        why = "; ".join(sorted({d.why for d in kept})[:3]) or "no node qualified"
-        raise QuantizeError(f"{method} quantization changed no node of {source} ({why}); nothing was written")
-    # stored start values (init {"initializer": ...}) are read by runtimes, not by nodes: the
-    # quantizers drop them as unused, so put them back as they were
-    starts = {s.init["initializer"] for s in contract.states if isinstance(s.init, dict)}
-    have = {t.name for t in q.graph.initializer}
-    q.graph.initializer.extend(t for t in stamped.graph.initializer if t.name in starts and t.name not in have)
-    info = {"method": method, "per_channel": per_channel, "quantized": sorted({d.name for d in done}),
-            "kept_float": sorted({d.name for d in kept}), "calibration": calib_source}
-    write_metadata(q, Contract(contract.mode, contract.inputs, contract.outputs, contract.states,
-                               {**contract.extra, "edgernn.quantization": json.dumps(info)}))
-    if not keep_debug_info:
-        strip_debug_info(q)
-    q_bytes = q.SerializeToString()
+        feeds = stream_feeds(float_bytes, calib_streams, calib_chunk, CALIBRATION_CALLS)
+        notes.append(f"calibrated on {len(feeds)} calls of {calib_source}, state carried from call to call")
+
+    def build(float_nodes: Mapping[str, str]) -> tuple[onnx.ModelProto, bytes, list, list]:
+        """The quantized file with ``float_nodes`` (name -> why) kept float besides ``exclude``."""
+        step(f"quantize ({method})")
+        q, done, kept = _quantize(work, method, feeds, per_channel, [*exclude, *float_nodes],
+                                  contract.mode == "step" and "edgernn.tree" not in contract.extra)
+        kept = [NodeDecision(d.name, d.op_type, d.dtype, float_nodes[d.name]) if d.name in float_nodes else d
+                for d in kept]
+        if not done and small and all(d.name in small for d in kept):
+            raise QuantizeError(f"every weight of {source} is under --min-size {min_size} elements (the largest has "
+                                f"{max(small.values())}): int8 would make the file larger and slower, so it stays "
+                                "float; pass --min-size 0 to quantize it anyway; nothing was written")
+        if not done:
+            why = "; ".join(sorted({d.why for d in kept})[:3]) or "no node qualified"
+            raise QuantizeError(f"{method} quantization changed no node of {source} ({why}); nothing was written")
+        # stored start values (init {"initializer": ...}) are read by runtimes, not by nodes: the
+        # quantizers drop them as unused, so put them back as they were
+        starts = {s.init["initializer"] for s in contract.states if isinstance(s.init, dict)}
+        have = {t.name for t in q.graph.initializer}
+        q.graph.initializer.extend(t for t in stamped.graph.initializer if t.name in starts and t.name not in have)
+        info = {"method": method, "per_channel": per_channel, "quantized": sorted({d.name for d in done}),
+                "kept_float": sorted({d.name for d in kept}), "calibration": calib_source}
+        write_metadata(q, Contract(contract.mode, contract.inputs, contract.outputs, contract.states,
+                                   {**contract.extra, "edgernn.quantization": json.dumps(info)}))
+        if not keep_debug_info:
+            strip_debug_info(q)
+        return q, q.SerializeToString(), done, kept
+
+    float_nodes = {name: _small_why(n, min_size) for name, n in small.items()}
+    q, q_bytes, done, kept = build(float_nodes)
+    if method in ("dynamic", "static") and min_size > 0 and len(q_bytes) > size_before:
+        # int8 nodes cost graph bytes (quantize/dequantize nodes, scales; a recurrent cell lowered
+        # to a Scan body) that small weights do not pay back: keep the smallest float, one by one,
+        # until the file is no larger than the float file
+        weights = node_weights(work)
+        # a recurrent cell lowered for int8 reports the MatMuls of its body, named "<cell>.<part>"
+        origins = {next((w for w in weights if d.name == w or d.name.startswith(w + ".")), None) for d in done}
+        grown = sorted((w for w in origins if w is not None), key=lambda w: weights[w])
+        for name in grown:
+            if len(q_bytes) <= size_before:
+                break
+            float_nodes[name] = (f"int8 made the file larger than its float file ({len(q_bytes):,} > "
+                                 f"{size_before:,} bytes): its {weights[name]:,} weight elements save less than its "
+                                 "int8 nodes cost")
+            if len(float_nodes) - len(small) == len(grown):  # nothing would be left to quantize
+                raise QuantizeError(
+                    f"int8 makes {source} larger than its float file ({len(q_bytes):,} > {size_before:,} bytes) "
+                    f"with any of its nodes quantized: its weights are too small for int8 to pay, so it stays float; "
+                    "pass --min-size 0 to write the larger file anyway; nothing was written")
+            q, q_bytes, done, kept = build(float_nodes)
+        notes.append(f"kept {len(float_nodes) - len(small)} node(s) float that made the int8 file larger than the "
+                     f"float file (--min-size 0 quantizes them)")
     sizes = SizeSplit(size_before, weight_bytes(float_model), len(q_bytes), weight_bytes(q))
     if len(q_bytes) > size_before:
         notes.append(f"the {method} file is larger than its float file ({len(q_bytes):,} > {size_before:,} bytes): "
-                     "its weights are too small for int8 to pay; keep the float file")
+                     "its weights are too small for it to pay; keep the float file")
 
     step("accuracy check")
     if "edgernn.tree" in contract.extra:  # tree files take structure arrays: compare on random forests
@@ -247,13 +272,50 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         return _finish(QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
                                       min_agreement, notes, q, sizes), target, q_bytes)
     if eval_streams is None:
-        eval_streams = accuracy.synthetic_streams(contract, steps, seed=0, model=stamped)
+        eval_streams = accuracy.synthetic_streams(contract, steps, seed=0, model=stamped, free_size=free.size)
         eval_source = synthetic
     acc: AccuracyReport = accuracy.compare(float_bytes, q_bytes, eval_streams, chunk=chunk,
                                            data_source=eval_source)
+    slow = _slower_note(acc, work, done, method)
     report = QuantizeReport(method, source, None, size_before, len(q_bytes), done, kept, acc, max_error,
-                            min_agreement, [*notes, *acc.notes], q, sizes)
+                            min_agreement, [*notes, *acc.notes, *slow], q, sizes)
     return _finish(report, target, q_bytes)
+
+
+def _quantize(work: onnx.ModelProto, method: str, feeds: Any, per_channel: bool, exclude: Sequence[str],
+              step_mode: bool) -> tuple[onnx.ModelProto, list, list]:
+    """``work`` quantized by ``method``: the model, the nodes changed and those kept float."""
+    if method == "dynamic":
+        from edgernn.converters.quantize.dynamic import quantize_dynamic_int8
+
+        return quantize_dynamic_int8(work, per_channel=per_channel, exclude=exclude, step=step_mode)
+    if method == "static":
+        from edgernn.converters.quantize.static import quantize_static_int8
+
+        return quantize_static_int8(work, feeds, per_channel=per_channel, exclude=exclude)
+    from edgernn.converters.quantize.fp16 import to_fp16
+
+    return to_fp16(work, mixed=method == "mixed", exclude=exclude)
+
+
+SLOWER = 1.5
+"""A quantized file whose p50 call in the accuracy check takes this many times the float file's
+gets a note saying so (and why, where the cause is known)."""
+
+
+def _slower_note(acc: AccuracyReport, work: onnx.ModelProto, done: Sequence[NodeDecision], method: str) -> list[str]:
+    ratio = acc.latency_ratio
+    if ratio is None or ratio < SLOWER:
+        return []
+    note = (f"the {method} file is {ratio:.1f}x slower per call than the float file (p50 in the accuracy check, "
+            f"{acc.quantized_call_us:.0f} vs {acc.float_call_us:.0f} us)")
+    lowered = sorted({n.name for n in work.graph.node if n.op_type in ("GRU", "RNN") and n.name
+                      and any(d.name.startswith(n.name + ".") for d in done)})
+    if lowered:
+        note += (f": onnxruntime has no int8 {'/'.join(sorted({n.op_type for n in work.graph.node if n.name in lowered}))}"
+                 f" kernel, so {', '.join(lowered)} runs as a Scan loop of int8 MatMuls, one step at a time; where "
+                 f"latency matters more than size, keep it float with --exclude {lowered[0]}")
+    return [note]
 
 
 def _small_why(elements: int, min_size: int) -> str:

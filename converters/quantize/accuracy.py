@@ -75,20 +75,50 @@ def unsized_axis(contract: Contract) -> tuple[TensorSpec, int] | None:
     return None
 
 
-def check_synthesizable(contract: Contract, source: str) -> None:
-    """Refuse, with one sentence, to make up streams for a model with an :func:`unsized_axis`."""
+WINDOW_SIZES = (512, 256, 1024, 160, 320, 400, 480, 576, 640, 128, 64, 32, 16)
+"""Sizes tried, in order, for an :func:`unsized_axis` when frames are made up: audio windows first
+(512 samples is 32 ms at 16 kHz, silero-vad's window; 160/320/400/480/640 are 10-40 ms windows)."""
+
+
+@dataclass
+class FrameSizes:
+    """Sizes for the free axes of made-up frames, found by :func:`frame_sizes`."""
+
+    size: int | None = None  # every free axis takes it; None: the model has none
+    note: str = ""
+
+
+def frame_sizes(contract: Contract, model: Any, source: str) -> FrameSizes:
+    """The size made-up frames take on each :func:`unsized_axis` (silero-vad's samples axis): the
+    first of :data:`WINDOW_SIZES` that the float ``model`` (bytes or a ModelProto) takes in one call
+    of made-up data. No axis of the kind: ``FrameSizes()``. None taken: :class:`EdgernnError` asking
+    for real frames in one sentence."""
     found = unsized_axis(contract)
     if found is None:
-        return
+        return FrameSizes()
     spec, axis = found
+    session = _open(model, "float")
+    proto = model if hasattr(model, "graph") else None
+    multiple = max(session.frame_multiple, 1)
+    for size in WINDOW_SIZES:
+        feeds = synthetic_streams(contract, multiple, seed=0, model=proto, free_size=size)[0]
+        try:
+            session.reset()
+            session.step(**_call(contract.inputs, feeds, 0, multiple, multiple))
+        except Exception:  # onnxruntime raises several types for a shape the graph cannot take
+            continue
+        return FrameSizes(size, f"input {spec.name!r} has no fixed size on axis {axis} ({spec.shape[axis]!r}): made-up "
+                                f"frames are {size} long there, the first of {', '.join(map(str, WINDOW_SIZES))} that "
+                                "the float model takes; pass --data with real frames")
     shown = "[" + ", ".join(str(d) for d in stream_shape(spec)) + "]"
     raise EdgernnError(f"input {spec.name!r} of {source} has no fixed size on axis {axis} ({spec.shape[axis]!r}, "
-                       "neither its batch nor its time axis), so the accuracy check cannot make up frames for it; pass "
-                       f"--data FILE (.npy, or .npz by input name) with real frames, shaped {shown}")
+                       "neither its batch nor its time axis), and the float model takes none of the sizes tried for "
+                       f"made-up frames ({', '.join(map(str, WINDOW_SIZES))}); pass --data FILE (.npy, or .npz by "
+                       f"input name) with real frames, shaped {shown}")
 
 
 def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: int = 0,
-                      model: Any = None) -> Streams:
+                      model: Any = None, free_size: int | None = None) -> Streams:
     """Made-up streams for the accuracy check when the user gives no data: ``streams`` independent
     streams of ``steps`` frames, in one stream-batch.
 
@@ -96,7 +126,8 @@ def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: in
     signal is smooth like features of audio or sensor data rather than white noise). Integer inputs
     get random ids in ``[0, vocab)``, where ``vocab`` is read from ``model`` (an
     ``onnx.ModelProto``) when the input feeds a ``Gather`` over an initializer (an embedding),
-    else ``[0, 2)``. Bool inputs get random bits.
+    else ``[0, 2)``. Bool inputs get random bits. An axis of no fixed size but batch and time takes
+    ``free_size`` (see :func:`frame_sizes`), else 1.
     """
     if steps < 1:
         raise EdgernnError(f"synthetic streams need at least 1 step, got {steps}")
@@ -107,7 +138,7 @@ def synthetic_streams(contract: Contract, steps: int, streams: int = 1, seed: in
     out: dict[str, np.ndarray] = {}
     for spec in contract.inputs:
         shape = [] if is_setting(spec) else stream_shape(spec)  # a setting: one value for the whole stream
-        concrete = [steps if d == TIME else streams if d == BATCH else d if isinstance(d, int) else 1
+        concrete = [steps if d == TIME else streams if d == BATCH else d if isinstance(d, int) else free_size or 1
                     for d in shape]
         dtype = _numpy_dtype(spec)
         if dtype.kind == "f" and is_setting(spec):
@@ -464,17 +495,7 @@ def _run_side_by_side(ref, cand, feeds: Mapping[str, np.ndarray], total: int, si
     specs = ref.contract.inputs
     pending: dict[str, tuple[list, list]] = {name: ([], []) for name in stats}
     for n, start in enumerate(range(0, total, size)):
-        call = {}
-        for spec in specs:
-            arr = feeds[spec.name]
-            if arr.ndim == 0:  # a setting given once
-                call[spec.name] = arr
-            elif spec.time_axis is None:  # a per-frame model (or a setting per frame): the call's first frame
-                call[spec.name] = arr[start]
-            else:
-                index = [slice(None)] * arr.ndim
-                index[spec.time_axis] = slice(start, min(start + size, total))
-                call[spec.name] = arr[tuple(index)]
+        call = _call(specs, feeds, start, size, total)
         t0 = time.perf_counter()
         out_ref = ref.step(**call)
         t1 = time.perf_counter()
@@ -487,6 +508,23 @@ def _run_side_by_side(ref, cand, feeds: Mapping[str, np.ndarray], total: int, si
         if (n + 1) % _FLUSH == 0:
             _flush(pending, stats)
     _flush(pending, stats)
+
+
+def _call(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray], start: int, size: int,
+          total: int) -> dict[str, np.ndarray]:
+    """The inputs of the call that takes frames ``start`` to ``start + size`` of the streams."""
+    call = {}
+    for spec in specs:
+        arr = feeds[spec.name]
+        if arr.ndim == 0:  # a setting given once
+            call[spec.name] = arr
+        elif spec.time_axis is None:  # a per-frame model (or a setting per frame): the call's first frame
+            call[spec.name] = arr[start]
+        else:
+            index = [slice(None)] * arr.ndim
+            index[spec.time_axis] = slice(start, min(start + size, total))
+            call[spec.name] = arr[tuple(index)]
+    return call
 
 
 def _flush(pending: Mapping[str, tuple[list, list]], stats: Mapping[str, _OutputStats]) -> None:

@@ -250,9 +250,14 @@ def small_weights(model: onnx.ModelProto, min_size: int) -> dict[str, int]:
     ``min_size`` elements: int8 would cost them more than it saves (their quantize/dequantize nodes
     and scales take some 600 bytes and a microsecond per call on one CPU thread, a 32 x 32 matrix
     saves 3 KB)."""
+    return {name: n for name, n in node_weights(model).items() if n < min_size}
+
+
+def node_weights(model: onnx.ModelProto) -> dict[str, int]:
+    """Name -> weight elements of every named work node whose weights are constants."""
     out = {}
     for node, const in work_nodes(model):
         n = weight_elements(node) if const else 0
-        if const and 0 < n < min_size and node.name:
+        if n > 0 and node.name:
             out[node.name] = n
     return out

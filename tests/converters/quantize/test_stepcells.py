@@ -165,7 +165,7 @@ def test_gru_weight_is_stored_without_its_zero_blocks(tmp_path, marks):
         model = _unmarked(model)
     path = tmp_path / "gru.onnx"
     onnx.save(model, path)
-    report = quantize(path, steps=100)
+    report = quantize(path, steps=100, min_size=0)  # a GRU of 12 units: int8 does not pay, every matrix anyway
     q = onnx.load(report.path)
     int8 = [t for t in q.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 2]  # (not zero points)
     assert sum(int(np.prod(t.dims)) for t in int8) == sum(int(np.prod(t.dims)) for t in model.graph.initializer
