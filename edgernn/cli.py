@@ -230,7 +230,8 @@ def quantize(
     fix: Fixes = None,
     min_size: Annotated[int, typer.Option("--min-size", min=0, metavar="N", help=(
         "int8: weights of fewer elements stay float (their quantize/dequantize nodes would cost more than int8 "
-        "saves); 0 quantizes every weight."))] = 128,
+        "saves), and so do layers whose int8 form makes the file larger than the float file; 0 quantizes every "
+        "weight, even into a larger file."))] = 128,
     keep_debug_info: KeepDebugInfo = False,
     as_json: Json = False,
 ) -> None:

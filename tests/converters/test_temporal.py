@@ -252,7 +252,7 @@ def test_quantize_feeds_whole_frame_multiples(method: str, tmp_path) -> None:
     _, report = exported("same-k3-s2-gru")
     path = tmp_path / "strided.onnx"
     path.write_bytes(report.model.SerializeToString())
-    q = quantize(path, method=method, steps=301)
+    q = quantize(path, method=method, steps=301, min_size=0)  # small layers: int8 anyway
     assert q.passed, q.to_json()
     assert q.accuracy.steps == 300 and q.accuracy.chunk % 2 == 0
 
