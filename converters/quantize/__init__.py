@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import onnx
 
@@ -242,9 +242,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto | ModelFile, output: str
         # to a Scan body) that small weights do not pay back: keep the smallest float, one by one,
         # until the file is no larger than the float file
         weights = node_weights(work)
-        # a recurrent cell lowered for int8 reports the MatMuls of its body, named "<cell>.<part>"
-        origins = {next((w for w in weights if d.name == w or d.name.startswith(w + ".")), None) for d in done}
-        grown = sorted((w for w in origins if w is not None), key=lambda w: weights[w])
+        grown = sorted(_origins(done, weights), key=lambda w: weights[w])
         for name in grown:
             if len(q_bytes) <= size_before:
                 break
@@ -298,6 +296,12 @@ def _quantize(work: onnx.ModelProto, method: str, feeds: Any, per_channel: bool,
     return to_fp16(work, mixed=method == "mixed", exclude=exclude)
 
 
+def _origins(done: Sequence[NodeDecision], names: Iterable[str]) -> set[str]:
+    """The nodes of ``names`` that ``done`` quantized: by name, or (a recurrent cell lowered for
+    int8, which reports the MatMuls of its body) by the "<cell>." their names start with."""
+    return {w for w in names if any(d.name == w or d.name.startswith(w + ".") for d in done)}
+
+
 SLOWER = 1.5
 """A quantized file whose p50 call in the accuracy check takes this many times the float file's
 gets a note saying so (and why, where the cause is known)."""
@@ -309,8 +313,7 @@ def _slower_note(acc: AccuracyReport, work: onnx.ModelProto, done: Sequence[Node
         return []
     note = (f"the {method} file is {ratio:.1f}x slower per call than the float file (p50 in the accuracy check, "
             f"{acc.quantized_call_us:.0f} vs {acc.float_call_us:.0f} us)")
-    lowered = sorted({n.name for n in work.graph.node if n.op_type in ("GRU", "RNN") and n.name
-                      and any(d.name.startswith(n.name + ".") for d in done)})
+    lowered = sorted(_origins(done, [n.name for n in work.graph.node if n.op_type in ("GRU", "RNN") and n.name]))
     if lowered:
         note += (f": onnxruntime has no int8 {'/'.join(sorted({n.op_type for n in work.graph.node if n.name in lowered}))}"
                  f" kernel, so {', '.join(lowered)} runs as a Scan loop of int8 MatMuls, one step at a time; where "
